@@ -1,0 +1,218 @@
+"""Samplers as plain functions over a denoiser ``denoise(x_t, t) -> (x0_hat, eps_hat)``.
+
+Every sampler walks ``times`` (descending; default ``schedule.sampling_times(steps)``) and ends at
+the clean point ``alpha = 1, sigma = 0`` where the sample is the last ``x0_hat``.
+
+* :func:`ddpm_sample` — ancestral sampling from the posterior ``q(x_s | x_t, x0_hat)`` (Ho et al. 2020,
+  Eq. 6-7 and Algorithm 2), posterior variance ``"small"`` (beta-tilde) or ``"large"`` (beta), on any
+  sub-sequence of times.
+* :func:`ddim_sample` — DDIM (Song et al. 2021, Eq. 12) with ``eta``; the noise level is written with
+  log-SNRs, ``c = eta * sigma_s * sqrt(1 - exp(lambda_t - lambda_s))``, equal to the paper's
+  ``sigma_t(eta)`` for VP schedules (Eq. 16) and valid for VE/flow schedules too.
+* :func:`euler_sample`, :func:`heun_sample` — the probability-flow ODE ``dx/dt = alpha'(t) x0 + sigma'(t) eps``
+  (Heun as Karras et al. 2022, Algorithm 1: Euler on the last step).
+* :func:`rk45_sample` — adaptive Dormand–Prince reference through torchdiffeq (reports NFE).
+* :func:`ddim_invert` — deterministic DDIM inversion (Song et al. Sec. 4.3; Dhariwal & Nichol App. F).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from shared.diffusion.schedules import Schedule, _bcast
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+class NFECounter:
+    """Wrap a denoiser and count its calls (number of function evaluations)."""
+
+    def __init__(self, denoise: Denoiser):
+        self.denoise, self.nfe = denoise, 0
+
+    def __call__(self, x, t):
+        self.nfe += 1
+        return self.denoise(x, t)
+
+
+def _times(schedule: Schedule, steps: int | None, times, device) -> torch.Tensor:
+    if times is not None:
+        return torch.as_tensor(times, dtype=torch.float32, device=device)
+    if steps is None or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    return schedule.sampling_times(steps, device=device)
+
+
+def _full(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return t.expand(x.shape[0]).to(x.device)
+
+
+def _noise(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+@torch.no_grad()
+def ddim_sample(denoise: Denoiser, x_T: torch.Tensor, schedule: Schedule, steps: int | None = None,
+                eta: float = 0.0, generator: torch.Generator | None = None, times=None,
+                return_trajectory: bool = False):
+    """DDIM with stochasticity ``eta`` (0: deterministic ODE-like; 1: DDPM posterior variance)."""
+    ts = _times(schedule, steps, times, x_T.device)
+    x, traj = x_T, [x_T]
+    for i, t in enumerate(ts):
+        tb = _full(t, x)
+        x0, eps = denoise(x, tb)
+        if i == len(ts) - 1:
+            x = x0
+        else:
+            s = _full(ts[i + 1], x)
+            a_s, s_s = schedule.alpha_sigma(s)
+            c = torch.zeros_like(s_s)
+            if eta > 0:
+                gap = (schedule.logsnr(tb) - schedule.logsnr(s)).clamp(max=0)
+                c = eta * s_s * (1 - torch.exp(gap)).clamp_min(0).sqrt()
+            dir_coef = (s_s**2 - c**2).clamp_min(0).sqrt()
+            x = _bcast(a_s, x) * x0 + _bcast(dir_coef, x) * eps
+            if eta > 0:
+                x = x + _bcast(c, x) * _noise(x, generator)
+        if return_trajectory:
+            traj.append(x)
+    return (x, traj) if return_trajectory else x
+
+
+@torch.no_grad()
+def ddpm_sample(denoise: Denoiser, x_T: torch.Tensor, schedule: Schedule, steps: int | None = None,
+                variance: str = "small", generator: torch.Generator | None = None, times=None,
+                return_trajectory: bool = False):
+    """Ancestral sampling with the posterior mean and ``"small"`` (beta-tilde) or ``"large"`` (beta) variance.
+
+    With ``steps = T`` on a :class:`DiscreteVP` this is DDPM's Algorithm 2; the final step returns the
+    posterior mean at the clean end (no noise), as in the paper.
+    """
+    if variance not in ("small", "large"):
+        raise ValueError(f"variance must be 'small' or 'large', got {variance!r}")
+    ts = _times(schedule, steps, times, x_T.device)
+    x, traj = x_T, [x_T]
+    for i, t in enumerate(ts):
+        tb = _full(t, x)
+        x0, _ = denoise(x, tb)
+        if i == len(ts) - 1:
+            x = x0
+        else:
+            s = _full(ts[i + 1], x)
+            a_t, s_t = schedule.alpha_sigma(tb)
+            a_s, s_s = schedule.alpha_sigma(s)
+            a_ts = a_t / a_s                          # alpha_{t|s}
+            var_ts = s_t**2 - a_ts**2 * s_s**2        # sigma^2_{t|s} (= beta_t for consecutive steps)
+            mean = _bcast(a_s * var_ts / s_t**2, x) * x0 + _bcast(a_ts * s_s**2 / s_t**2, x) * x
+            var = var_ts * s_s**2 / s_t**2 if variance == "small" else var_ts
+            x = mean + _bcast(var.clamp_min(0).sqrt(), x) * _noise(x, generator)
+        if return_trajectory:
+            traj.append(x)
+    return (x, traj) if return_trajectory else x
+
+
+def _ode_drift(schedule: Schedule, t: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    da, ds = schedule.derivatives(t)
+    return _bcast(da.to(x0.dtype), x0) * x0 + _bcast(ds.to(x0.dtype), x0) * eps
+
+
+@torch.no_grad()
+def euler_sample(denoise: Denoiser, x_T: torch.Tensor, schedule: Schedule, steps: int | None = None,
+                 times=None, return_trajectory: bool = False):
+    """Euler on the probability-flow ODE; the last step lands on ``x0_hat`` (exact for linear paths)."""
+    ts = _times(schedule, steps, times, x_T.device)
+    x, traj = x_T, [x_T]
+    for i, t in enumerate(ts):
+        tb = _full(t, x)
+        x0, eps = denoise(x, tb)
+        if i == len(ts) - 1:
+            x = x0
+        else:
+            x = x + (ts[i + 1] - t) * _ode_drift(schedule, tb, x0, eps)
+        if return_trajectory:
+            traj.append(x)
+    return (x, traj) if return_trajectory else x
+
+
+@torch.no_grad()
+def heun_sample(denoise: Denoiser, x_T: torch.Tensor, schedule: Schedule, steps: int | None = None,
+                times=None, return_trajectory: bool = False):
+    """Heun's 2nd-order method (EDM Algorithm 1); ``2 * steps - 1`` denoiser calls."""
+    ts = _times(schedule, steps, times, x_T.device)
+    x, traj = x_T, [x_T]
+    for i, t in enumerate(ts):
+        tb = _full(t, x)
+        x0, eps = denoise(x, tb)
+        if i == len(ts) - 1:
+            x = x0
+        else:
+            dt = ts[i + 1] - t
+            d1 = _ode_drift(schedule, tb, x0, eps)
+            x_e = x + dt * d1
+            sb = _full(ts[i + 1], x)
+            x0_e, eps_e = denoise(x_e, sb)
+            x = x + dt * 0.5 * (d1 + _ode_drift(schedule, sb, x0_e, eps_e))
+        if return_trajectory:
+            traj.append(x)
+    return (x, traj) if return_trajectory else x
+
+
+@torch.no_grad()
+def rk45_sample(denoise: Denoiser, x_T: torch.Tensor, schedule: Schedule, rtol: float = 1e-5,
+                atol: float = 1e-5, t_end: float | None = None) -> tuple[torch.Tensor, int]:
+    """Adaptive Dormand–Prince (torchdiffeq ``dopri5``) on the PF-ODE from ``t_max`` to ``t_end``.
+
+    Returns ``(x0_hat at t_end, nfe)``. ``t_end`` defaults to ``schedule.t_min`` (plus a hair for the flow
+    schedule, where ``t = 0`` is exactly the data and the last ``x0_hat`` is returned).
+    """
+    from torchdiffeq import odeint
+
+    counter = NFECounter(denoise)
+    t_end = schedule.t_min if t_end is None else t_end
+    t_end = max(t_end, 1e-3 * (schedule.t_max - schedule.t_min))
+    shape = x_T.shape
+
+    def f(t, y):
+        x = y.reshape(shape)
+        tb = _full(t.float(), x)
+        x0, eps = counter(x, tb)
+        return _ode_drift(schedule, tb, x0, eps).reshape(-1)
+
+    grid = torch.tensor([schedule.t_max, t_end], dtype=torch.float64)
+    y = odeint(f, x_T.reshape(-1).double(), grid, rtol=rtol, atol=atol, method="dopri5")[-1]
+    x = y.reshape(shape).float()
+    x0, _ = counter(x, _full(torch.tensor(t_end), x))
+    return x0, counter.nfe
+
+
+@torch.no_grad()
+def ddim_invert(denoise: Denoiser, x0: torch.Tensor, schedule: Schedule, steps: int | None = None,
+                times=None) -> torch.Tensor:
+    """Deterministic DDIM run backwards: data ``x0`` → latent ``x_T`` at ``times[0]``.
+
+    Each step predicts eps at the current point using the *next* (noisier) time, then moves along
+    DDIM's deterministic update; ``ddim_sample(eta=0)`` on the same times maps it back.
+    """
+    ts = _times(schedule, steps, times, x0.device).flip(0)   # ascending
+    x = x0
+    a_prev = torch.ones(x.shape[0], device=x.device)
+    s_prev = torch.zeros(x.shape[0], device=x.device)
+    for t in ts:
+        tb = _full(t, x)
+        _, eps = denoise(x, tb)
+        x0_hat = (x - _bcast(s_prev, x) * eps) / _bcast(a_prev, x)
+        a_t, s_t = schedule.alpha_sigma(tb)
+        x = _bcast(a_t, x) * x0_hat + _bcast(s_t, x) * eps
+        a_prev, s_prev = a_t, s_t
+    return x
+
+
+SAMPLERS = {"ddim": ddim_sample, "ddpm": ddpm_sample, "euler": euler_sample, "heun": heun_sample}
+
+
+def sample(name: str, denoise: Denoiser, x_T: torch.Tensor, schedule: Schedule, steps: int, **kw):
+    """Dispatch by name (``ddim``, ``ddpm``, ``euler``, ``heun``) — what configs and the CLI use."""
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}")
+    return SAMPLERS[name](denoise, x_T, schedule, steps, **kw)

@@ -1,0 +1,45 @@
+"""Callbacks: periodic sample grids (images, or GIF videos for 5-D samples) and the run-config snapshot."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+
+
+class SampleGrid(pl.Callback):
+    """Every ``every_n_steps`` (and at the end of training) sample ``n`` items with the module's sampler and
+    save a grid under ``<run_dir>/samples``; videos (B, C, T, H, W) are saved as GIFs."""
+
+    def __init__(self, every_n_steps: int = 0, n: int = 16, seed: int = 0, steps: int | None = None,
+                 out_dir: str | None = None):
+        self.every, self.n, self.seed, self.steps, self.out_dir = every_n_steps, n, seed, steps, out_dir
+
+    def _save(self, trainer, module, tag):
+        if not trainer.is_global_zero or module.sample_shape is None:
+            return
+        from shared.engine.video_io import save_image_grid, save_video_grid
+
+        g = torch.Generator(device=module.device).manual_seed(self.seed)
+        sampler = {"steps": self.steps} if self.steps else None
+        kw = {}
+        if getattr(module.net, "num_classes", None):
+            kw["y"] = torch.arange(self.n, device=module.device) % module.net.num_classes
+        was_training = module.training
+        module.eval()
+        x = module.sample(self.n, sampler=sampler, generator=g, **kw)
+        module.train(was_training)
+        out = Path(self.out_dir or trainer.default_root_dir) / "samples"
+        out.mkdir(parents=True, exist_ok=True)
+        nrow = int(self.n**0.5) or 1
+        if x.dim() == 5:
+            save_video_grid(x.cpu(), out / f"{tag}.gif", nrow=nrow)
+        elif x.dim() == 4:
+            save_image_grid(x.cpu(), out / f"{tag}.png", nrow=nrow)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if self.every and trainer.global_step % self.every == 0:
+            self._save(trainer, module, f"step{trainer.global_step:07d}")
+
+    def on_train_end(self, trainer, module):
+        self._save(trainer, module, "final")

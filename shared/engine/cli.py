@@ -1,0 +1,29 @@
+"""Turn the errors a user can cause (bad override, missing path, corrupt checkpoint, NaN loss) into one
+clear line on stderr and exit status 2, instead of a long traceback. ``VDP_TRACEBACK=1`` shows it all."""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+
+@contextlib.contextmanager
+def friendly_errors():
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from shared.engine.checkpoint import CheckpointError
+    from shared.engine.module import NonFiniteLossError
+    from shared.engine.run import ConfigError
+
+    os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+    user_errors = (HydraException, OmegaConfBaseException, CheckpointError, ConfigError, NonFiniteLossError,
+                   FileNotFoundError)
+    try:
+        yield
+    except user_errors as e:
+        if os.environ.get("VDP_TRACEBACK"):
+            raise
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        sys.exit(2)

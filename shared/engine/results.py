@@ -1,0 +1,72 @@
+"""``results.json``: the evidence a claim check leaves behind.
+
+Each file records the metrics, seeds, NFE, wall time, the git revision (with a dirty flag), package
+versions, the command line and the resolved config, so any number in a README can be traced to a run.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+PACKAGES = ("torch", "torchvision", "pytorch-lightning", "hydra-core", "numpy", "scikit-learn")
+
+
+def git_revision(cwd: str | os.PathLike | None = None) -> dict:
+    cwd = cwd or Path(__file__).resolve().parents[2]
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                                    capture_output=True, text=True, timeout=10).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        rev, dirty = "unknown", True
+    return {"revision": rev, "dirty": dirty}
+
+
+def package_versions() -> dict:
+    out = {"python": platform.python_version()}
+    for p in PACKAGES:
+        try:
+            out[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def provenance() -> dict:
+    return {"git": git_revision(), "packages": package_versions(), "command": " ".join(sys.argv),
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "machine": f"{platform.machine()} {os.cpu_count()} cpu"}
+
+
+def _jsonable(x: Any):
+    try:
+        import torch
+        if isinstance(x, torch.Tensor):
+            return x.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(x, float) and (x != x or x in (float("inf"), float("-inf"))):
+        return str(x)
+    return x
+
+
+def write_results(path: str | os.PathLike, metrics: dict, *, claim: str | None = None, paper: str | None = None,
+                  seeds: list | None = None, config: dict | None = None, wall_time_s: float | None = None,
+                  extra: dict | None = None) -> dict:
+    """Write ``results.json`` atomically and return what was written."""
+    record = {"paper": paper, "claim": claim, "metrics": metrics, "seeds": seeds, "wall_time_s": wall_time_s,
+              **provenance(), **(extra or {}), "config": config}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2, default=_jsonable) + "\n")
+    os.replace(tmp, path)
+    return record

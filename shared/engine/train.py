@@ -1,0 +1,39 @@
+"""Hydra entry point: ``python -m shared.engine.train experiment=<paper>/<claim> [overrides]``.
+
+A config with a ``pipeline`` key (dotted path of a function ``f(cfg) -> dict``) runs that multi-stage
+claim check (train → sample → evaluate → results.json); otherwise one module is trained.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import hydra
+from hydra.utils import get_method
+from omegaconf import DictConfig
+
+from shared.engine.cli import friendly_errors
+from shared.engine.run import fit, set_run_dir
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig):
+    if cfg.get("pipeline"):
+        set_run_dir(cfg)
+        return get_method(cfg.pipeline)(cfg)
+    module, _, trainer = fit(cfg)
+    log.info("run folder: %s", cfg.run_dir)
+    return module
+
+
+@hydra.main(config_path="../../conf", config_name="train", version_base="1.3")
+def main(cfg: DictConfig):
+    with friendly_errors():
+        return run(cfg)
+
+
+if __name__ == "__main__":
+    main()

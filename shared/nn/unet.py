@@ -1,0 +1,121 @@
+"""The DDPM / ADM-style U-Net (Ho et al. 2020, App. B; Dhariwal & Nichol 2021).
+
+Residual blocks with group norm, self-attention at chosen resolutions (through SDPA), a sinusoidal time
+embedding, optional class conditioning (label embedding added to the time embedding, with a null class
+for classifier-free guidance). With ``base_channels=128, channel_mult=(1,2,2,2), num_res_blocks=2,
+attention_resolutions=(16,), dropout=0.1`` at 32×32 it is DDPM's CIFAR-10 network (35.7M parameters).
+
+Videos: a (B, C, T, H, W) input is run frame by frame (time folded into batch, one time/label per video
+repeated over frames) and ``ctx["num_frames"] = T`` is handed to every block, so temporal layers inserted
+into ``input_blocks`` / ``middle_block`` / ``output_blocks`` (see ``shared/nn/video``) see the frames.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from shared.nn.attention import SpatialSelfAttention
+from shared.nn.embeddings import LabelEmbedding, TimestepEmbedding
+from shared.nn.layers import CtxSequential, Downsample, ResBlock, Upsample, group_norm, zero_module
+
+
+class UNet(nn.Module):
+    def __init__(self, in_channels: int = 3, out_channels: int | None = None, image_size: int = 32,
+                 base_channels: int = 128, channel_mult: Sequence[int] = (1, 2, 2, 2), num_res_blocks: int = 2,
+                 attention_resolutions: Sequence[int] = (16,), dropout: float = 0.0, num_classes: int | None = None,
+                 num_heads: int = 1, head_channels: int = -1, norm_groups: int = 32,
+                 scale_shift_norm: bool = False, resample_with_conv: bool = True, use_checkpoint: bool = False):
+        super().__init__()
+        out_channels = out_channels or in_channels
+        self.in_channels, self.out_channels, self.image_size = in_channels, out_channels, image_size
+        self.num_classes = num_classes
+        ch = base_channels
+        emb_dim = 4 * ch
+        self.time_embed = TimestepEmbedding(ch, emb_dim)
+        self.label_embed = LabelEmbedding(num_classes, emb_dim) if num_classes else None
+
+        def res(i, o):
+            return ResBlock(i, o, emb_dim, dropout, norm_groups, scale_shift_norm, use_checkpoint)
+
+        def attn(c):
+            return SpatialSelfAttention(c, num_heads, head_channels, norm_groups)
+
+        self.input_blocks = nn.ModuleList([CtxSequential(nn.Conv2d(in_channels, ch, 3, padding=1))])
+        skip_chs, cur, res_now = [ch], ch, image_size
+        for level, mult in enumerate(channel_mult):
+            for _ in range(num_res_blocks):
+                layers = [res(cur, ch * mult)]
+                cur = ch * mult
+                if res_now in attention_resolutions:
+                    layers.append(attn(cur))
+                self.input_blocks.append(CtxSequential(*layers))
+                skip_chs.append(cur)
+            if level != len(channel_mult) - 1:
+                self.input_blocks.append(CtxSequential(Downsample(cur, resample_with_conv)))
+                skip_chs.append(cur)
+                res_now //= 2
+        self.middle_block = CtxSequential(res(cur, cur), attn(cur), res(cur, cur))
+        self.output_blocks = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(channel_mult))):
+            for i in range(num_res_blocks + 1):
+                layers = [res(cur + skip_chs.pop(), ch * mult)]
+                cur = ch * mult
+                if res_now in attention_resolutions:
+                    layers.append(attn(cur))
+                if level != 0 and i == num_res_blocks:
+                    layers.append(Upsample(cur, resample_with_conv))
+                    res_now *= 2
+                self.output_blocks.append(CtxSequential(*layers))
+        self.out_norm = group_norm(cur, norm_groups)
+        self.out_conv = zero_module(nn.Conv2d(cur, out_channels, 3, padding=1))
+
+    @property
+    def null_label(self) -> int | None:
+        return self.label_embed.null_label if self.label_embed is not None else None
+
+    def embed(self, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        emb = self.time_embed(t)
+        if self.label_embed is not None:
+            if y is None:  # unconditional use of a conditional net: the null label
+                y = torch.full((t.shape[0],), self.label_embed.null_label, dtype=torch.long, device=t.device)
+            emb = emb + self.label_embed(y)
+        elif y is not None:
+            raise ValueError("labels were given to a U-Net built without num_classes")
+        return emb
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
+                context: torch.Tensor | None = None, **ctx_extra) -> torch.Tensor:
+        if x.dim() == 5:
+            return self._forward_video(x, t, y, context, **ctx_extra)
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"expected (B, {self.in_channels}, H, W) or (B, C, T, H, W), got {tuple(x.shape)}")
+        ctx = {"num_frames": ctx_extra.pop("num_frames", 1), "context": context, **ctx_extra}
+        t = torch.as_tensor(t, device=x.device).float().expand(x.shape[0])
+        return self._forward_blocks(x, self.embed(t, y), ctx)
+
+    def _forward_video(self, x, t, y, context, **ctx_extra):
+        b, _, frames = x.shape[:3]
+        t = torch.as_tensor(t, device=x.device).float().expand(b)
+        h = rearrange(x, "b c t h w -> (b t) c h w")
+        rep = lambda z: None if z is None else z.repeat_interleave(frames, dim=0)  # noqa: E731
+        ctx = {"num_frames": frames, "context": rep(context), **ctx_extra}
+        out = self._forward_blocks(h, self.embed(rep(t), rep(y)), ctx)
+        return rearrange(out, "(b t) c h w -> b c t h w", b=b)
+
+    def _forward_blocks(self, h, emb, ctx):
+        skips = []
+        for block in self.input_blocks:
+            h = block(h, emb, ctx)
+            skips.append(h)
+        h = self.middle_block(h, emb, ctx)
+        for block in self.output_blocks:
+            h = block(torch.cat([h, skips.pop()], dim=1), emb, ctx)
+        return self.out_conv(F.silu(self.out_norm(h)))
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
