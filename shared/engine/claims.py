@@ -1,0 +1,70 @@
+"""Helpers for multi-stage claim checks (``pipeline:`` experiments): train variants, gather per-seed
+metrics, summarise the spread and write ``results.json`` next to the run and under ``papers/<id>/results``.
+
+A pipeline reads its knobs from ``cfg.claim`` (seeds, variants, evaluation protocol) and calls
+:func:`fit_variant` for each trained model, so every model is trained by exactly the code of
+``python -m shared.engine.train``.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from shared.engine.results import write_results
+from shared.engine.run import fit
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def variant_config(cfg: DictConfig, overrides: dict | None = None, seed: int | None = None) -> DictConfig:
+    """A copy of ``cfg`` with dotted-key ``overrides`` applied (and ``seed``), without the pipeline key."""
+    sub = copy.deepcopy(cfg)
+    with open_dict(sub):
+        sub.pipeline = None
+        if seed is not None:
+            sub.seed = int(seed)
+        for key, value in (overrides or {}).items():
+            OmegaConf.update(sub, key, value, merge=False, force_add=True)
+    return sub
+
+
+def fit_variant(cfg: DictConfig, tag: str, overrides: dict | None = None, seed: int | None = None):
+    """Train one variant into ``<run_dir>/<tag>``; returns the trained module (in eval mode)."""
+    sub = variant_config(cfg, overrides, seed)
+    module, datamodule, trainer = fit(sub, run_dir=Path(cfg.run_dir) / tag)
+    module.eval()
+    return module
+
+
+def summarise(per_seed: list[float]) -> dict:
+    """mean, sample std and the per-seed values (NaN-free floats)."""
+    vals = [float(v) for v in per_seed]
+    return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+            "min": min(vals), "max": max(vals), "per_seed": vals}
+
+
+def finish(cfg: DictConfig, metrics: dict, *, paper: str, claim: str, t0: float, extra: dict | None = None,
+           copy_to_paper: bool = True) -> dict:
+    """Write ``results.json`` in the run folder and copy it to ``papers/<paper>/results/<claim>.json``."""
+    cfg_dict = OmegaConf.to_container(cfg, resolve=True)
+    seeds = list(cfg.claim.seeds) if "claim" in cfg and "seeds" in cfg.claim else [int(cfg.seed)]
+    path = Path(cfg.run_dir) / "results.json"
+    record = write_results(path, metrics, paper=paper, claim=claim, seeds=seeds, config=cfg_dict,
+                           wall_time_s=round(time.time() - t0, 1), extra=extra)
+    if copy_to_paper and cfg.claim.get("publish", True):
+        dest = PROJECT_ROOT / "papers" / paper / "results" / f"{claim}.json"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, dest)
+        for f in Path(cfg.run_dir).glob("*.png"):
+            shutil.copyfile(f, dest.parent / f"{claim}_{f.name}")
+    return record
+
+
+def is_finite(x: float) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
