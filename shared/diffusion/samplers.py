@@ -13,6 +13,8 @@ the clean point ``alpha = 1, sigma = 0`` where the sample is the last ``x0_hat``
   (Heun as Karras et al. 2022, Algorithm 1: Euler on the last step).
 * :func:`rk45_sample` — adaptive Dormand–Prince reference through torchdiffeq (reports NFE).
 * :func:`ddim_invert` — deterministic DDIM inversion (Song et al. Sec. 4.3; Dhariwal & Nichol App. F).
+* :func:`ddpm_learned_variance_sample` — ancestral sampling with a *learned* variance (Nichol & Dhariwal 2021,
+  Eq. 15; used by ADM and DiT): its denoiser also returns the interpolation ``v``.
 """
 from __future__ import annotations
 
@@ -206,6 +208,42 @@ def ddim_invert(denoise: Denoiser, x0: torch.Tensor, schedule: Schedule, steps: 
         x = _bcast(a_t, x) * x0_hat + _bcast(s_t, x) * eps
         a_prev, s_prev = a_t, s_t
     return x
+
+
+@torch.no_grad()
+def ddpm_learned_variance_sample(denoise_v: Callable, x_T: torch.Tensor, schedule: Schedule, steps: int | None = None,
+                                 generator: torch.Generator | None = None, times=None,
+                                 return_trajectory: bool = False):
+    """Ancestral sampling whose step variance is learned (Improved DDPM, Nichol & Dhariwal 2021, Eq. 15).
+
+    ``denoise_v(x_t, t) -> (x0_hat, eps_hat, v)`` where ``v`` (same shape as ``x_t``, nominally in [-1, 1]) sets
+    ``log Sigma = frac log beta + (1 - frac) log beta_tilde`` with ``frac = (v + 1) / 2``. On a sub-sequence of
+    times (respacing, Improved DDPM Sec. 4) ``beta`` and ``beta_tilde`` are those of the respaced chain,
+    ``beta_{t|s} = sigma_t^2 - alpha_{t|s}^2 sigma_s^2`` and ``beta_tilde = beta_{t|s} sigma_s^2 / sigma_t^2``; ``v = 1``
+    and ``v = -1`` reproduce :func:`ddpm_sample` with ``"large"`` and ``"small"`` variance. The last step returns
+    the posterior mean at the clean end (``x0_hat``), as the paper.
+    """
+    ts = _times(schedule, steps, times, x_T.device)
+    x, traj = x_T, [x_T]
+    for i, t in enumerate(ts):
+        tb = _full(t, x)
+        x0, _, v = denoise_v(x, tb)
+        if i == len(ts) - 1:
+            x = x0
+        else:
+            s = _full(ts[i + 1], x)
+            a_t, s_t = schedule.alpha_sigma(tb)
+            a_s, s_s = schedule.alpha_sigma(s)
+            a_ts = a_t / a_s
+            var_ts = (s_t**2 - a_ts**2 * s_s**2).clamp_min(1e-20)      # beta of the (respaced) step
+            post = (var_ts * s_s**2 / s_t**2).clamp_min(1e-20)          # beta-tilde
+            mean = _bcast(a_s * var_ts / s_t**2, x) * x0 + _bcast(a_ts * s_s**2 / s_t**2, x) * x
+            frac = (v + 1) / 2
+            log_var = frac * _bcast(torch.log(var_ts), x) + (1 - frac) * _bcast(torch.log(post), x)
+            x = mean + torch.exp(0.5 * log_var) * _noise(x, generator)
+        if return_trajectory:
+            traj.append(x)
+    return (x, traj) if return_trajectory else x
 
 
 SAMPLERS = {"ddim": ddim_sample, "ddpm": ddpm_sample, "euler": euler_sample, "heun": heun_sample}

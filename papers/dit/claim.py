@@ -1,0 +1,221 @@
+"""DiT claim checks at CPU scale (PAPERS.md, ``dit``), on the class-conditional 8x8 digits world in pixel space.
+
+* :func:`run_scaling` (``experiments/dit/digits_scaling.yaml``; the paper's Table 4 / Fig. 6): a grid of tiny DiTs,
+  sizes x patch sizes, trained for the same steps with the same hyperparameters; FD_judge of class-conditional
+  samples (no guidance, as Table 4) against held-out digits, plotted against the forward Gflops measured with
+  ``shared.nn.flops`` (multiply-adds, the paper's convention). The paper's direction: FD falls as Gflops rise.
+  Also the judge's class accuracy of samples with and without classifier-free guidance (Sec. 3.1 / Table 2).
+* :func:`run_conditioning` (``experiments/dit/digits_conditioning.yaml``; Fig. 5): one size and patch, four
+  block designs (adaLN-Zero, adaLN, cross-attention, in-context), FD_judge over training steps.
+
+Protocol (all in ``cfg.claim``, fixed before any outcome was seen): ``seeds`` train seeds, each variant trained
+by ``shared.engine.run.fit`` (the code of ``python -m shared.engine.train``), ``num_samples`` samples with labels
+``i % 10`` drawn with ``sampler`` from the EMA weights, FD_judge against ``real_b``; the floor is FD_judge between
+the two real held-out halves.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig
+
+from shared.data.digits import real_splits
+from shared.engine.claims import finish, fit_variant, summarise, variant_config
+from shared.engine.run import fit
+from shared.engine.video_io import save_image_grid
+from shared.metrics.judge import fd_judge, judge_accuracy
+from shared.nn.flops import dit_inputs, gflops
+
+
+# ------------------------------------------------------------------ evaluation helpers
+def draw(module, n: int, sampler: dict, seed: int, guidance_scale: float = 1.0, num_classes: int = 10):
+    """``n`` class-conditional samples (labels ``i % num_classes``) from the EMA weights, seeded."""
+    y = torch.arange(n) % num_classes
+    g = torch.Generator().manual_seed(int(seed))
+    was_training = module.training
+    module.eval()
+    x = module.sample(n, sampler=dict(sampler), generator=g, y=y, guidance_scale=float(guidance_scale))
+    module.train(was_training)
+    return x, y
+
+
+def net_gflops(module) -> dict:
+    """Forward compute of one sample through the (non-EMA) network, counted on the meta device."""
+    net = module.net
+    return gflops(net, *dit_inputs(net), on_meta=True)
+
+
+class FDCurve(pl.Callback):
+    """FD_judge of EMA samples at the given training steps (the conditioning ablation's curves, Fig. 5)."""
+
+    def __init__(self, steps, num_samples: int, sampler: dict, seed: int, reference: torch.Tensor):
+        self.steps, self.n, self.sampler, self.seed, self.reference = set(steps), num_samples, sampler, seed, reference
+        self.fds: dict[int, float] = {}
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        step = int(trainer.global_step)
+        if step in self.steps and step not in self.fds:
+            x, _ = draw(module, self.n, self.sampler, self.seed)
+            self.fds[step] = fd_judge(x, self.reference)
+
+
+def spearman(x, y) -> float:
+    from scipy.stats import spearmanr
+    return float(spearmanr(x, y).statistic)
+
+
+def variant_overrides(size: dict, patch: int, conditioning: str | None = None) -> dict:
+    out = {"model.depth": int(size["depth"]), "model.hidden_size": int(size["hidden_size"]),
+           "model.num_heads": int(size["num_heads"]), "model.patch_size": int(patch)}
+    if conditioning is not None:
+        out["model.conditioning"] = conditioning
+    return out
+
+
+# ------------------------------------------------------------------ plots
+def plot_scaling(path: Path, rows: list[dict], floor: float) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.6, 3.4), dpi=100)
+    for patch, marker in zip(sorted({r["patch"] for r in rows}, reverse=True), "osd^v"):
+        pts = sorted((r for r in rows if r["patch"] == patch), key=lambda r: r["gmacs"])
+        ax.errorbar([r["gmacs"] for r in pts], [r["fd"]["mean"] for r in pts], yerr=[r["fd"]["std"] for r in pts],
+                    marker=marker, capsize=3, label=f"patch {patch}")
+        for r in pts:
+            ax.annotate(r["name"], (r["gmacs"], r["fd"]["mean"]), textcoords="offset points", xytext=(4, 4),
+                        fontsize=7)
+    ax.axhline(floor, color="grey", ls="--", lw=1, label="real vs real")
+    ax.set_xscale("log")
+    ax.set_xlabel("forward Gflops (multiply-adds, x1e-3 = Mflops)")
+    ax.set_ylabel("FD_judge (lower is better)")
+    ax.set_title("DiT on 8x8 digits: FD vs Gflops", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_curves(path: Path, curves: dict, floor: float) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.6, 3.4), dpi=100)
+    for name, pts in curves.items():
+        steps = sorted(pts, key=int)
+        ax.errorbar([int(s) for s in steps], [pts[s]["mean"] for s in steps], yerr=[pts[s]["std"] for s in steps],
+                    marker="o", capsize=3, label=name)
+    ax.axhline(floor, color="grey", ls="--", lw=1, label="real vs real")
+    ax.set_yscale("log")
+    ax.set_xlabel("training steps")
+    ax.set_ylabel("FD_judge (lower is better)")
+    ax.set_title("DiT block designs on 8x8 digits", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------ pipelines
+def run_scaling(cfg: DictConfig) -> dict:
+    t0 = time.time()
+    c = cfg.claim
+    if c.get("num_threads"):
+        torch.set_num_threads(int(c.num_threads))
+    real_a, real_b = real_splits(size=int(cfg.data.size))
+    floor = fd_judge(real_a, real_b)
+    metrics: dict = {"fd_judge_real_floor": floor, "fd_judge": {}, "gflops": {}, "gflops_2_per_mac": {},
+                     "params": {}, "train_time_s": {}}
+    rows, per_seed_fd = [], {}
+    guided = {f"w={float(w)}": [] for w in c.guidance_scales}
+    guided_fd = {f"w={float(w)}": [] for w in c.guidance_scales}
+    for size_name, size in c.sizes.items():
+        for patch in c.patches:
+            name = f"{size_name}/{patch}"
+            fds, times = [], []
+            for seed in c.seeds:
+                tag = f"{size_name}{patch}_seed{seed}"
+                ts = time.time()
+                module = fit_variant(cfg, tag, variant_overrides(size, patch), seed)
+                times.append(time.time() - ts)
+                x, _ = draw(module, int(c.num_samples), c.sampler, int(c.sample_seed) + int(seed))
+                fds.append(fd_judge(x, real_b))
+                if name == c.guidance_variant:
+                    for w in c.guidance_scales:
+                        xg, yg = draw(module, int(c.guidance_samples), c.sampler, int(c.sample_seed) + int(seed), w)
+                        guided[f"w={float(w)}"].append(judge_accuracy(xg, yg))
+                        guided_fd[f"w={float(w)}"].append(fd_judge(xg, real_b))
+                if seed == c.seeds[0] and name == c.guidance_variant:
+                    save_image_grid(x[:100], Path(cfg.run_dir) / f"samples_{size_name}{patch}.png", nrow=10,
+                                    scale=2)
+            g = net_gflops(module)
+            metrics["gflops"][name] = g["gmacs"]
+            metrics["gflops_2_per_mac"][name] = g["gflops"]
+            metrics["params"][name] = sum(p.numel() for p in module.net.parameters())
+            metrics["fd_judge"][name] = summarise(fds)
+            metrics["train_time_s"][name] = summarise(times)
+            per_seed_fd[name] = fds
+            rows.append({"name": name, "patch": int(patch), "gmacs": g["gmacs"], "fd": metrics["fd_judge"][name]})
+    names = [r["name"] for r in rows]
+    gm = [metrics["gflops"][n] for n in names]
+    metrics["spearman_gflops_fd"] = spearman(gm, [metrics["fd_judge"][n]["mean"] for n in names])
+    metrics["spearman_gflops_fd_per_seed"] = summarise(
+        [spearman(gm, [per_seed_fd[n][i] for n in names]) for i in range(len(c.seeds))])
+    lo, hi = names[gm.index(min(gm))], names[gm.index(max(gm))]
+    metrics["fd_ratio_most_to_least_gflops"] = summarise(
+        [per_seed_fd[hi][i] / per_seed_fd[lo][i] for i in range(len(c.seeds))])
+    metrics["least_gflops_variant"], metrics["most_gflops_variant"] = lo, hi
+    metrics["judge_accuracy"] = {k: summarise(v) for k, v in guided.items()}
+    metrics["fd_judge_guided"] = {k: summarise(v) for k, v in guided_fd.items()}
+    plot_scaling(Path(cfg.run_dir) / "fd_vs_gflops.png", rows, floor)
+    return finish(cfg, metrics, paper="dit", claim=str(c.name), t0=t0,
+                  extra={"nfe": int(c.sampler.steps), "num_samples": int(c.num_samples),
+                         "guidance_variant": str(c.guidance_variant)})
+
+
+def run_conditioning(cfg: DictConfig) -> dict:
+    t0 = time.time()
+    c = cfg.claim
+    if c.get("num_threads"):
+        torch.set_num_threads(int(c.num_threads))
+    real_a, real_b = real_splits(size=int(cfg.data.size))
+    floor = fd_judge(real_a, real_b)
+    max_steps = int(cfg.trainer.max_steps)
+    metrics: dict = {"fd_judge_real_floor": floor, "fd_judge": {}, "curve": {}, "gflops": {}, "params": {},
+                     "train_time_s": {}}
+    per_seed = {}
+    for cond in c.conditionings:
+        finals, times, curve = [], [], {int(s): [] for s in c.curve_steps}
+        for seed in c.seeds:
+            cb = FDCurve([s for s in c.curve_steps if int(s) < max_steps], int(c.curve_samples), c.sampler,
+                         int(c.sample_seed) + int(seed), real_b)
+            ts = time.time()
+            sub_overrides = variant_overrides(c.size, c.patch, cond)
+            sub = variant_config(cfg, sub_overrides, seed)
+            module, _, _ = fit(sub, run_dir=Path(cfg.run_dir) / f"{cond}_seed{seed}", extra_callbacks=[cb])
+            module.eval()
+            times.append(time.time() - ts)
+            x, _ = draw(module, int(c.num_samples), c.sampler, int(c.sample_seed) + int(seed))
+            finals.append(fd_judge(x, real_b))
+            for s, v in cb.fds.items():
+                curve[s].append(v)
+        curve[max_steps] = finals       # the last point is the main protocol's evaluation
+        g = net_gflops(module)
+        metrics["gflops"][cond] = g["gmacs"]
+        metrics["params"][cond] = sum(p.numel() for p in module.net.parameters())
+        metrics["fd_judge"][cond] = summarise(finals)
+        metrics["curve"][cond] = {str(s): summarise(v) for s, v in sorted(curve.items()) if v}
+        metrics["train_time_s"][cond] = summarise(times)
+        per_seed[cond] = finals
+    base = str(c.conditionings[0])
+    metrics["fd_ratio_to_" + base] = {k: summarise([a / b for a, b in zip(v, per_seed[base])])
+                                      for k, v in per_seed.items() if k != base}
+    metrics["best_conditioning"] = min(per_seed, key=lambda k: metrics["fd_judge"][k]["mean"])
+    plot_curves(Path(cfg.run_dir) / "conditioning_curves.png", metrics["curve"], floor)
+    return finish(cfg, metrics, paper="dit", claim=str(c.name), t0=t0,
+                  extra={"nfe": int(c.sampler.steps), "num_samples": int(c.num_samples)})
