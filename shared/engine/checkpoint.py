@@ -40,8 +40,8 @@ def load_checkpoint_file(path, map_location="cpu") -> dict:
         raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
 
 
-def load_state_dict_strict(model: torch.nn.Module, state: dict, strict: bool = True, what: str = "weights") -> None:
-    """Load ``state`` into ``model``; on missing/unexpected keys or shape mismatches name them in one line."""
+def check_state_dict(model: torch.nn.Module, state: dict, strict: bool = True, what: str = "weights") -> None:
+    """Raise :class:`CheckpointError` naming the keys when ``state`` does not fit ``model``."""
     own = model.state_dict()
     shape_bad = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     if shape_bad:
@@ -53,6 +53,11 @@ def load_state_dict_strict(model: torch.nn.Module, state: dict, strict: bool = T
     if strict and (missing or unexpected):
         raise CheckpointError(f"{what}: {len(missing)} missing key(s) {missing[:5]}, "
                               f"{len(unexpected)} unexpected key(s) {unexpected[:5]}")
+
+
+def load_state_dict_strict(model: torch.nn.Module, state: dict, strict: bool = True, what: str = "weights") -> None:
+    """Load ``state`` into ``model``; on missing/unexpected keys or shape mismatches name them in one line."""
+    check_state_dict(model, state, strict, what)
     model.load_state_dict(state, strict=False)
 
 

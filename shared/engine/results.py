@@ -40,8 +40,21 @@ def package_versions() -> dict:
     return out
 
 
+def command_line() -> str:
+    """The command that produced this run, written the way a user would type it."""
+    argv = list(sys.argv)
+    if argv and argv[0].endswith(".py"):
+        mod = Path(argv[0]).resolve()
+        try:
+            rel = mod.relative_to(Path(__file__).resolve().parents[2]).with_suffix("")
+            argv[0] = "python -m " + ".".join(rel.parts)
+        except ValueError:
+            pass
+    return " ".join(argv)
+
+
 def provenance() -> dict:
-    return {"git": git_revision(), "packages": package_versions(), "command": " ".join(sys.argv),
+    return {"git": git_revision(), "packages": package_versions(), "command": command_line(),
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "machine": f"{platform.machine()} {os.cpu_count()} cpu"}
 

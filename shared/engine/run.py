@@ -15,7 +15,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from shared.engine.checkpoint import AtomicCheckpointIO, CheckpointError
+from shared.engine.checkpoint import AtomicCheckpointIO, CheckpointError, check_state_dict, load_checkpoint_file
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,8 @@ def fit(cfg: DictConfig, run_dir=None, extra_callbacks=()):
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     ckpt = resolve_ckpt(cfg, run_dir)
     datamodule, module = build(cfg)
+    if ckpt is not None:  # fail in one line, naming keys, before Lightning's long load error
+        check_state_dict(module, load_checkpoint_file(ckpt)["state_dict"], what=ckpt)
     trainer = build_trainer(cfg, run_dir, extra_callbacks)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     t0 = time.time()

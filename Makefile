@@ -1,0 +1,93 @@
+# video-diffusion-papers — one target per paper, plus install / test / demo / report / bench.
+# Every target installs what it needs first (a local .venv; torch and torchvision pinned together).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.install-stamp
+TRAIN := $(PY) -m shared.engine.train
+export HF_HUB_OFFLINE := 1
+export WANDB_MODE := offline
+export PYTHONHASHSEED := 0
+
+.DEFAULT_GOAL := help
+.PHONY: help install test claims lint demo report bench clean \
+        ddpm ddim rectified_flow instaflow knowledge_distillation progressive_distillation \
+        consistency_models few_step_table dit vdm judges
+
+help:  ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-26s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install the package with its pinned dependencies
+
+test: $(STAMP)  ## run the test suite (claim checks excluded; about 10 minutes on 2 cores)
+	$(PY) -m pytest -q --timeout=900
+
+claims: $(STAMP)  ## run every claim check (slow) and assert the papers' directions
+	$(PY) -m pytest -q -m claims --timeout=7200
+
+lint: $(STAMP)  ## ruff over the project
+	$(VENV)/bin/ruff check papers shared tests
+
+demo: $(STAMP)  ## the seminar showcase: a few minutes on a laptop CPU; prints where the pictures are
+	$(PY) -m shared.engine.demo
+
+report: $(STAMP)  ## regenerate the paper READMEs' results tables and RESULTS.md from committed results
+	$(PY) -m shared.engine.report
+
+bench: $(STAMP)  ## time our blocks against diffusers' at the same configuration
+	$(PY) -m shared.engine.bench
+
+judges: $(STAMP)  ## re-train the committed judge networks (digits, moving digits)
+	$(PY) -m shared.metrics.train_judge
+	$(PY) -m shared.metrics.train_video_judge
+
+ddpm: $(STAMP)  ## DDPM claim check: L_simple vs VLB on digits, 1000-step ancestral sampling
+	$(TRAIN) experiment=ddpm/digits_claim
+	$(PY) -m shared.engine.report --paper ddpm
+
+ddim: $(STAMP)  ## DDIM claim check: FD vs steps x eta, inversion, interpolation
+	$(TRAIN) experiment=ddim/digits_claim
+	$(PY) -m shared.engine.report --paper ddim
+
+rectified_flow: $(STAMP)  ## Rectified flow: 2D toys and digits, reflow and distillation
+	$(TRAIN) experiment=rectified_flow/toy2d_claim
+	$(TRAIN) experiment=rectified_flow/digits_claim
+	$(PY) -m shared.engine.report --paper rectified_flow
+
+instaflow: $(STAMP)  ## InstaFlow: class-conditional reflow + distillation vs direct distillation
+	$(TRAIN) experiment=instaflow/digits_claim
+	$(PY) -m shared.engine.report --paper instaflow
+
+knowledge_distillation: $(STAMP)  ## one-step student of a DDIM teacher
+	$(TRAIN) experiment=knowledge_distillation/digits_claim
+	$(PY) -m shared.engine.report --paper knowledge_distillation
+
+progressive_distillation: $(STAMP)  ## halving rounds 8 -> 4 -> 2 -> 1 steps
+	$(TRAIN) experiment=progressive_distillation/digits_claim
+	$(PY) -m shared.engine.report --paper progressive_distillation
+
+consistency_models: $(STAMP)  ## consistency distillation and consistency training
+	$(TRAIN) experiment=consistency_models/digits_claim
+	$(PY) -m shared.engine.report --paper consistency_models
+
+few_step_table: $(STAMP)  ## FD_judge vs NFE for every few-step method (from committed results)
+	$(PY) -m shared.engine.few_step_table
+
+dit: $(STAMP)  ## DiT: FD vs Gflops over sizes x patches, conditioning ablation
+	$(TRAIN) experiment=dit/digits_scaling
+	$(TRAIN) experiment=dit/digits_conditioning
+	$(PY) -m shared.engine.report --paper dit
+
+vdm: $(STAMP)  ## Video Diffusion Models: joint image-video training, reconstruction-guided extension
+	$(TRAIN) experiment=vdm/moving_digits_claim
+	$(PY) -m shared.engine.report --paper vdm
+
+clean:  ## remove outputs (keeps .venv)
+	rm -rf outputs reports
