@@ -1,0 +1,6 @@
+"""Datasets and LightningDataModules: 2D toys, sklearn digits, CIFAR-10 and image folders.
+
+Items are dicts ``{"x": tensor, "y": LongTensor (when labelled)}``; images are ``(C, H, W)``
+float32 in ``[-1, 1]``. Import the submodules directly (``shared.data.digits`` ...); this
+package imports nothing heavy so other data modules can live beside these.
+"""
