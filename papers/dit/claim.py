@@ -219,3 +219,24 @@ def run_conditioning(cfg: DictConfig) -> dict:
     plot_curves(Path(cfg.run_dir) / "conditioning_curves.png", metrics["curve"], floor)
     return finish(cfg, metrics, paper="dit", claim=str(c.name), t0=t0,
                   extra={"nfe": int(c.sampler.steps), "num_samples": int(c.num_samples)})
+
+
+def run_gflops(cfg: DictConfig) -> dict:
+    """Table 4's Gflops column: forward compute of each ``conf/model/dit_<name>.yaml`` (one 256² image as 32x32x4
+    latents and one label), counted on the meta device; multiply-adds (the paper's unit) and 2-per-MAC FLOPs."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from shared.engine.claims import PROJECT_ROOT
+
+    t0 = time.time()
+    metrics: dict = {"gmacs": {}, "gflops_2_per_mac": {}, "params_m": {}}
+    for label, model_name in cfg.claim.models.items():
+        model_cfg = OmegaConf.load(PROJECT_ROOT / "conf" / "model" / f"{model_name}.yaml")
+        with torch.device("meta"):
+            net = instantiate(model_cfg)
+        g = gflops(net, *dit_inputs(net, device="meta"), on_meta=True)
+        metrics["gmacs"][label] = round(g["gmacs"], 3)
+        metrics["gflops_2_per_mac"][label] = round(g["gflops"], 3)
+        metrics["params_m"][label] = round(sum(p.numel() for p in net.parameters()) / 1e6, 2)
+    return finish(cfg, metrics, paper="dit", claim=str(cfg.claim.name), t0=t0)
