@@ -26,9 +26,9 @@ SMOKE = {"base_steps": 2, "reflow_steps": 2, "distill_steps": 2, "n_pairs": 64, 
          "pair_batch_size": 32, "num_samples": 40, "pair_rtol": 1e-2, "eval_rtol": 1e-2, "workers": 1, "grid_cols": 2}
 
 
-def budget(c: DictConfig) -> dict:
-    b = OmegaConf.to_container(c, resolve=True)
-    if b.get("smoke"):
+def budget(cfg: DictConfig) -> dict:
+    b = OmegaConf.to_container(cfg.claim, resolve=True)
+    if b.get("smoke") or cfg.trainer.get("fast_dev_run"):
         b.update(SMOKE)
         b["seeds"] = b["seeds"][:1]
     return b
@@ -36,7 +36,7 @@ def budget(c: DictConfig) -> dict:
 
 def _seed(cfg_c: dict, seed: int) -> dict:
     cfg = OmegaConf.create(cfg_c)
-    b = budget(cfg.claim)
+    b = budget(cfg)
     from shared.data.digits import real_splits
     from shared.metrics.judge import fd_judge, judge_accuracy
 
@@ -94,7 +94,7 @@ def _seed(cfg_c: dict, seed: int) -> dict:
 
 def run(cfg: DictConfig) -> dict:
     t0 = time.time()
-    b = budget(cfg.claim)
+    b = budget(cfg)
     from shared.data.digits import real_splits
     from shared.engine.video_io import save_image_grid
     from shared.metrics.judge import fd_judge

@@ -34,10 +34,10 @@ SMOKE = {"base_steps": 2, "reflow_steps": 2, "distill_steps": 2, "baseline_steps
          "pair_rtol": 1e-2, "eval_rtol": 1e-2, "plot_paths": 8}
 
 
-def budget(c: DictConfig) -> dict:
-    """The claim's knobs as a dict; ``smoke`` replaces the budgets by tiny ones (pipeline runs in seconds)."""
-    b = OmegaConf.to_container(c, resolve=True)
-    if b.get("smoke"):
+def budget(cfg: DictConfig) -> dict:
+    """The claim's knobs as a dict; ``claim.smoke`` or ``trainer.fast_dev_run`` replace the budgets by tiny ones."""
+    b = OmegaConf.to_container(cfg.claim, resolve=True)
+    if b.get("smoke") or cfg.trainer.get("fast_dev_run"):
         b.update({k: v for k, v in SMOKE.items() if k in b or k in ("workers",)})
         b["seeds"] = b["seeds"][:1]
     return b
@@ -70,7 +70,7 @@ def reflow_pairs(module, noise: torch.Tensor, b: dict, path: Path, y=None, guida
 # ---------------------------------------------------------------------------------------------- 2D toys
 def _toy_seed(cfg_c: dict, seed: int) -> dict:
     cfg = OmegaConf.create(cfg_c)
-    b = budget(cfg.claim)
+    b = budget(cfg)
     from shared.data.toys import sample_toy
     from shared.metrics.sliced_wasserstein import sliced_wasserstein
 
@@ -152,7 +152,7 @@ def _plot_trajectories(paths: dict, path: str) -> None:
 
 def run_toy(cfg: DictConfig) -> dict:
     t0 = time.time()
-    b = budget(cfg.claim)
+    b = budget(cfg)
     cfg_c = OmegaConf.to_container(cfg, resolve=False)
     per_seed = map_jobs(_toy_seed, [(cfg_c, int(s)) for s in b["seeds"]], workers=int(b["workers"]))
     metrics: dict = {}
@@ -199,7 +199,7 @@ def evaluate_fd_vs_nfe(module, x_T: torch.Tensor, real_b: torch.Tensor, nfes: li
 
 def _digits_seed(cfg_c: dict, seed: int) -> dict:
     cfg = OmegaConf.create(cfg_c)
-    b = budget(cfg.claim)
+    b = budget(cfg)
     from shared.data.digits import real_splits
 
     _, real_b = real_splits(size=int(cfg.data.size))
@@ -235,7 +235,7 @@ def _digits_seed(cfg_c: dict, seed: int) -> dict:
 
 def run_digits(cfg: DictConfig) -> dict:
     t0 = time.time()
-    b = budget(cfg.claim)
+    b = budget(cfg)
     from shared.data.digits import real_splits
     from shared.engine.video_io import save_image_grid
     from shared.metrics.judge import fd_judge
