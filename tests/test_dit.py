@@ -1,7 +1,7 @@
-"""DiT (Peebles & Xie 2023): blocks, layout, Gflops, objective, configs; the claim checks under ``-m claims``."""
+"""DiT (Peebles & Xie 2023): blocks, layout, Gflops, objective, configs; claim checks under ``-m claims``."""
+
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from unittest import mock
 
@@ -16,8 +16,15 @@ from papers.dit.module import DiTModule, LearnedVarianceTerms, vlb_terms_bits
 from shared.diffusion.samplers import ddpm_learned_variance_sample, ddpm_sample
 from shared.diffusion.schedules import DiscreteVP
 from shared.nn.flops import count_flops, dit_inputs, gflops
-from shared.nn.transformer import (CONDITIONINGS, DiT, load_official_state_dict, official_state_dict_shapes,
-                                   patchify, sincos_2d, unpatchify)
+from shared.nn.transformer import (
+    CONDITIONINGS,
+    DiT,
+    load_official_state_dict,
+    official_state_dict_shapes,
+    patchify,
+    sincos_2d,
+    unpatchify,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")
@@ -46,7 +53,7 @@ def test_adaln_zero_blocks_are_identity_at_init():
     h = torch.randn(4, net.num_patches, net.hidden_size)
     for block in net.blocks:
         torch.testing.assert_close(block(h, c), h, rtol=0, atol=0)
-    assert net(x, t, y).abs().max() == 0     # zero final layer: the initial prediction is 0
+    assert net(x, t, y).abs().max() == 0  # zero final layer: the initial prediction is 0
 
 
 def test_adaln_zero_identity_breaks_after_a_step():
@@ -66,22 +73,23 @@ def test_adaln_zero_identity_breaks_after_a_step():
 @pytest.mark.parametrize("conditioning", CONDITIONINGS)
 def test_conditionings_run_and_use_labels(conditioning):
     net = small(conditioning=conditioning, learn_sigma=True)
-    with torch.no_grad():                      # break the zero init so outputs depend on everything
+    with torch.no_grad():  # break the zero init so outputs depend on everything
         for p in net.parameters():
             p.add_(0.05 * torch.randn_like(p))
     x, t, y = batch(net)
     out = net(x, t, y)
     assert out.shape == (4, 6, 8, 8)
     assert not torch.allclose(out, net(x, t, (y + 1) % 10))
-    assert not torch.allclose(out, net(x, t, None))     # None = the null label (unconditional)
+    assert not torch.allclose(out, net(x, t, None))  # None = the null label (unconditional)
 
 
 def test_timm_attention_goes_through_sdpa():
     net = small()
     assert all(b.attn.fused_attn for b in net.blocks)
     x, t, y = batch(net)
-    with mock.patch("torch.nn.functional.scaled_dot_product_attention",
-                    wraps=F.scaled_dot_product_attention) as sdpa:
+    with mock.patch(
+        "torch.nn.functional.scaled_dot_product_attention", wraps=F.scaled_dot_product_attention
+    ) as sdpa:
         net(x, t, y)
     assert sdpa.call_count == net.depth
 
@@ -99,17 +107,17 @@ def test_patchify_round_trip_and_official_unpatchify_order():
 def test_patch_embed_is_a_linear_map_of_patchify():
     net = small()
     x, _, _ = batch(net)
-    w = net.x_embedder.proj.weight                       # (d, C, p, p)
+    w = net.x_embedder.proj.weight  # (d, C, p, p)
     lin = patchify(x, 2) @ w.permute(0, 2, 3, 1).reshape(w.shape[0], -1).T + net.x_embedder.proj.bias
     torch.testing.assert_close(net.x_embedder(x), lin, rtol=1e-5, atol=1e-5)
 
 
 def test_sincos_position_embedding_layout():
-    pe = sincos_2d(16, 3)                                # tokens row-major; first half = column, second = row
+    pe = sincos_2d(16, 3)  # tokens row-major; first half = column, second = row
     assert pe.shape == (9, 16)
-    torch.testing.assert_close(pe[1, :8], pe[4, :8])     # (0,1) and (1,1) share the column
-    torch.testing.assert_close(pe[3, 8:], pe[4, 8:])     # (1,0) and (1,1) share the row
-    assert torch.all(pe[0, :4] == 0) and torch.all(pe[0, 4:8] == 1)   # sin(0), cos(0)
+    torch.testing.assert_close(pe[1, :8], pe[4, :8])  # (0,1) and (1,1) share the column
+    torch.testing.assert_close(pe[3, 8:], pe[4, 8:])  # (1,0) and (1,1) share the row
+    assert torch.all(pe[0, :4] == 0) and torch.all(pe[0, 4:8] == 1)  # sin(0), cos(0)
     net = small()
     assert "pos_embed" in net.state_dict() and not any(n == "pos_embed" for n, _ in net.named_parameters())
 
@@ -126,15 +134,17 @@ def hand_macs(n: DiT, learn_sigma_out: int, freq_dim: int = 256) -> int:
 
 def test_gflops_of_a_known_config_match_a_hand_count():
     net = small(learn_sigma=True)
-    counted = count_flops(*[net.to("meta")], *[a.to("meta") if a is not None else None for a in dit_inputs(net)])
-    assert counted == 2 * hand_macs(net, 6)              # FlopCounterMode: 2 FLOPs per multiply-add
+    counted = count_flops(
+        *[net.to("meta")], *[a.to("meta") if a is not None else None for a in dit_inputs(net)]
+    )
+    assert counted == 2 * hand_macs(net, 6)  # FlopCounterMode: 2 FLOPs per multiply-add
     g = gflops(small(learn_sigma=True), *dit_inputs(net))
     assert g["gmacs"] * 1e9 == pytest.approx(hand_macs(net, 6))
 
 
 def test_xl2_gflops_on_meta_match_the_hand_count():
     with torch.device("meta"):
-        net = DiT()                                      # DiT-XL/2 defaults: 32x32x4, 28 x 1152, 16 heads
+        net = DiT()  # DiT-XL/2 defaults: 32x32x4, 28 x 1152, 16 heads
     g = gflops(net, *dit_inputs(net, device="meta"))
     assert g["gmacs"] * 1e9 == pytest.approx(hand_macs(net, 8))
 
@@ -145,21 +155,35 @@ def our_shapes(net):
 
 
 def test_state_dict_layout_matches_official_small():
-    cfg = dict(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=3, num_heads=4, num_classes=10)
+    cfg = dict(
+        input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=3, num_heads=4, num_classes=10
+    )
     net = DiT(**cfg, learn_sigma=True)
     assert our_shapes(net) == official_state_dict_shapes(**cfg)
 
 
 def test_state_dict_layout_matches_official_xl2_on_meta():
     with torch.device("meta"):
-        net = DiT(input_size=32, patch_size=2, in_channels=4, hidden_size=1152, depth=28, num_heads=16,
-                  num_classes=1000, learn_sigma=True)
+        net = DiT(
+            input_size=32,
+            patch_size=2,
+            in_channels=4,
+            hidden_size=1152,
+            depth=28,
+            num_heads=16,
+            num_classes=1000,
+            learn_sigma=True,
+        )
     assert our_shapes(net) == official_state_dict_shapes()
-    assert sum(v.numel() for k, v in net.state_dict().items() if k != "pos_embed") == pytest.approx(675e6, rel=0.01)
+    assert sum(v.numel() for k, v in net.state_dict().items() if k != "pos_embed") == pytest.approx(
+        675e6, rel=0.01
+    )
 
 
 def test_load_random_official_state_dict_and_name_bad_keys():
-    cfg = dict(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=2, num_heads=4, num_classes=10)
+    cfg = dict(
+        input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=2, num_heads=4, num_classes=10
+    )
     g = torch.Generator().manual_seed(0)
     state = {k: torch.randn(s, generator=g) for k, s in official_state_dict_shapes(**cfg).items()}
     net = DiT(**cfg)
@@ -189,8 +213,13 @@ def test_learned_variance_sampler_reduces_to_fixed_variances():
     x_T = torch.randn(3, 1, 4, 4)
     for v, variance in ((1.0, "large"), (-1.0, "small")):
         a = ddpm_sample(den, x_T, s, 10, variance=variance, generator=torch.Generator().manual_seed(0))
-        b = ddpm_learned_variance_sample(lambda x, t: (*den(x, t), torch.full_like(x, v)), x_T, s, 10,
-                                         generator=torch.Generator().manual_seed(0))
+        b = ddpm_learned_variance_sample(
+            lambda x, t, v=v: (*den(x, t), torch.full_like(x, v)),
+            x_T,
+            s,
+            10,
+            generator=torch.Generator().manual_seed(0),
+        )
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
@@ -213,8 +242,14 @@ def test_vlb_term_is_zero_for_the_true_posterior_and_stops_the_mean_gradient():
 
 def tiny_module(**kw):
     net = small(in_channels=1, learn_sigma=True, **kw)
-    return DiTModule(net, DiscreteVP(), cond_drop_prob=0.1, sample_shape=(1, 8, 8), ema_decay=None,
-                     sampler={"name": "ddpm", "steps": 5})
+    return DiTModule(
+        net,
+        DiscreteVP(),
+        cond_drop_prob=0.1,
+        sample_shape=(1, 8, 8),
+        ema_decay=None,
+        sampler={"name": "ddpm", "steps": 5},
+    )
 
 
 def test_hybrid_loss_trains_both_heads_and_cfg_samples():
@@ -225,19 +260,37 @@ def test_hybrid_loss_trains_both_heads_and_cfg_samples():
     assert torch.isfinite(loss) and m.net.final_layer.linear.weight.grad.abs().sum() > 0
     g = torch.Generator().manual_seed(0)
     for name in ("ddpm", "ddim"):
-        out = m.sample(4, sampler={"name": name, "steps": 3}, generator=g, y=torch.arange(4), guidance_scale=1.5)
+        out = m.sample(
+            4, sampler={"name": name, "steps": 3}, generator=g, y=torch.arange(4), guidance_scale=1.5
+        )
         assert out.shape == (4, 1, 8, 8) and torch.isfinite(out).all()
 
 
 def test_latent_path_with_a_random_diffusers_autoencoder():
     from diffusers import AutoencoderKL
+
     torch.manual_seed(0)
-    ae = AutoencoderKL(in_channels=1, out_channels=1, latent_channels=2, block_out_channels=(8,),
-                       down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",),
-                       layers_per_block=1, norm_num_groups=4, sample_size=8)
+    ae = AutoencoderKL(
+        in_channels=1,
+        out_channels=1,
+        latent_channels=2,
+        block_out_channels=(8,),
+        down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",),
+        layers_per_block=1,
+        norm_num_groups=4,
+        sample_size=8,
+    )
     net = small(in_channels=2, learn_sigma=True)
-    m = DiTModule(net, DiscreteVP(), autoencoder=ae, latent_scale=0.5, sample_shape=(2, 8, 8), ema_decay=None,
-                  sampler={"name": "ddpm", "steps": 3})
+    m = DiTModule(
+        net,
+        DiscreteVP(),
+        autoencoder=ae,
+        latent_scale=0.5,
+        sample_shape=(2, 8, 8),
+        ema_decay=None,
+        sampler={"name": "ddpm", "steps": 3},
+    )
     x = torch.rand(2, 1, 8, 8) * 2 - 1
     assert m.encode(x).shape == (2, 2, 8, 8)
     loss = m.training_loss({"x": x, "y": torch.tensor([1, 2])}, torch.Generator().manual_seed(0))
@@ -255,8 +308,11 @@ def composed(name, overrides=()):
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_composes_and_first_line_names_the_table(name):
     cfg = composed(name)
-    first = [ln for ln in (ROOT / "experiments" / "dit" / f"{name}.yaml").read_text().splitlines()
-             if not ln.startswith("# @package")][0]
+    first = [
+        ln
+        for ln in (ROOT / "experiments" / "dit" / f"{name}.yaml").read_text().splitlines()
+        if not ln.startswith("# @package")
+    ][0]
     assert first.startswith("# DiT ") and ("Table" in first or "Fig" in first)
     with torch.device("meta"):
         net = instantiate(cfg.model)
@@ -266,20 +322,48 @@ def test_experiment_composes_and_first_line_names_the_table(name):
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_tiny_fast_dev_run(name, tmp_path):
     from shared.engine.run import fit
-    if name == "gflops_table":   # a counting pipeline, no training: run it (meta device, seconds), unpublished
+
+    if name == "gflops_table":  # a counting pipeline, no training: run it (meta device, seconds), unpublished
         from shared.engine.train import run
-        cfg = composed(name, [f"run_dir={tmp_path}", "+claim.publish=false"])
+
+        cfg = composed(
+            name,
+            [
+                f"run_dir={tmp_path}",
+                "+claim.publish=false",
+                "claim.models={S/8: dit_s8, S/4: dit_s4, S/2: dit_s2}",
+            ],
+        )
         m = run(cfg)["metrics"]
-        assert m["gmacs"]["XL/2"] > m["gmacs"]["XL/4"] > m["gmacs"]["XL/8"]
+        assert m["gmacs"]["S/2"] > m["gmacs"]["S/4"] > m["gmacs"]["S/8"]
         return
-    over = ["trainer=cpu", "trainer.fast_dev_run=true", "trainer.enable_progress_bar=false", "logger=none",
-            "callbacks=none", "pipeline=null", f"paths.output_dir={tmp_path}"]
+    over = [
+        "trainer=cpu",
+        "trainer.fast_dev_run=true",
+        "trainer.enable_progress_bar=false",
+        "logger=none",
+        "callbacks=none",
+        "pipeline=null",
+        f"paths.output_dir={tmp_path}",
+    ]
     if name.startswith("imagenet"):
         # paper scale: same module and model code, shrunk onto the digits; the SD-VAE is a local file we lack
-        over += ["data=digits", "~data.root", "data.size=8", "model.input_size=8", "model.in_channels=1", "model.num_classes=10",
-                 "model.hidden_size=32", "model.depth=1", "model.num_heads=2", "model.patch_size=4",
-                 "module.autoencoder=null", "module.sample_shape=[1,8,8]", "module.sampler.steps=2",
-                 "trainer.precision=32-true"]
+        over += [
+            "data=digits",
+            "~data.root",
+            "data.size=8",
+            "model.input_size=8",
+            "model.in_channels=1",
+            "model.num_classes=10",
+            "model.hidden_size=32",
+            "model.depth=1",
+            "model.num_heads=2",
+            "model.patch_size=4",
+            "module.autoencoder=null",
+            "module.sample_shape=[1,8,8]",
+            "module.sampler.steps=2",
+            "trainer.precision=32-true",
+        ]
     cfg = composed(name, over)
     with open_dict(cfg):
         cfg.trainer.pop("strategy", None)
@@ -299,8 +383,9 @@ def test_paper_scale_recipe():
 
 # ------------------------------------------------------------------ claims (slow)
 def run_claim(name):
-    from shared.engine.train import run
     from shared.engine.run import set_run_dir
+    from shared.engine.train import run
+
     cfg = composed(name)
     set_run_dir(cfg, None)
     return run(cfg)["metrics"]

@@ -1,6 +1,7 @@
-"""DiT claim checks at CPU scale (PAPERS.md, ``dit``), on the class-conditional 8x8 digits world in pixel space.
+"""DiT claim checks at CPU scale (PAPERS.md, ``dit``), on the class-conditional 8x8 digits in pixel space.
 
-* :func:`run_scaling` (``experiments/dit/digits_scaling.yaml``; the paper's Table 4 / Fig. 6): a grid of tiny DiTs,
+* :func:`run_scaling` (``experiments/dit/digits_scaling.yaml``; the paper's Table 4 / Fig. 6): a grid of tiny
+  DiTs,
   sizes x patch sizes, trained for the same steps with the same hyperparameters; FD_judge of class-conditional
   samples (no guidance, as Table 4) against held-out digits, plotted against the forward Gflops measured with
   ``shared.nn.flops`` (multiply-adds, the paper's convention). The paper's direction: FD falls as Gflops rise.
@@ -8,11 +9,15 @@
 * :func:`run_conditioning` (``experiments/dit/digits_conditioning.yaml``; Fig. 5): one size and patch, four
   block designs (adaLN-Zero, adaLN, cross-attention, in-context), FD_judge over training steps.
 
-Protocol (all in ``cfg.claim``, fixed before any outcome was seen): ``seeds`` train seeds, each variant trained
-by ``shared.engine.run.fit`` (the code of ``python -m shared.engine.train``), ``num_samples`` samples with labels
-``i % 10`` drawn with ``sampler`` from the EMA weights, FD_judge against ``real_b``; the floor is FD_judge between
+Protocol (all in ``cfg.claim``, fixed before any outcome was seen): ``seeds`` train seeds, each variant
+trained
+by ``shared.engine.run.fit`` (the code of ``python -m shared.engine.train``), ``num_samples`` samples with
+labels
+``i % 10`` drawn with ``sampler`` from the EMA weights, FD_judge against ``real_b``; the floor is FD_judge
+between
 the two real held-out halves.
 """
+
 from __future__ import annotations
 
 import time
@@ -52,7 +57,13 @@ class FDCurve(pl.Callback):
     """FD_judge of EMA samples at the given training steps (the conditioning ablation's curves, Fig. 5)."""
 
     def __init__(self, steps, num_samples: int, sampler: dict, seed: int, reference: torch.Tensor):
-        self.steps, self.n, self.sampler, self.seed, self.reference = set(steps), num_samples, sampler, seed, reference
+        self.steps, self.n, self.sampler, self.seed, self.reference = (
+            set(steps),
+            num_samples,
+            sampler,
+            seed,
+            reference,
+        )
         self.fds: dict[int, float] = {}
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
@@ -64,12 +75,17 @@ class FDCurve(pl.Callback):
 
 def spearman(x, y) -> float:
     from scipy.stats import spearmanr
+
     return float(spearmanr(x, y).statistic)
 
 
 def variant_overrides(size: dict, patch: int, conditioning: str | None = None) -> dict:
-    out = {"model.depth": int(size["depth"]), "model.hidden_size": int(size["hidden_size"]),
-           "model.num_heads": int(size["num_heads"]), "model.patch_size": int(patch)}
+    out = {
+        "model.depth": int(size["depth"]),
+        "model.hidden_size": int(size["hidden_size"]),
+        "model.num_heads": int(size["num_heads"]),
+        "model.patch_size": int(patch),
+    }
     if conditioning is not None:
         out["model.conditioning"] = conditioning
     return out
@@ -78,17 +94,29 @@ def variant_overrides(size: dict, patch: int, conditioning: str | None = None) -
 # ------------------------------------------------------------------ plots
 def plot_scaling(path: Path, rows: list[dict], floor: float) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(4.6, 3.4), dpi=100)
     for patch, marker in zip(sorted({r["patch"] for r in rows}, reverse=True), "osd^v"):
         pts = sorted((r for r in rows if r["patch"] == patch), key=lambda r: r["gmacs"])
-        ax.errorbar([r["gmacs"] for r in pts], [r["fd"]["mean"] for r in pts], yerr=[r["fd"]["std"] for r in pts],
-                    marker=marker, capsize=3, label=f"patch {patch}")
+        ax.errorbar(
+            [r["gmacs"] for r in pts],
+            [r["fd"]["mean"] for r in pts],
+            yerr=[r["fd"]["std"] for r in pts],
+            marker=marker,
+            capsize=3,
+            label=f"patch {patch}",
+        )
         for r in pts:
-            ax.annotate(r["name"], (r["gmacs"], r["fd"]["mean"]), textcoords="offset points", xytext=(4, 4),
-                        fontsize=7)
+            ax.annotate(
+                r["name"],
+                (r["gmacs"], r["fd"]["mean"]),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize=7,
+            )
     ax.axhline(floor, color="grey", ls="--", lw=1, label="real vs real")
     ax.set_xscale("log")
     ax.set_xlabel("forward Gflops (multiply-adds, x1e-3 = Mflops)")
@@ -102,14 +130,21 @@ def plot_scaling(path: Path, rows: list[dict], floor: float) -> None:
 
 def plot_curves(path: Path, curves: dict, floor: float) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(4.6, 3.4), dpi=100)
     for name, pts in curves.items():
         steps = sorted(pts, key=int)
-        ax.errorbar([int(s) for s in steps], [pts[s]["mean"] for s in steps], yerr=[pts[s]["std"] for s in steps],
-                    marker="o", capsize=3, label=name)
+        ax.errorbar(
+            [int(s) for s in steps],
+            [pts[s]["mean"] for s in steps],
+            yerr=[pts[s]["std"] for s in steps],
+            marker="o",
+            capsize=3,
+            label=name,
+        )
     ax.axhline(floor, color="grey", ls="--", lw=1, label="real vs real")
     ax.set_yscale("log")
     ax.set_xlabel("training steps")
@@ -129,8 +164,14 @@ def run_scaling(cfg: DictConfig) -> dict:
         torch.set_num_threads(int(c.num_threads))
     real_a, real_b = real_splits(size=int(cfg.data.size))
     floor = fd_judge(real_a, real_b)
-    metrics: dict = {"fd_judge_real_floor": floor, "fd_judge": {}, "gflops": {}, "gflops_2_per_mac": {},
-                     "params": {}, "train_time_s": {}}
+    metrics: dict = {
+        "fd_judge_real_floor": floor,
+        "fd_judge": {},
+        "gflops": {},
+        "gflops_2_per_mac": {},
+        "params": {},
+        "train_time_s": {},
+    }
     rows, per_seed_fd = [], {}
     guided = {f"w={float(w)}": [] for w in c.guidance_scales}
     guided_fd = {f"w={float(w)}": [] for w in c.guidance_scales}
@@ -147,12 +188,15 @@ def run_scaling(cfg: DictConfig) -> dict:
                 fds.append(fd_judge(x, real_b))
                 if name == c.guidance_variant:
                     for w in c.guidance_scales:
-                        xg, yg = draw(module, int(c.guidance_samples), c.sampler, int(c.sample_seed) + int(seed), w)
+                        xg, yg = draw(
+                            module, int(c.guidance_samples), c.sampler, int(c.sample_seed) + int(seed), w
+                        )
                         guided[f"w={float(w)}"].append(judge_accuracy(xg, yg))
                         guided_fd[f"w={float(w)}"].append(fd_judge(xg, real_b))
                 if seed == c.seeds[0] and name == c.guidance_variant:
-                    save_image_grid(x[:100], Path(cfg.run_dir) / f"samples_{size_name}{patch}.png", nrow=10,
-                                    scale=2)
+                    save_image_grid(
+                        x[:100], Path(cfg.run_dir) / f"samples_{size_name}{patch}.png", nrow=10, scale=2
+                    )
             g = net_gflops(module)
             metrics["gflops"][name] = g["gmacs"]
             metrics["gflops_2_per_mac"][name] = g["gflops"]
@@ -160,22 +204,35 @@ def run_scaling(cfg: DictConfig) -> dict:
             metrics["fd_judge"][name] = summarise(fds)
             metrics["train_time_s"][name] = summarise(times)
             per_seed_fd[name] = fds
-            rows.append({"name": name, "patch": int(patch), "gmacs": g["gmacs"], "fd": metrics["fd_judge"][name]})
+            rows.append(
+                {"name": name, "patch": int(patch), "gmacs": g["gmacs"], "fd": metrics["fd_judge"][name]}
+            )
     names = [r["name"] for r in rows]
     gm = [metrics["gflops"][n] for n in names]
     metrics["spearman_gflops_fd"] = spearman(gm, [metrics["fd_judge"][n]["mean"] for n in names])
     metrics["spearman_gflops_fd_per_seed"] = summarise(
-        [spearman(gm, [per_seed_fd[n][i] for n in names]) for i in range(len(c.seeds))])
+        [spearman(gm, [per_seed_fd[n][i] for n in names]) for i in range(len(c.seeds))]
+    )
     lo, hi = names[gm.index(min(gm))], names[gm.index(max(gm))]
     metrics["fd_ratio_most_to_least_gflops"] = summarise(
-        [per_seed_fd[hi][i] / per_seed_fd[lo][i] for i in range(len(c.seeds))])
+        [per_seed_fd[hi][i] / per_seed_fd[lo][i] for i in range(len(c.seeds))]
+    )
     metrics["least_gflops_variant"], metrics["most_gflops_variant"] = lo, hi
     metrics["judge_accuracy"] = {k: summarise(v) for k, v in guided.items()}
     metrics["fd_judge_guided"] = {k: summarise(v) for k, v in guided_fd.items()}
     plot_scaling(Path(cfg.run_dir) / "fd_vs_gflops.png", rows, floor)
-    return finish(cfg, metrics, paper="dit", claim=str(c.name), t0=t0,
-                  extra={"nfe": int(c.sampler.steps), "num_samples": int(c.num_samples),
-                         "guidance_variant": str(c.guidance_variant)})
+    return finish(
+        cfg,
+        metrics,
+        paper="dit",
+        claim=str(c.name),
+        t0=t0,
+        extra={
+            "nfe": int(c.sampler.steps),
+            "num_samples": int(c.num_samples),
+            "guidance_variant": str(c.guidance_variant),
+        },
+    )
 
 
 def run_conditioning(cfg: DictConfig) -> dict:
@@ -186,14 +243,25 @@ def run_conditioning(cfg: DictConfig) -> dict:
     real_a, real_b = real_splits(size=int(cfg.data.size))
     floor = fd_judge(real_a, real_b)
     max_steps = int(cfg.trainer.max_steps)
-    metrics: dict = {"fd_judge_real_floor": floor, "fd_judge": {}, "curve": {}, "gflops": {}, "params": {},
-                     "train_time_s": {}}
+    metrics: dict = {
+        "fd_judge_real_floor": floor,
+        "fd_judge": {},
+        "curve": {},
+        "gflops": {},
+        "params": {},
+        "train_time_s": {},
+    }
     per_seed = {}
     for cond in c.conditionings:
         finals, times, curve = [], [], {int(s): [] for s in c.curve_steps}
         for seed in c.seeds:
-            cb = FDCurve([s for s in c.curve_steps if int(s) < max_steps], int(c.curve_samples), c.sampler,
-                         int(c.sample_seed) + int(seed), real_b)
+            cb = FDCurve(
+                [s for s in c.curve_steps if int(s) < max_steps],
+                int(c.curve_samples),
+                c.sampler,
+                int(c.sample_seed) + int(seed),
+                real_b,
+            )
             ts = time.time()
             sub_overrides = variant_overrides(c.size, c.patch, cond)
             sub = variant_config(cfg, sub_overrides, seed)
@@ -204,7 +272,7 @@ def run_conditioning(cfg: DictConfig) -> dict:
             finals.append(fd_judge(x, real_b))
             for s, v in cb.fds.items():
                 curve[s].append(v)
-        curve[max_steps] = finals       # the last point is the main protocol's evaluation
+        curve[max_steps] = finals  # the last point is the main protocol's evaluation
         g = net_gflops(module)
         metrics["gflops"][cond] = g["gmacs"]
         metrics["params"][cond] = sum(p.numel() for p in module.net.parameters())
@@ -213,17 +281,25 @@ def run_conditioning(cfg: DictConfig) -> dict:
         metrics["train_time_s"][cond] = summarise(times)
         per_seed[cond] = finals
     base = str(c.conditionings[0])
-    metrics["fd_ratio_to_" + base] = {k: summarise([a / b for a, b in zip(v, per_seed[base])])
-                                      for k, v in per_seed.items() if k != base}
+    metrics["fd_ratio_to_" + base] = {
+        k: summarise([a / b for a, b in zip(v, per_seed[base])]) for k, v in per_seed.items() if k != base
+    }
     metrics["best_conditioning"] = min(per_seed, key=lambda k: metrics["fd_judge"][k]["mean"])
     plot_curves(Path(cfg.run_dir) / "conditioning_curves.png", metrics["curve"], floor)
-    return finish(cfg, metrics, paper="dit", claim=str(c.name), t0=t0,
-                  extra={"nfe": int(c.sampler.steps), "num_samples": int(c.num_samples)})
+    return finish(
+        cfg,
+        metrics,
+        paper="dit",
+        claim=str(c.name),
+        t0=t0,
+        extra={"nfe": int(c.sampler.steps), "num_samples": int(c.num_samples)},
+    )
 
 
 def run_gflops(cfg: DictConfig) -> dict:
-    """Table 4's Gflops column: forward compute of each ``conf/model/dit_<name>.yaml`` (one 256² image as 32x32x4
-    latents and one label), counted on the meta device; multiply-adds (the paper's unit) and 2-per-MAC FLOPs."""
+    """Table 4's Gflops column: forward compute of each ``conf/model/dit_<name>.yaml`` (one 256² image
+    as 32x32x4 latents and one label), counted on the meta device; multiply-adds (the paper's unit) and
+    2-per-MAC FLOPs."""
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 

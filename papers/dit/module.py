@@ -7,16 +7,20 @@ around it (Sec. 3.1 and 4, "Training" / "Diffusion"):
   (``cond_drop_prob``, 0.1 in the paper) for classifier-free guidance;
 * ``learn_sigma``: the network also outputs ``v`` and the covariance ``Sigma_theta`` is Improved DDPM's
   interpolation (Nichol & Dhariwal 2021, Eq. 15); the loss is the hybrid ``L_simple + lambda L_vlb`` (IDDPM
-  Eq. 16) where ``L_vlb`` sees the predicted mean through a *stop-gradient*, so only ``v`` learns from it (IDDPM
+  Eq. 16) where ``L_vlb`` sees the predicted mean through a *stop-gradient*, so only ``v`` learns from it
+  (IDDPM
   Sec. 3.1). ``vlb_weight`` multiplies the per-timestep KL term in bits per dimension — the official code's
   ``loss = mse + vb`` is ``vlb_weight = 1`` (= IDDPM's ``lambda = 0.001`` times ``T = 1000`` terms);
-* sampling: ancestral steps with the learned variance (``sampler.name: ddpm``; the paper uses 250 steps) through
+* sampling: ancestral steps with the learned variance (``sampler.name: ddpm``; the paper uses 250 steps)
+  through
   :func:`shared.diffusion.samplers.ddpm_learned_variance_sample`, or any shared sampler on the eps channels;
   CFG (Sec. 3.1, "Classifier-free guidance") guides the eps channels and keeps the conditional ``v``;
 * latent space: with an ``autoencoder`` (e.g. the Stable Diffusion VAE from a local folder) the data are
-  encoded to ``latent_scale * z`` before the loss and samples are decoded; without one, DiT runs in pixel space
+  encoded to ``latent_scale * z`` before the loss and samples are decoded; without one, DiT runs in pixel
+  space
   (the digits claim check).
 """
+
 from __future__ import annotations
 
 import math
@@ -32,18 +36,22 @@ from shared.diffusion.schedules import DiscreteVP, _bcast
 from shared.engine.module import DiffusionModule
 
 
-# ------------------------------------------------------------------ Gaussian terms of the VLB (IDDPM / DDPM App.)
+# ------------------------------------------------------------------ Gaussian terms of the VLB (IDDPM / DDPM
+# App.)
 def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
     """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)), element-wise, in nats."""
-    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
+    return 0.5 * (
+        -1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2)
+    )
 
 
 def _std_normal_cdf(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
 
 
-def discretized_gaussian_log_likelihood(x: torch.Tensor, means: torch.Tensor, log_scales: torch.Tensor,
-                                        bins: int = 256) -> torch.Tensor:
+def discretized_gaussian_log_likelihood(
+    x: torch.Tensor, means: torch.Tensor, log_scales: torch.Tensor, bins: int = 256
+) -> torch.Tensor:
     """log p(x) of data in [-1, 1] quantised to ``bins`` levels under N(means, e^{2 log_scales}) (DDPM Eq. 13,
     the decoder term ``L_0``); the end bins extend to -inf / +inf."""
     half = 1.0 / (bins - 1)
@@ -58,7 +66,7 @@ def discretized_gaussian_log_likelihood(x: torch.Tensor, means: torch.Tensor, lo
 
 
 class LearnedVarianceTerms:
-    """Per-step quantities of a :class:`DiscreteVP` chain needed by the learned-variance VLB (float64 tables)."""
+    """Per-step tables (float64) of a :class:`DiscreteVP` chain for the learned-variance VLB."""
 
     def __init__(self, schedule: DiscreteVP):
         if not isinstance(schedule, DiscreteVP):
@@ -77,8 +85,14 @@ class LearnedVarianceTerms:
         return _bcast(getattr(self, name).to(like.device)[t.long()].to(like.dtype), like)
 
 
-def vlb_terms_bits(terms: LearnedVarianceTerms, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
-                   x0_hat: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def vlb_terms_bits(
+    terms: LearnedVarianceTerms,
+    x0: torch.Tensor,
+    x_t: torch.Tensor,
+    t: torch.Tensor,
+    x0_hat: torch.Tensor,
+    v: torch.Tensor,
+) -> torch.Tensor:
     """Per-sample ``L_{t-1}`` (KL of posterior to model, t > 0) or ``L_0`` (decoder NLL, t = 0), mean over
     dimensions, in bits (IDDPM Eq. 4-6 with Eq. 15's covariance)."""
     true_mean = terms.gather("coef_x0", t, x0) * x0 + terms.gather("coef_xt", t, x0) * x_t
@@ -87,7 +101,9 @@ def vlb_terms_bits(terms: LearnedVarianceTerms, x0: torch.Tensor, x_t: torch.Ten
     frac = (v + 1) / 2
     model_logvar = frac * torch.log(terms.gather("betas", t, x0)) + (1 - frac) * true_logvar
     kl = normal_kl(true_mean, true_logvar, model_mean, model_logvar).flatten(1).mean(1) / math.log(2.0)
-    nll = -discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_logvar).flatten(1).mean(1) / math.log(2.0)
+    nll = -discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_logvar).flatten(1).mean(
+        1
+    ) / math.log(2.0)
     return torch.where(t == 0, nll, kl)
 
 
@@ -97,13 +113,22 @@ class DiTModule(DiffusionModule):
 
     Extra args:
         vlb_weight: weight of the per-step VLB term when the net has ``learn_sigma`` (official code: 1).
-        learned_variance_sampling: sample ``ddpm`` with the learned variance (else the fixed ``variance`` option).
+        learned_variance_sampling: sample ``ddpm`` with the learned variance (else the fixed ``variance``
+        option).
         autoencoder: a frozen module with ``encode``/``decode`` (latent DiT); ``None`` = pixel space.
-        latent_scale: multiplies the autoencoder's latents (Stable Diffusion's VAE: 0.18215, set in the config).
+        latent_scale: multiplies the autoencoder's latents (Stable Diffusion's VAE: 0.18215, set in the
+        config).
     """
 
-    def __init__(self, *args, vlb_weight: float = 1.0, learned_variance_sampling: bool = True,
-                 autoencoder: nn.Module | None = None, latent_scale: float = 1.0, **kwargs):
+    def __init__(
+        self,
+        *args,
+        vlb_weight: float = 1.0,
+        learned_variance_sampling: bool = True,
+        autoencoder: nn.Module | None = None,
+        latent_scale: float = 1.0,
+        **kwargs,
+    ):
         kwargs.setdefault("prediction", "eps")
         super().__init__(*args, **kwargs)
         self.learn_sigma = bool(getattr(self.net, "learn_sigma", False))
@@ -120,7 +145,7 @@ class DiTModule(DiffusionModule):
         if self.autoencoder is None:
             return x
         z = self.autoencoder.encode(x)
-        z = getattr(z, "latent_dist", z)              # diffusers AutoencoderKL returns an output wrapper
+        z = getattr(z, "latent_dist", z)  # diffusers AutoencoderKL returns an output wrapper
         if hasattr(z, "sample"):
             z = z.sample(generator) if "generator" in z.sample.__code__.co_varnames else z.sample()
         return z * self.latent_scale
@@ -139,14 +164,15 @@ class DiTModule(DiffusionModule):
         if "y" in batch and getattr(self.net, "num_classes", None):
             kw["y"] = drop_labels(batch["y"], self.cond_drop_prob, self.net.null_label, generator)
         if not self.learn_sigma:
-            return diffusion_loss(self.net, x0, self.schedule, self.prediction, self.loss_weighting,
-                                  generator=generator, **kw)
+            return diffusion_loss(
+                self.net, x0, self.schedule, self.prediction, self.loss_weighting, generator=generator, **kw
+            )
         t = self.schedule.sample_t(x0.shape[0], generator=generator, device=x0.device)
         eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         alpha, sigma = self.schedule.alpha_sigma(t)
         x_t = _bcast(alpha, x0) * x0 + _bcast(sigma, x0) * eps
         eps_hat, v = self.net(x_t, self.schedule.net_time(t), **kw).chunk(2, dim=1)
-        mse = ((eps_hat - eps) ** 2).flatten(1).mean(1)                       # L_simple (DDPM Eq. 14)
+        mse = ((eps_hat - eps) ** 2).flatten(1).mean(1)  # L_simple (DDPM Eq. 14)
         # stop-gradient on the mean: L_vlb only trains Sigma (IDDPM Sec. 3.1)
         x0_hat = (x_t - _bcast(sigma, x0) * eps_hat.detach()) / _bcast(alpha, x0)
         vb = vlb_terms_bits(self.vlb, x0, x_t, t, x0_hat, v)
@@ -156,8 +182,9 @@ class DiTModule(DiffusionModule):
 
     # ------------------------------------------------------------------ sampling
     def guided_net(self, use_ema: bool = True, y: torch.Tensor | None = None, guidance_scale: float = 1.0):
-        """``f(x, t_net) -> output`` with CFG on the eps channels; with ``learn_sigma`` the conditional ``v`` is kept
-        (the official ``forward_with_cfg`` guides only the first 3 of 4 latent channels — a quirk we do not copy)."""
+        """``f(x, t_net) -> output`` with CFG on the eps channels; with ``learn_sigma`` the conditional
+        ``v`` is kept (the official ``forward_with_cfg`` guides only the first 3 of 4 latent channels — a
+        quirk we do not copy)."""
         net = self.sampling_net(use_ema)
         null = getattr(net, "null_label", None)
 
@@ -166,7 +193,9 @@ class DiTModule(DiffusionModule):
                 return net(x, t_net, **kw)
             if guidance_scale == 1.0:
                 return net(x, t_net, y=y, **kw)
-            out = net(torch.cat([x, x]), torch.cat([t_net, t_net]), y=torch.cat([y, torch.full_like(y, null)]), **kw)
+            out = net(
+                torch.cat([x, x]), torch.cat([t_net, t_net]), y=torch.cat([y, torch.full_like(y, null)]), **kw
+            )
             cond, uncond = out.chunk(2)
             if not self.learn_sigma:
                 return uncond + guidance_scale * (cond - uncond)
@@ -175,8 +204,9 @@ class DiTModule(DiffusionModule):
 
         return f
 
-    def denoiser(self, use_ema: bool = True, y: torch.Tensor | None = None, guidance_scale: float = 1.0,
-                 **net_kwargs):
+    def denoiser(
+        self, use_ema: bool = True, y: torch.Tensor | None = None, guidance_scale: float = 1.0, **net_kwargs
+    ):
         """``denoise(x_t, t) -> (x0, eps)`` on the eps channels (what every shared sampler takes)."""
         f = self.guided_net(use_ema, y, guidance_scale)
         eps_only = (lambda x, t, **kw: f(x, t, **kw).chunk(2, dim=1)[0]) if self.learn_sigma else f
@@ -199,9 +229,17 @@ class DiTModule(DiffusionModule):
         return denoise_v
 
     @torch.no_grad()
-    def sample(self, n: int | None = None, x_T: torch.Tensor | None = None, sampler: dict | None = None,
-               generator: torch.Generator | None = None, y: torch.Tensor | None = None,
-               guidance_scale: float = 1.0, use_ema: bool = True, batch_size: int = 500) -> torch.Tensor:
+    def sample(
+        self,
+        n: int | None = None,
+        x_T: torch.Tensor | None = None,
+        sampler: dict | None = None,
+        generator: torch.Generator | None = None,
+        y: torch.Tensor | None = None,
+        guidance_scale: float = 1.0,
+        use_ema: bool = True,
+        batch_size: int = 500,
+    ) -> torch.Tensor:
         cfg = {**self.sampler_cfg, **(sampler or {})}
         if not (self.learn_sigma and self.learned_variance_sampling and cfg["name"] == "ddpm"):
             z = super().sample(n, x_T, sampler, generator, y, guidance_scale, use_ema, batch_size)
@@ -210,8 +248,11 @@ class DiTModule(DiffusionModule):
             x_T = self.noise(n, generator)
         outs = []
         for i in range(0, x_T.shape[0], batch_size):
-            yb = None if y is None else y[i:i + batch_size]
+            yb = None if y is None else y[i : i + batch_size]
             den = self.denoiser_v(use_ema, yb, guidance_scale)
-            outs.append(ddpm_learned_variance_sample(den, x_T[i:i + batch_size], self.schedule, cfg["steps"],
-                                                     generator=generator))
+            outs.append(
+                ddpm_learned_variance_sample(
+                    den, x_T[i : i + batch_size], self.schedule, cfg["steps"], generator=generator
+                )
+            )
         return self.decode(torch.cat(outs))
