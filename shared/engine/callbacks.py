@@ -16,8 +16,8 @@ class SampleGrid(pl.Callback):
         self.every, self.n, self.seed, self.steps, self.out_dir = every_n_steps, n, seed, steps, out_dir
 
     def _save(self, trainer, module, tag):
-        if not trainer.is_global_zero or module.sample_shape is None:
-            return
+        if not trainer.is_global_zero or module.sample_shape is None or trainer.fast_dev_run:
+            return  # fast_dev_run is a smoke test: no sampling (a 1000-step sampler would dominate it)
         from shared.engine.video_io import save_image_grid, save_video_grid
 
         g = torch.Generator(device=module.device).manual_seed(self.seed)
