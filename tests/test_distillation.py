@@ -181,7 +181,7 @@ def test_teacher_ckpt_option_and_kd_pipeline_smoke(tmp_path):
     ckpt = tmp_path / "kd" / "teacher_seed0" / "teacher.ckpt"
     assert ckpt.is_file()
     cfg = compose(_smoke("progressive_distillation") + [
-        f"run_dir={tmp_path}/pd", f"claim.teacher_ckpt={tmp_path}/kd/teacher_seed{{seed}}/teacher.ckpt",
+        f"run_dir={tmp_path}/pd", f'claim.teacher_ckpt="{tmp_path}/kd/teacher_seed{{seed}}/teacher.ckpt"',
         "claim.ddim_steps=[1,2]", "claim.pd.start_steps=2", "claim.pd.steps_per_round=2"])
     rec = run(cfg)
     assert rec["budget"]["teachers"] == {"0": "teacher_ckpt"}
