@@ -7,7 +7,8 @@
 3. Interpolation in x_T (slerp, Sec. 5.3): the decoded path should change smoothly — reported as the
    largest step between neighbouring frames over the mean step (1.0 = perfectly even).
 
-Spread: the model is trained once (``claim.train_seed``); FD is averaged over ``claim.seeds`` sampling seeds.
+Spread: the model is trained once (``claim.train_seed``); FD is averaged over ``claim.seeds`` sampling seeds
+(``claim.seeds_long`` for runs of ``claim.long_steps`` or more steps, which cost most of the budget).
 """
 from __future__ import annotations
 
@@ -61,7 +62,8 @@ def run(cfg: DictConfig) -> dict:
         grid[label] = {}
         for steps in c.steps:
             fds = []
-            for seed in c.seeds:
+            long_run = int(steps) >= int(c.get("long_steps", 10**9))
+            for seed in (c.seeds_long if long_run else c.seeds):
                 g = torch.Generator().manual_seed(int(c.sample_seed) + int(seed))
                 x = module.sample(n, sampler={**sampler, "steps": int(steps)}, generator=g)
                 fds.append(fd_judge(x, real_b))
