@@ -4,10 +4,12 @@ Reads ``papers/*/results/*.json`` (the evidence files claim checks write) and co
 
 * ``metrics["fd_vs_nfe"][method][str(nfe)] = {"mean", "std", ...}`` — the convention of the few-step papers
   (knowledge / progressive distillation, consistency models, the rectified-flow family);
-* DDPM (``metrics["fd_judge_simple"]`` at the claim's NFE) and DDIM (``metrics["fd_judge"]["eta=0.0"]``) from their
+* DDPM (``metrics["fd_judge_simple"]`` at the claim's NFE) and DDIM (``metrics["fd_judge"]["eta=0.0"]``)
+  from their
   own claim files when they exist.
 
-Writes one markdown table (``papers/README_few_step.md``) and one plot (``papers/few_step_fd_vs_nfe.png``), and prints
+Writes one markdown table (``papers/README_few_step.md``) and one plot (``papers/few_step_fd_vs_nfe.png``),
+and prints
 the table. Lower FD_judge is better; the real-vs-real floor is shown for scale. The training budget of each
 source (teacher / student steps, batch) is stated next to it, since the methods cannot all share one.
 """
@@ -36,6 +38,7 @@ def collect(root: Path = ROOT) -> tuple[dict, dict, list]:
     curves: dict = {}
     sources: dict = {}
     floors: list = []
+    disagreements: list = []
     for path in sorted((root / "papers").glob("*/results/*.json")):
         try:
             rec = json.loads(path.read_text())
@@ -55,16 +58,23 @@ def collect(root: Path = ROOT) -> tuple[dict, dict, list]:
         for method, per_nfe in found.items():
             if not isinstance(per_nfe, dict):
                 continue
-            if method in sources and sources[method][0] != rel:
-                # the same method from a second file (e.g. the shared EDM teacher's DDIM in three papers): keep the
-                # first and say so
-                sources[method] = (sources[method][0] + f" (also {rel})", sources[method][1])
-                continue
-            sources[method] = (rel, _budget(rec))
+            if method in sources and rel not in sources[method][0]:
+                # the same method in a second file (e.g. the shared EDM teacher's DDIM in three papers): merge
+                # the NFEs it adds; where both have an NFE keep the first and record any disagreement
+                sources[method] = (sources[method][0] + f", {rel}", sources[method][1])
+            elif method not in sources:
+                sources[method] = (rel, _budget(rec))
             for nfe, s in per_nfe.items():
-                if isinstance(s, dict) and "mean" in s:
-                    curves.setdefault(method, {})[int(nfe)] = (float(s["mean"]), float(s.get("std", 0.0)),
-                                                               len(s.get("per_seed", [])) or None)
+                if not (isinstance(s, dict) and "mean" in s):
+                    continue
+                val = (float(s["mean"]), float(s.get("std", 0.0)), len(s.get("per_seed", [])) or None)
+                have = curves.setdefault(method, {}).get(int(nfe))
+                if have is None:
+                    curves[method][int(nfe)] = val
+                elif abs(have[0] - val[0]) > 1e-6 * max(1.0, abs(have[0])):
+                    disagreements.append(f"{method} at NFE {nfe}: {have[0]:.4g} vs {val[0]:.4g} ({rel})")
+    if disagreements:
+        sources["_disagreements"] = ("; ".join(disagreements), "")
     return curves, sources, floors
 
 
@@ -87,6 +97,8 @@ def markdown(curves: dict, sources: dict, floors: list) -> str:
             v = curves[method].get(n)
             cells.append(f"{v[0]:.2f} ± {v[1]:.2f}" if v else "")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    if "_disagreements" in sources:
+        lines += ["", f"Note: the same method and NFE differ between files: {sources['_disagreements'][0]}"]
     lines += ["", "| method | source | training budget |", "|---|---|---|"]
     for method in sorted(curves, key=lambda k: min(curves[k])):
         src, budget = sources[method]
