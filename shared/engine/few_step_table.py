@@ -5,12 +5,10 @@ Reads ``papers/*/results/*.json`` (the evidence files claim checks write) and co
 * ``metrics["fd_vs_nfe"][method][str(nfe)] = {"mean", "std", ...}`` — the convention of the few-step papers
   (knowledge / progressive distillation, consistency models, the rectified-flow family);
 * DDPM (``metrics["fd_judge_simple"]`` at the claim's NFE) and DDIM (``metrics["fd_judge"]["eta=0.0"]``)
-  from their
-  own claim files when they exist.
+  from their own claim files when they exist.
 
 Writes one markdown table (``papers/README_few_step.md``) and one plot (``papers/few_step_fd_vs_nfe.png``),
-and prints
-the table. Lower FD_judge is better; the real-vs-real floor is shown for scale. The training budget of each
+and prints the table. Lower FD_judge is better; the real-vs-real floor is shown for scale. The training budget of each
 source (teacher / student steps, batch) is stated next to it, since the methods cannot all share one.
 """
 from __future__ import annotations
