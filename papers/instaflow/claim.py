@@ -2,13 +2,19 @@
 (not captions): distilling the 2-rectified flow gives a far better one-step generator than distilling the
 teacher's own pairs directly (InstaFlow Sec. 4.1, Fig. 4/Table: "distill from 2-RF" vs "distill from SD").
 
-Per seed (all in ``cfg.claim``): (1) a class-conditional teacher (rectified flow, label dropout for classifier-free
-guidance); (2) pairs ``(X_0, y, ODE_guided(X_0, y))`` with the guided teacher (scale ``guidance``); (3) text-, here
-class-conditioned reflow → 2-RF, initialised from the teacher; (4) the 2-RF's own pairs; (5) one-step students:
-distill(2-RF) on (4), distill(1-RF) on (2), each initialised from its teacher. Evaluation: one-step FD_judge to the
-held-out ``real_b`` digits and judge accuracy of the requested class, on balanced labels; the guided teacher with
+Per seed (all in ``cfg.claim``): (1) a class-conditional teacher (rectified flow, label dropout for
+classifier-free
+guidance); (2) pairs ``(X_0, y, ODE_guided(X_0, y))`` with the guided teacher (scale ``guidance``); (3)
+text-, here
+class-conditioned reflow → 2-RF, initialised from the teacher; (4) the 2-RF's own pairs; (5) one-step
+students:
+distill(2-RF) on (4), distill(1-RF) on (2), each initialised from its teacher. Evaluation: one-step
+FD_judge to the
+held-out ``real_b`` digits and judge accuracy of the requested class, on balanced labels; the guided
+teacher with
 RK45 and the one-step teacher / 2-RF are reported for reference. ``claim.smoke=true`` shrinks every budget.
 """
+
 from __future__ import annotations
 
 import time
@@ -22,8 +28,19 @@ from shared.engine.claims import finish, summarise
 from shared.engine.flow_module import fit_stage, pair_data, save_reflow_pairs
 from shared.engine.parallel import map_jobs
 
-SMOKE = {"base_steps": 2, "reflow_steps": 2, "distill_steps": 2, "n_pairs": 64, "pair_batch": 64,
-         "pair_batch_size": 32, "num_samples": 40, "pair_rtol": 1e-2, "eval_rtol": 1e-2, "workers": 1, "grid_cols": 2}
+SMOKE = {
+    "base_steps": 2,
+    "reflow_steps": 2,
+    "distill_steps": 2,
+    "n_pairs": 64,
+    "pair_batch": 64,
+    "pair_batch_size": 32,
+    "num_samples": 40,
+    "pair_rtol": 1e-2,
+    "eval_rtol": 1e-2,
+    "workers": 1,
+    "grid_cols": 2,
+}
 
 
 def budget(cfg: DictConfig) -> dict:
@@ -52,17 +69,43 @@ def _seed(cfg_c: dict, seed: int) -> dict:
     teacher, wt = fit_stage(cfg, f"seed{seed}/teacher", seed, b["base_steps"])
     pt = run / "pairs_teacher_guided.safetensors"
     nfe_t = save_reflow_pairs(teacher, gen(n, 1), pt, labels(n), w, rtol, pb)
-    rf2, w2 = fit_stage(cfg, f"seed{seed}/2rf", seed, b["reflow_steps"],
-                        {"data": pair_data(pt, b["pair_batch_size"], seed), "module.init_from": str(wt),
-                         "module.cond_drop_prob": float(b["reflow_cond_drop"])})
+    rf2, w2 = fit_stage(
+        cfg,
+        f"seed{seed}/2rf",
+        seed,
+        b["reflow_steps"],
+        {
+            "data": pair_data(pt, b["pair_batch_size"], seed),
+            "module.init_from": str(wt),
+            "module.cond_drop_prob": float(b["reflow_cond_drop"]),
+        },
+    )
     p2 = run / "pairs_2rf.safetensors"
     nfe_2 = save_reflow_pairs(rf2, gen(n, 2), p2, labels(n), 1.0, rtol, pb)
-    d2, _ = fit_stage(cfg, f"seed{seed}/distill_2rf", seed, b["distill_steps"],
-                      {"data": pair_data(p2, b["pair_batch_size"], seed), "module.init_from": str(w2),
-                       "module.stage": "distill", **no_drop})
-    d1, _ = fit_stage(cfg, f"seed{seed}/distill_1rf", seed, b["distill_steps"],
-                      {"data": pair_data(pt, b["pair_batch_size"], seed), "module.init_from": str(wt),
-                       "module.stage": "distill", **no_drop})
+    d2, _ = fit_stage(
+        cfg,
+        f"seed{seed}/distill_2rf",
+        seed,
+        b["distill_steps"],
+        {
+            "data": pair_data(p2, b["pair_batch_size"], seed),
+            "module.init_from": str(w2),
+            "module.stage": "distill",
+            **no_drop,
+        },
+    )
+    d1, _ = fit_stage(
+        cfg,
+        f"seed{seed}/distill_1rf",
+        seed,
+        b["distill_steps"],
+        {
+            "data": pair_data(pt, b["pair_batch_size"], seed),
+            "module.init_from": str(wt),
+            "module.stage": "distill",
+            **no_drop,
+        },
+    )
 
     m = int(b["num_samples"])
     x_T, y = gen(m, 999), labels(m)
@@ -73,20 +116,23 @@ def _seed(cfg_c: dict, seed: int) -> dict:
         res[label] = {"fd": fd_judge(x, real_b), "acc": judge_accuracy(x, y), "nfe": nfe}
 
     one = {"name": "euler", "steps": 1}
-    xr, nfe = solve_ode(teacher.denoiser(True, y, w), x_T, teacher.schedule, "rk45", rtol=b["eval_rtol"],
-                        atol=b["eval_rtol"])
+    xr, nfe = solve_ode(
+        teacher.denoiser(True, y, w), x_T, teacher.schedule, "rk45", rtol=b["eval_rtol"], atol=b["eval_rtol"]
+    )
     score("teacher_guided_rk45", xr, int(nfe))
     score("teacher_guided_1step", teacher.sample(x_T=x_T, y=y, guidance_scale=w, sampler=one), 1)
     score("2rf_1step", rf2.sample(x_T=x_T, y=y, sampler=one), 1)
     score("distill_2rf", d2.sample(x_T=x_T, y=y, sampler=one), 1)
     score("distill_1rf", d1.sample(x_T=x_T, y=y, sampler=one), 1)
     grids = None
-    if seed == int(b["seeds"][0]):   # rows = requested class, columns = shared noise
+    if seed == int(b["seeds"][0]):  # rows = requested class, columns = shared noise
         cols = int(b["grid_cols"])
         zg = gen(cols, 500).repeat(k, 1, 1, 1)
         yg = torch.arange(k).repeat_interleave(cols)
-        grids = {lab: mod.sample(x_T=zg, y=yg, sampler=one).clamp(-1, 1).tolist()
-                 for lab, mod in (("distill_2rf", d2), ("distill_1rf", d1))}
+        grids = {
+            lab: mod.sample(x_T=zg, y=yg, sampler=one).clamp(-1, 1).tolist()
+            for lab, mod in (("distill_2rf", d2), ("distill_1rf", d1))
+        }
     res["pair_nfe"] = {"teacher_guided": nfe_t, "2rf": nfe_2}
     res["grids"] = grids
     return res
@@ -106,25 +152,46 @@ def run(cfg: DictConfig) -> dict:
     metrics: dict = {"fd_judge_real_floor": fd_judge(real_a, real_b), "one_step": {}, "fd_vs_nfe": {}}
     for mth in methods:
         group = "reference" if mth == "teacher_guided_rk45" else "one_step"
-        entry = {"fd_judge": summarise([r[mth]["fd"] for r in per_seed]),
-                 "judge_accuracy": summarise([r[mth]["acc"] for r in per_seed]),
-                 "nfe": summarise([r[mth]["nfe"] for r in per_seed])}
+        entry = {
+            "fd_judge": summarise([r[mth]["fd"] for r in per_seed]),
+            "judge_accuracy": summarise([r[mth]["acc"] for r in per_seed]),
+            "nfe": summarise([r[mth]["nfe"] for r in per_seed]),
+        }
         metrics.setdefault(group, {})[mth] = entry
         key = "1" if mth != "teacher_guided_rk45" else "adaptive"
-        metrics["fd_vs_nfe"][f"instaflow_{mth}"] = {key: {"mean": entry["fd_judge"]["mean"],
-                                                          "std": entry["fd_judge"]["std"],
-                                                          "nfe": entry["nfe"]["mean"]}}
+        metrics["fd_vs_nfe"][f"instaflow_{mth}"] = {
+            key: {
+                "mean": entry["fd_judge"]["mean"],
+                "std": entry["fd_judge"]["std"],
+                "nfe": entry["nfe"]["mean"],
+            }
+        }
     os_ = metrics["one_step"]
-    metrics["ratio_fd_distill_1rf_to_distill_2rf"] = os_["distill_1rf"]["fd_judge"]["mean"] / \
-        os_["distill_2rf"]["fd_judge"]["mean"]
-    metrics["accuracy_gain_distill_2rf_minus_1rf"] = os_["distill_2rf"]["judge_accuracy"]["mean"] - \
-        os_["distill_1rf"]["judge_accuracy"]["mean"]
-    metrics["pair_nfe_rk45"] = {k: summarise([r["pair_nfe"][k] for r in per_seed]) for k in ("teacher_guided", "2rf")}
+    metrics["ratio_fd_distill_1rf_to_distill_2rf"] = (
+        os_["distill_1rf"]["fd_judge"]["mean"] / os_["distill_2rf"]["fd_judge"]["mean"]
+    )
+    metrics["accuracy_gain_distill_2rf_minus_1rf"] = (
+        os_["distill_2rf"]["judge_accuracy"]["mean"] - os_["distill_1rf"]["judge_accuracy"]["mean"]
+    )
+    metrics["pair_nfe_rk45"] = {
+        k: summarise([r["pair_nfe"][k] for r in per_seed]) for k in ("teacher_guided", "2rf")
+    }
     cols = int(b["grid_cols"])
     for lab, g in per_seed[0]["grids"].items():
         save_image_grid(torch.tensor(g), f"{cfg.run_dir}/grid_{lab}.png", nrow=cols, scale=2)
-    return finish(cfg, metrics, paper="instaflow", claim=str(cfg.claim.name), t0=t0,
-                  extra={"nfe": {"one_step": 1, "note": "guided calls evaluate the conditional and null label in one "
-                                 "batch of 2B (one NFE)"}, "num_samples": int(b["num_samples"]),
-                         "conditioning": "digit class labels (10 classes + null label for CFG)",
-                         "budget": {k: v for k, v in b.items()}})
+    return finish(
+        cfg,
+        metrics,
+        paper="instaflow",
+        claim=str(cfg.claim.name),
+        t0=t0,
+        extra={
+            "nfe": {
+                "one_step": 1,
+                "note": "guided calls evaluate the conditional and null label in one batch of 2B (one NFE)",
+            },
+            "num_samples": int(b["num_samples"]),
+            "conditioning": "digit class labels (10 classes + null label for CFG)",
+            "budget": {k: v for k, v in b.items()},
+        },
+    )

@@ -9,6 +9,7 @@ the 2-RF is far better than distilling the teacher's pairs directly ("distill(1-
 Here the condition is a digit class label (with a null label for guidance); the module is the shared
 rectified-flow module (``shared.engine.flow_module``) with ``num_classes`` on the network.
 """
+
 from __future__ import annotations
 
 from shared.engine.flow_module import RectifiedFlowModule

@@ -11,10 +11,12 @@ samples of a second distribution (transfer, ``batch["source"]``).
 Everything lives in the shared core: the objective and pairs in ``shared.diffusion.flow``, the stages in
 ``shared.engine.flow_module.RectifiedFlowModule``; this class only names the paper.
 """
+
 from __future__ import annotations
 
 from shared.engine.flow_module import RectifiedFlowModule
 
 
 class RectifiedFlow(RectifiedFlowModule):
-    """k-rectified flow (``stage: flow``, coupling from the batch) or its one-step distillation (``stage: distill``)."""
+    """k-rectified flow (``stage: flow``, coupling from the batch) or its one-step distillation (``stage:
+    distill``)."""

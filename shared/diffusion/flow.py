@@ -22,6 +22,7 @@ N-step Euler, Heun, RK45) are the shared ones. This module adds:
 * :class:`CouplingDataset` — the ``(X_0, X_1[, y])`` pairs as dict items ``{"noise", "x", "y"}``, saved to
   and loaded from safetensors so a reflow stage is one ``shared.engine.train`` run on a file.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -37,8 +38,16 @@ from shared.diffusion.schedules import FlowSchedule, Schedule
 TIME_SAMPLINGS = ("uniform", "logit_normal")
 
 
-def sample_flow_time(n: int, kind: str = "uniform", generator: torch.Generator | None = None, device=None,
-                     loc: float = 0.0, scale: float = 1.0, t_min: float = 0.0, t_max: float = 1.0) -> torch.Tensor:
+def sample_flow_time(
+    n: int,
+    kind: str = "uniform",
+    generator: torch.Generator | None = None,
+    device=None,
+    loc: float = 0.0,
+    scale: float = 1.0,
+    t_min: float = 0.0,
+    t_max: float = 1.0,
+) -> torch.Tensor:
     """``n`` training times in schedule time (``t = 1`` noise, ``t = 0`` data).
 
     ``uniform``: ``t ~ U(t_min, t_max)`` (the paper). ``logit_normal``: ``t = sigmoid(loc + scale z)``,
@@ -59,20 +68,37 @@ def velocity_target(x_data: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     return from_x0_eps(x_data, noise, one, one, "flow")
 
 
-def flow_matching_loss(net, x_data: torch.Tensor, schedule: Schedule | None = None, noise: torch.Tensor | None = None,
-                       time_sampling: str = "uniform", generator: torch.Generator | None = None,
-                       t: torch.Tensor | None = None, time_kwargs: dict | None = None, **net_kwargs) -> torch.Tensor:
+def flow_matching_loss(
+    net,
+    x_data: torch.Tensor,
+    schedule: Schedule | None = None,
+    noise: torch.Tensor | None = None,
+    time_sampling: str = "uniform",
+    generator: torch.Generator | None = None,
+    t: torch.Tensor | None = None,
+    time_kwargs: dict | None = None,
+    **net_kwargs,
+) -> torch.Tensor:
     """Rectified-flow objective (Eq. 1). ``noise`` given = a fixed coupling (reflow pairs, or a source
     distribution for transfer); ``None`` = independent Gaussian coupling (1-rectified flow)."""
     schedule = schedule or FlowSchedule()
     if not isinstance(schedule, FlowSchedule):
         raise ValueError("flow matching uses the linear path: pass a FlowSchedule")
     if t is None:
-        t = sample_flow_time(x_data.shape[0], time_sampling, generator, x_data.device,
-                             t_min=schedule.t_min, t_max=schedule.t_max, **(time_kwargs or {}))
+        t = sample_flow_time(
+            x_data.shape[0],
+            time_sampling,
+            generator,
+            x_data.device,
+            t_min=schedule.t_min,
+            t_max=schedule.t_max,
+            **(time_kwargs or {}),
+        )
     if noise is None:
         noise = torch.randn(x_data.shape, generator=generator, device=x_data.device, dtype=x_data.dtype)
-    return diffusion_loss(net, x_data, schedule, "flow", "simple", generator=generator, t=t, eps=noise, **net_kwargs)
+    return diffusion_loss(
+        net, x_data, schedule, "flow", "simple", generator=generator, t=t, eps=noise, **net_kwargs
+    )
 
 
 def one_step(net, noise: torch.Tensor, schedule: Schedule | None = None, **net_kwargs) -> torch.Tensor:
@@ -84,8 +110,9 @@ def one_step(net, noise: torch.Tensor, schedule: Schedule | None = None, **net_k
     return to_x0_eps(out, noise, a, s, "flow")[0]
 
 
-def distillation_loss(net, noise: torch.Tensor, x_target: torch.Tensor, schedule: Schedule | None = None,
-                      **net_kwargs) -> torch.Tensor:
+def distillation_loss(
+    net, noise: torch.Tensor, x_target: torch.Tensor, schedule: Schedule | None = None, **net_kwargs
+) -> torch.Tensor:
     """One-step distillation (Sec. 2.3): mean squared error of ``T(X_0)`` to the teacher's ``X_1``.
 
     The paper (CIFAR) and InstaFlow use LPIPS here; the squared error is the metric-free version.
@@ -105,8 +132,15 @@ def float32_network(denoise: Denoiser) -> Denoiser:
 
 
 @torch.no_grad()
-def solve_ode(denoise: Denoiser, x_T: torch.Tensor, schedule: Schedule, solver: str = "rk45", steps: int | None = None,
-              rtol: float = 1e-5, atol: float = 1e-5) -> tuple[torch.Tensor, int]:
+def solve_ode(
+    denoise: Denoiser,
+    x_T: torch.Tensor,
+    schedule: Schedule,
+    solver: str = "rk45",
+    steps: int | None = None,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+) -> tuple[torch.Tensor, int]:
     """Integrate the flow's ODE from ``x_T`` (noise end) to data; returns ``(x, nfe)``."""
     if solver == "rk45":
         return rk45_sample(float32_network(denoise), x_T, schedule, rtol=rtol, atol=atol)
@@ -118,18 +152,28 @@ def solve_ode(denoise: Denoiser, x_T: torch.Tensor, schedule: Schedule, solver: 
 
 
 @torch.no_grad()
-def generate_pairs(make_denoise, noise: torch.Tensor, schedule: Schedule, y: torch.Tensor | None = None,
-                   solver: str = "rk45", steps: int | None = None, rtol: float = 1e-5, atol: float = 1e-5,
-                   batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+def generate_pairs(
+    make_denoise,
+    noise: torch.Tensor,
+    schedule: Schedule,
+    y: torch.Tensor | None = None,
+    solver: str = "rk45",
+    steps: int | None = None,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    batch_size: int = 1024,
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """Reflow coupling (Algorithm 1): ``X_1 = ODE_v(X_0)`` for each ``X_0`` in ``noise``.
 
-    ``make_denoise(y_batch)`` returns the denoiser to integrate (e.g. ``module.denoiser(y=..., guidance_scale=w)``
-    for InstaFlow's guided teacher; ``y_batch`` is ``None`` when ``y`` is). Returns ``(noise, x1, nfe per batch)``.
+    ``make_denoise(y_batch)`` returns the denoiser to integrate (e.g. ``module.denoiser(y=...,
+    guidance_scale=w)``
+    for InstaFlow's guided teacher; ``y_batch`` is ``None`` when ``y`` is). Returns ``(noise, x1, nfe per
+    batch)``.
     """
     outs, nfes = [], []
     for i in range(0, noise.shape[0], batch_size):
-        yb = None if y is None else y[i:i + batch_size]
-        x, nfe = solve_ode(make_denoise(yb), noise[i:i + batch_size], schedule, solver, steps, rtol, atol)
+        yb = None if y is None else y[i : i + batch_size]
+        x, nfe = solve_ode(make_denoise(yb), noise[i : i + batch_size], schedule, solver, steps, rtol, atol)
         outs.append(x)
         nfes.append(int(nfe))
     return noise, torch.cat(outs), nfes
@@ -141,18 +185,29 @@ class CouplingDataset(Dataset):
     Build from tensors, or from ``path`` (a safetensors file written by :meth:`save`).
     """
 
-    def __init__(self, path: str | None = None, noise: torch.Tensor | None = None, x: torch.Tensor | None = None,
-                 y: torch.Tensor | None = None):
+    def __init__(
+        self,
+        path: str | None = None,
+        noise: torch.Tensor | None = None,
+        x: torch.Tensor | None = None,
+        y: torch.Tensor | None = None,
+    ):
         if path is not None:
             from safetensors.torch import load_file
+
             t = load_file(str(path))
             noise, x, y = t["noise"], t["x"], t.get("y")
         if noise is None or x is None or noise.shape != x.shape:
             raise ValueError("a coupling needs noise and x of the same shape (or a path to a saved coupling)")
-        self.noise, self.x, self.y = noise.contiguous(), x.contiguous(), None if y is None else y.long().contiguous()
+        self.noise, self.x, self.y = (
+            noise.contiguous(),
+            x.contiguous(),
+            None if y is None else y.long().contiguous(),
+        )
 
     def save(self, path: str | Path) -> Path:
         from safetensors.torch import save_file
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {"noise": self.noise, "x": self.x, **({"y": self.y} if self.y is not None else {})}

@@ -12,6 +12,7 @@
 ``init_from`` starts a stage from the (EMA) weights of a previous stage's checkpoint, as reflow and
 distillation do in the papers. Both papers' modules are thin subclasses that name the paper.
 """
+
 from __future__ import annotations
 
 import torch
@@ -25,18 +26,26 @@ STAGES = ("flow", "distill")
 
 
 def load_stage_weights(module: DiffusionModule, path: str, prefer_ema: bool = True) -> None:
-    """Copy the network weights of checkpoint ``path`` (its EMA copy if present) into ``module.net`` and EMA."""
+    """Copy the network weights of checkpoint ``path`` (its EMA copy if present) into ``module.net`` and
+    EMA."""
     state = load_checkpoint_file(path)["state_dict"]
     prefix = "ema.model." if prefer_ema and any(k.startswith("ema.model.") for k in state) else "net."
-    net_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    net_state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     load_state_dict_strict(module.net, net_state, what=f"{path} ({prefix}*)")
     if module.ema is not None:
         module.ema.model.load_state_dict(module.net.state_dict())
 
 
 class RectifiedFlowModule(DiffusionModule):
-    def __init__(self, *args, stage: str = "flow", time_sampling: str = "uniform", time_kwargs: dict | None = None,
-                 init_from: str | None = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        stage: str = "flow",
+        time_sampling: str = "uniform",
+        time_kwargs: dict | None = None,
+        init_from: str | None = None,
+        **kwargs,
+    ):
         kwargs.setdefault("prediction", "flow")
         kwargs.setdefault("clip_x0", None)
         super().__init__(*args, **kwargs)
@@ -60,18 +69,31 @@ class RectifiedFlowModule(DiffusionModule):
             kw["y"] = drop_labels(batch["y"], self.cond_drop_prob, self.net.null_label, generator)
         if self.stage == "distill":
             if noise is None:
-                raise ValueError("distillation trains on coupled pairs: the batch needs 'noise' (a CouplingDataset)")
+                raise ValueError(
+                    "distillation trains on coupled pairs: the batch needs 'noise' (a CouplingDataset)"
+                )
             return distillation_loss(self.net, noise, x, self.schedule, **kw)
-        return flow_matching_loss(self.net, x, self.schedule, noise=noise, time_sampling=self.time_sampling,
-                                  generator=generator, time_kwargs=self.time_kwargs, **kw)
+        return flow_matching_loss(
+            self.net,
+            x,
+            self.schedule,
+            noise=noise,
+            time_sampling=self.time_sampling,
+            generator=generator,
+            time_kwargs=self.time_kwargs,
+            **kw,
+        )
 
 
 # ------------------------------------------------------------------ pipeline stages (reflow / distillation)
 def pair_data(path, batch_size: int, seed: int) -> dict:
     """Data override for a stage that trains on a saved coupling, served by the shared ImageDataModule."""
-    return {"_target_": "shared.data.datamodule.ImageDataModule",
-            "train": {"_target_": "shared.diffusion.flow.CouplingDataset", "path": str(path)},
-            "batch_size": int(batch_size), "seed": int(seed)}
+    return {
+        "_target_": "shared.data.datamodule.ImageDataModule",
+        "train": {"_target_": "shared.diffusion.flow.CouplingDataset", "path": str(path)},
+        "batch_size": int(batch_size),
+        "seed": int(seed),
+    }
 
 
 def fit_stage(cfg, tag: str, seed: int, steps: int, overrides: dict | None = None):
@@ -87,13 +109,28 @@ def fit_stage(cfg, tag: str, seed: int, steps: int, overrides: dict | None = Non
     return module, path
 
 
-def save_reflow_pairs(module: DiffusionModule, noise: torch.Tensor, path, y: torch.Tensor | None = None,
-                      guidance_scale: float = 1.0, rtol: float = 1e-3, batch_size: int = 1024) -> float:
+def save_reflow_pairs(
+    module: DiffusionModule,
+    noise: torch.Tensor,
+    path,
+    y: torch.Tensor | None = None,
+    guidance_scale: float = 1.0,
+    rtol: float = 1e-3,
+    batch_size: int = 1024,
+) -> float:
     """Reflow coupling ``(X_0, ODE(X_0)[, y])`` from the module's EMA flow (RK45, optionally classifier-free
     guided), saved as a :class:`~shared.diffusion.flow.CouplingDataset`; returns the mean NFE per batch."""
     from shared.diffusion.flow import CouplingDataset, generate_pairs
 
-    _, x1, nfes = generate_pairs(lambda yb: module.denoiser(True, yb, guidance_scale), noise, module.schedule, y=y,
-                                 solver="rk45", rtol=rtol, atol=rtol, batch_size=batch_size)
+    _, x1, nfes = generate_pairs(
+        lambda yb: module.denoiser(True, yb, guidance_scale),
+        noise,
+        module.schedule,
+        y=y,
+        solver="rk45",
+        rtol=rtol,
+        atol=rtol,
+        batch_size=batch_size,
+    )
     CouplingDataset(noise=noise, x=x1, y=y).save(path)
     return sum(nfes) / len(nfes)

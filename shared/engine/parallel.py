@@ -5,6 +5,7 @@ at a time, one single-threaded process each (tiny networks scale far better acro
 intra-op threads). ``workers <= 1`` runs everything in this process, in order — what tests use. Each job is
 ``fn(*args)`` with picklable arguments (pass configs as plain containers); results keep the job order.
 """
+
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -25,7 +26,11 @@ def map_jobs(fn: Callable, jobs: Sequence[tuple], workers: int = 1, threads_per_
     if workers <= 1 or len(jobs) <= 1:
         return [fn(*job) for job in jobs]
     ctx = mp.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker,
-                             initargs=(threads_per_worker,)) as pool:
+    with ProcessPoolExecutor(
+        max_workers=min(workers, len(jobs)),
+        mp_context=ctx,
+        initializer=_init_worker,
+        initargs=(threads_per_worker,),
+    ) as pool:
         futures = [pool.submit(fn, *job) for job in jobs]
         return [f.result() for f in futures]

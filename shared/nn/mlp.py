@@ -6,6 +6,7 @@ convention ``net(x, t_net, y=None)`` so every loss and sampler of the shared cor
 class for classifier-free guidance) is mapped to ``emb_dim`` and concatenated to the input of every
 hidden layer.
 """
+
 from __future__ import annotations
 
 import torch
@@ -15,8 +16,14 @@ from shared.nn.embeddings import LabelEmbedding, TimestepEmbedding
 
 
 class TimeMLP(nn.Module):
-    def __init__(self, dim: int = 2, hidden: int = 128, depth: int = 3, emb_dim: int = 64,
-                 num_classes: int | None = None):
+    def __init__(
+        self,
+        dim: int = 2,
+        hidden: int = 128,
+        depth: int = 3,
+        emb_dim: int = 64,
+        num_classes: int | None = None,
+    ):
         super().__init__()
         self.dim, self.num_classes = dim, num_classes
         self.time_embed = TimestepEmbedding(emb_dim, emb_dim)
