@@ -382,6 +382,14 @@ def test_paper_scale_recipe():
 
 
 # ------------------------------------------------------------------ claims (slow)
+# Thresholds were fixed in experiments/dit/*.yaml (`expected:`) before any outcome was seen. The committed
+# run (papers/dit/README.md) met the Gflops rank-correlation one and missed the others at this CPU budget:
+# those keep the paper's direction and are marked xfail, an honest negative rather than a loosened margin.
+@pytest.fixture(scope="module")
+def scaling_metrics():
+    return run_claim("digits_scaling")
+
+
 def run_claim(name):
     from shared.engine.run import set_run_dir
     from shared.engine.train import run
@@ -392,14 +400,31 @@ def run_claim(name):
 
 
 @pytest.mark.claims
-def test_claim_fd_falls_as_gflops_rise_and_cfg_sharpens_classes():
-    m = run_claim("digits_scaling")
-    assert m["spearman_gflops_fd"] < -0.6
-    assert m["fd_ratio_most_to_least_gflops"]["max"] < 0.8
-    assert m["judge_accuracy"]["w=4.0"]["min"] > m["judge_accuracy"]["w=1.0"]["max"]
+def test_claim_fd_falls_as_gflops_rise(scaling_metrics):
+    assert scaling_metrics["spearman_gflops_fd"] < -0.6
 
 
 @pytest.mark.claims
+@pytest.mark.xfail(
+    reason="committed run: L/2 / S/4 FD ratio 0.86, 0.85 (patch 2 did not beat patch 4)",
+    strict=False,
+)
+def test_claim_most_compute_beats_least_by_a_margin(scaling_metrics):
+    assert scaling_metrics["fd_ratio_most_to_least_gflops"]["max"] < 0.8
+
+
+@pytest.mark.claims
+@pytest.mark.xfail(reason="committed run: judge accuracy at chance (~0.10) for every w", strict=False)
+def test_claim_cfg_sharpens_classes(scaling_metrics):
+    acc = scaling_metrics["judge_accuracy"]
+    assert acc["w=4.0"]["min"] > acc["w=1.0"]["max"]
+
+
+@pytest.mark.claims
+@pytest.mark.xfail(
+    reason="committed run: in-context 15.6 < cross-attn 16.5 < adaLN-Zero 17.5 < adaLN 17.8",
+    strict=False,
+)
 def test_claim_adaln_zero_is_the_best_block():
     m = run_claim("digits_conditioning")
     assert m["best_conditioning"] == "adaln_zero"
