@@ -83,6 +83,7 @@ few_step_table: $(STAMP)  ## FD_judge vs NFE for every few-step method (from com
 dit: $(STAMP)  ## DiT: FD vs Gflops over sizes x patches, conditioning ablation
 	$(TRAIN) experiment=dit/digits_scaling
 	$(TRAIN) experiment=dit/digits_conditioning
+	$(TRAIN) experiment=dit/gflops_table
 	$(PY) -m shared.engine.report --paper dit
 
 vdm: $(STAMP)  ## Video Diffusion Models: joint image-video training, reconstruction-guided extension
@@ -91,3 +92,11 @@ vdm: $(STAMP)  ## Video Diffusion Models: joint image-video training, reconstruc
 
 clean:  ## remove outputs (keeps .venv)
 	rm -rf outputs reports
+
+.PHONY: gallery sweep_report
+gallery: $(STAMP)  ## build the HTML gallery reports/index.html (tables, plots, sample grids, GIF/MP4 videos)
+	$(PY) -m shared.engine.report --gallery
+	@echo "open reports/index.html (or: cd reports && python3 -m http.server 8000)"
+
+sweep_report: $(STAMP)  ## aggregate a Hydra multirun into one table + plot: make sweep_report DIR=outputs/multirun/<name>/<time>
+	$(PY) -m shared.engine.report --multirun $(DIR)
