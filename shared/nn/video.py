@@ -1,0 +1,250 @@
+"""Space-time factorised video layers and the inflation of an image U-Net into a video U-Net.
+
+Video Diffusion Models (Ho et al. 2022, Sec. 3 and Fig. 1): the 3D U-Net is the 2D image U-Net whose
+convolutions are space-only (1×3×3, i.e. the 2D convs run with time folded into batch), whose spatial
+attention attends over space only, and which gains a *temporal attention* block — space folded into
+batch, attention over frames with relative position embeddings — after the spatial layers. Images are
+videos with T = 1; for joint image-video training (Sec. 3.2) the temporal attention is *masked* so the
+independent images appended to each video attend only to themselves.
+
+Pieces:
+
+* :func:`frame_attention_mask` — (B, T) "frame is a video frame" flags → (B, T, T) bool attention mask.
+* :class:`RelativePositionBias` — learned per-head bias of the clipped frame offset ``j - i``.
+* :class:`TemporalAttention` — GroupNorm → qkv → :func:`shared.nn.attention.sdpa_heads` over frames with
+  the bias and the mask → zero-initialised projection, residual.
+* :class:`TemporalConv` — GroupNorm → SiLU → zero-initialised 1D conv over frames, residual (Make-A-Video /
+  Video LDM style); image frames (and T = 1) pass through unchanged.
+* :class:`TemporalStack` — several temporal blocks as one :class:`CtxBlock`.
+* :func:`inflate_unet` — the *one* insertion mechanism: append a temporal block (built by any factory
+  ``channels -> CtxBlock``, e.g. VDM's attention, Video LDM's alpha-blended layers, AnimateDiff's motion
+  module) at the end of U-Net blocks. Appending keeps every 2D parameter's name, so an image U-Net's
+  state dict loads into the video U-Net (``strict=False`` reports only the temporal keys missing).
+* :func:`video_unet` — build a :class:`shared.nn.unet.UNet` and inflate it (what ``conf/model/unet3d_*``
+  instantiate); :func:`vdm_temporal` is VDM's block factory.
+
+Because every temporal output starts at zero, an inflated U-Net equals the image U-Net frame by frame at
+initialisation (DESIGN.md principle 4; ``tests/test_video_unet.py``).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from shared.nn.attention import SpatialSelfAttention, sdpa_heads
+from shared.nn.layers import CtxBlock, CtxSequential, ResBlock, group_norm, zero_module
+from shared.nn.unet import UNet
+
+FRAME_MASK_KEYS = ("frame_is_video", "frame_mask")  # ctx keys read for joint image-video batches
+
+
+def frame_flags(ctx: dict | None, batch: int, frames: int, device) -> torch.Tensor | None:
+    """The (B, T) bool "is a video frame" flags from ``ctx`` (None when every frame is a video frame)."""
+    for key in FRAME_MASK_KEYS:
+        m = (ctx or {}).get(key)
+        if m is not None:
+            m = torch.as_tensor(m, device=device).bool()
+            if m.shape != (batch, frames):
+                raise ValueError(f"ctx[{key!r}] must be (B, T) = {(batch, frames)}, got {tuple(m.shape)}")
+            return m
+    return None
+
+
+def frame_attention_mask(is_video: torch.Tensor) -> torch.Tensor:
+    """(B, T) flags → (B, T, T) bool, True = query frame i may attend to key frame j.
+
+    Video frames attend to the video frames of their clip; an image frame (flag False) attends only to
+    itself (VDM Sec. 3.2: "masking ... to prevent mixing information across video frames and each
+    individual image frame").
+    """
+    v = is_video.bool()
+    eye = torch.eye(v.shape[1], dtype=torch.bool, device=v.device)
+    return (v[:, :, None] & v[:, None, :]) | eye
+
+
+class RelativePositionBias(nn.Module):
+    """Learned per-head additive bias of the frame offset ``j - i`` clipped to ``±max_distance``.
+
+    A bias form of the relative position embeddings VDM uses in temporal attention (Sec. 3, after Shaw
+    et al. 2018): the network knows frame order without absolute frame positions, so the same layers
+    serve any number of frames. Zero-initialised.
+    """
+
+    def __init__(self, heads: int, max_distance: int = 32):
+        super().__init__()
+        self.heads, self.max_distance = heads, int(max_distance)
+        self.table = nn.Embedding(2 * self.max_distance + 1, heads)
+        nn.init.zeros_(self.table.weight)
+
+    def forward(self, frames: int, device=None) -> torch.Tensor:
+        pos = torch.arange(frames, device=device)
+        rel = (pos[None, :] - pos[:, None]).clamp(-self.max_distance, self.max_distance) + self.max_distance
+        return rearrange(self.table(rel), "i j h -> h i j")  # (heads, T, T)
+
+
+class TemporalAttention(CtxBlock):
+    """Self-attention over the T frames at every spatial position (space folded into batch), residual.
+
+    Input ``(B*T, C, H, W)`` as inside :class:`~shared.nn.unet.UNet` (``ctx["num_frames"] = T``). The output
+    projection is zero-initialised, so the block starts as the identity.
+    """
+
+    def __init__(self, channels: int, num_heads: int = 1, head_channels: int = -1, norm_groups: int = 32,
+                 max_distance: int = 32, relative_bias: bool = True):
+        super().__init__()
+        self.heads = channels // head_channels if head_channels > 0 else num_heads
+        if channels % self.heads:
+            raise ValueError(f"channels={channels} not divisible by heads={self.heads}")
+        self.norm = group_norm(channels, norm_groups)
+        self.qkv = nn.Linear(channels, 3 * channels)
+        self.rel_bias = RelativePositionBias(self.heads, max_distance) if relative_bias else None
+        self.proj_out = zero_module(nn.Linear(channels, channels))
+
+    def forward(self, x, emb=None, ctx=None):
+        frames = int((ctx or {}).get("num_frames", 1))
+        bt, c, h, w = x.shape
+        b = bt // frames
+        tokens = rearrange(self.norm(x), "(b t) c h w -> (b h w) t c", t=frames)
+        q, k, v = self.qkv(tokens).chunk(3, dim=-1)
+        bias = None
+        if self.rel_bias is not None:
+            bias = self.rel_bias(frames, x.device)[None]  # (1, heads, T, T)
+        flags = frame_flags(ctx, b, frames, x.device)
+        if flags is not None:
+            allowed = frame_attention_mask(flags).repeat_interleave(h * w, dim=0)[:, None]  # (BHW, 1, T, T)
+            neg = torch.zeros(allowed.shape, dtype=q.dtype, device=x.device).masked_fill(~allowed, float("-inf"))
+            bias = neg if bias is None else bias.to(q.dtype) + neg
+        out = sdpa_heads(q, k, v, self.heads, bias=bias)
+        out = rearrange(self.proj_out(out), "(b h w) t c -> (b t) c h w", h=h, w=w)
+        return x + out
+
+
+class TemporalConv(CtxBlock):
+    """GroupNorm → SiLU → Conv1d over frames (zero-initialised), residual; space folded into batch.
+
+    Image frames of a joint batch neither change nor feed their neighbours (their inputs are zeroed, as
+    padding), so an appended image, a T = 1 video and a 4-D image all pass through unchanged.
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 3, norm_groups: int = 32):
+        super().__init__()
+        self.norm = group_norm(channels, norm_groups)
+        self.conv = zero_module(nn.Conv1d(channels, channels, kernel_size, padding=kernel_size // 2))
+
+    def forward(self, x, emb=None, ctx=None):
+        frames = int((ctx or {}).get("num_frames", 1))
+        if frames == 1:
+            return x
+        bt, c, h, w = x.shape
+        b = bt // frames
+        flags = frame_flags(ctx, b, frames, x.device)
+        hid = F.silu(self.norm(x))
+        if flags is not None:
+            keep = rearrange(flags, "b t -> (b t) 1 1 1").to(x.dtype)
+            hid = hid * keep
+        hid = rearrange(hid, "(b t) c h w -> (b h w) c t", t=frames)
+        out = rearrange(self.conv(hid), "(b h w) c t -> (b t) c h w", b=b, h=h, w=w)
+        if flags is not None:
+            out = out * keep
+        return x + out
+
+
+class TemporalStack(CtxBlock):
+    """Several temporal blocks applied in order, as one :class:`CtxBlock` (one insertion point)."""
+
+    def __init__(self, *blocks: nn.Module):
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, x, emb=None, ctx=None):
+        for blk in self.blocks:
+            x = blk(x, emb, ctx) if isinstance(blk, CtxBlock) else blk(x)
+        return x
+
+
+def vdm_temporal(channels: int, num_heads: int = 1, head_channels: int = -1, norm_groups: int = 32,
+                 max_distance: int = 32, conv_kernel: int = 0) -> CtxBlock:
+    """VDM's temporal block factory: temporal attention with relative position bias (plus, if
+    ``conv_kernel > 0``, a temporal convolution — not in VDM; Make-A-Video style)."""
+    attn = TemporalAttention(channels, num_heads, head_channels, norm_groups, max_distance)
+    if conv_kernel and conv_kernel > 0:
+        return TemporalStack(attn, TemporalConv(channels, conv_kernel, norm_groups))
+    return attn
+
+
+INSERT_POINTS = ("attention", "resblock")
+
+
+def _block_channels(block: CtxSequential) -> int | None:
+    """Output channels of a U-Net block (its last ResBlock's), or None for blocks without one."""
+    ch = None
+    for layer in block:
+        if isinstance(layer, ResBlock):
+            ch = layer.conv2.out_channels
+    return ch
+
+
+def inflate_unet(unet: UNet, make_temporal: Callable[[int], nn.Module], insert: str = "attention",
+                 where: Sequence[str] = ("input", "middle", "output")) -> UNet:
+    """Append ``make_temporal(channels)`` at the end of U-Net blocks, in place; returns ``unet``.
+
+    ``insert="attention"``: blocks that hold a spatial attention layer (VDM: temporal attention where the
+    image U-Net has spatial attention); ``"resblock"``: every block with a residual block (Video LDM,
+    AnimateDiff: a temporal layer after every spatial stage). ``where`` picks input / middle / output
+    blocks. The inserted module's qualified names are recorded in ``unet.temporal_names`` (see
+    :func:`temporal_parameters`, :func:`spatial_parameters`).
+    """
+    if insert not in INSERT_POINTS:
+        raise ValueError(f"insert must be one of {INSERT_POINTS}, got {insert!r}")
+    groups = {"input": [(f"input_blocks.{i}", b) for i, b in enumerate(unet.input_blocks)],
+              "middle": [("middle_block", unet.middle_block)],
+              "output": [(f"output_blocks.{i}", b) for i, b in enumerate(unet.output_blocks)]}
+    unknown = set(where) - set(groups)
+    if unknown:
+        raise ValueError(f"unknown U-Net parts {sorted(unknown)}; choose from {sorted(groups)}")
+    names = list(getattr(unet, "temporal_names", []))
+    for part in where:
+        for prefix, block in groups[part]:
+            ch = _block_channels(block)
+            if ch is None:
+                continue
+            if insert == "attention" and not any(isinstance(m, SpatialSelfAttention) for m in block):
+                continue
+            block.append(make_temporal(ch))
+            names.append(f"{prefix}.{len(block) - 1}")
+    unet.temporal_names = names
+    return unet
+
+
+def temporal_modules(unet: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """``(name, module)`` of the temporal blocks :func:`inflate_unet` inserted."""
+    mods = dict(unet.named_modules())
+    for name in getattr(unet, "temporal_names", []):
+        yield name, mods[name]
+
+
+def temporal_parameters(unet: nn.Module) -> Iterator[nn.Parameter]:
+    for _, m in temporal_modules(unet):
+        yield from m.parameters()
+
+
+def spatial_parameters(unet: nn.Module) -> Iterator[nn.Parameter]:
+    """Every parameter that is not in an inserted temporal block (the image model's, to freeze)."""
+    ids = {id(p) for p in temporal_parameters(unet)}
+    return (p for p in unet.parameters() if id(p) not in ids)
+
+
+def video_unet(temporal: Callable[[int], nn.Module] | None = None, insert: str = "attention",
+               where: Sequence[str] = ("input", "middle", "output"), **unet_kwargs) -> UNet:
+    """A :class:`UNet` (``unet_kwargs``) inflated with ``temporal`` blocks (default :func:`vdm_temporal`
+    with the U-Net's head settings)."""
+    unet = UNet(**unet_kwargs)
+    if temporal is None:
+        def temporal(ch):
+            return vdm_temporal(ch, unet_kwargs.get("num_heads", 1), unet_kwargs.get("head_channels", -1),
+                                unet_kwargs.get("norm_groups", 32))
+    return inflate_unet(unet, temporal, insert, where)
