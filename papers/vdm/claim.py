@@ -17,6 +17,7 @@ The real-vs-real ``FVD_judge`` floor compares two disjoint real test sets of ``n
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 
@@ -29,7 +30,13 @@ from shared.engine.claims import finish, fit_variant, summarise
 from shared.engine.parallel import map_jobs
 from shared.engine.video_io import save_video_grid
 from shared.metrics.video import psnr
-from shared.metrics.video_judge import digit_accuracy, fvd_judge, load_video_judge
+from shared.metrics.video_judge import DEFAULT_VIDEO_JUDGE_PATH, digit_accuracy, fvd_judge, load_video_judge
+
+
+def judge_sha(path) -> str:
+    """sha256 of the judge weights used (the judge file can be re-trained; results name the one used)."""
+    f = Path(path) if path else DEFAULT_VIDEO_JUDGE_PATH
+    return hashlib.sha256(f.read_bytes()).hexdigest()
 
 
 def real_videos(cfg: DictConfig, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,13 +68,15 @@ def seed_job(cfg_dict: dict, seed: int) -> dict:
         out[f"sample_time_s_{variant}"] = time.time() - ts
         out[f"fvd_judge_{variant}"] = fvd_judge(x, real, judge)
         if seed == c.seeds[0]:
-            save_video_grid(x[: int(c.gif_videos)], run_dir / f"samples_{variant}.gif", nrow=8, fps=4, scale=2)
+            gif = run_dir / f"samples_{variant}.gif"
+            save_video_grid(x[: int(c.gif_videos)], gif, nrow=8, fps=4, scale=2)
         if variant != c.extension_model:
             continue
         for method in ("replacement", "reconstruction"):
             g = torch.Generator().manual_seed(int(c.sample_seed) + 7 + int(seed))
             ts = time.time()
-            xe = module.extend(ctx, known, method=method, w_r=float(c.w_r), sampler=dict(c.sampler), generator=g)
+            xe = module.extend(ctx, known, method=method, w_r=float(c.w_r), sampler=dict(c.sampler),
+                               generator=g)
             out[f"ext_time_s_{method}"] = time.time() - ts
             out[f"ext_fvd_judge_{method}"] = fvd_judge(xe, real, judge)
             out[f"ext_psnr_{method}"] = psnr(xe[:, :, unknown_t], ctx[:, :, unknown_t])
@@ -86,7 +95,8 @@ def run(cfg: DictConfig) -> dict:
     real, _ = real_videos(cfg, int(c.num_samples), int(c.real_seed))
     other, _ = real_videos(cfg, int(c.num_samples), int(c.floor_seed))
     metrics: dict = {"fvd_judge_real_floor": fvd_judge(other, real, judge)}
-    cfg_dict = OmegaConf.to_container(cfg, resolve=False)  # keep ${run_dir} live: one checkpoint folder per variant
+    # unresolved, so ${run_dir} stays live: one checkpoint folder per variant
+    cfg_dict = OmegaConf.to_container(cfg, resolve=False)
     per_seed = map_jobs(seed_job, [(cfg_dict, int(s)) for s in c.seeds], workers=int(c.get("workers", 1)))
     for key in per_seed[0]:
         metrics[key] = summarise([r[key] for r in per_seed])
@@ -96,7 +106,7 @@ def run(cfg: DictConfig) -> dict:
         [r["ext_fvd_judge_reconstruction"] / r["ext_fvd_judge_replacement"] for r in per_seed])
     record = finish(cfg, metrics, paper="vdm", claim=str(c.name), t0=t0,
                     extra={"nfe": int(c.sampler.steps), "num_samples": int(c.num_samples),
-                           "num_extensions": int(c.num_extensions)})
+                           "num_extensions": int(c.num_extensions), "judge_sha256": judge_sha(c.judge_path)})
     if c.get("publish", True):  # small sample GIFs next to the results (finish copies PNGs only)
         dest = Path(__file__).resolve().parent / "results"
         for f in Path(cfg.run_dir).glob("*.gif"):

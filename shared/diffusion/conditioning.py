@@ -81,8 +81,8 @@ def replacement_denoiser(denoise: Denoiser, x_a: torch.Tensor, known: torch.Tens
     return den
 
 
-def reconstruction_guided_denoiser(denoise: Denoiser, x_a: torch.Tensor, known: torch.Tensor, schedule: Schedule,
-                                   w_r: float = 1.0, replace: bool = True,
+def reconstruction_guided_denoiser(denoise: Denoiser, x_a: torch.Tensor, known: torch.Tensor,
+                                   schedule: Schedule, w_r: float = 1.0, replace: bool = True,
                                    generator: torch.Generator | None = None,
                                    clip_x0: float | None = 1.0) -> Denoiser:
     """Reconstruction guidance (VDM Eq. 7) as a denoiser; see the module docstring.

@@ -116,7 +116,8 @@ class TemporalAttention(CtxBlock):
         flags = frame_flags(ctx, b, frames, x.device)
         if flags is not None:
             allowed = frame_attention_mask(flags).repeat_interleave(h * w, dim=0)[:, None]  # (BHW, 1, T, T)
-            neg = torch.zeros(allowed.shape, dtype=q.dtype, device=x.device).masked_fill(~allowed, float("-inf"))
+            neg = torch.zeros(allowed.shape, dtype=q.dtype, device=x.device)
+            neg = neg.masked_fill(~allowed, float("-inf"))
             bias = neg if bias is None else bias.to(q.dtype) + neg
         out = sdpa_heads(q, k, v, self.heads, bias=bias)
         out = rearrange(self.proj_out(out), "(b h w) t c -> (b t) c h w", h=h, w=w)
