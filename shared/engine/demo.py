@@ -7,6 +7,7 @@ not in this checkout are skipped with a note.
     python -m shared.engine.demo                 # all acts
     python -m shared.engine.demo --acts ddim     # one act
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,16 +41,25 @@ def act_ddim(out: Path, fast: bool) -> list[tuple[str, str]]:
     from shared.metrics.judge import fd_judge
 
     steps = 60 if fast else 1200
-    cfg = _compose(["experiment=ddpm/digits_claim", "pipeline=null", f"trainer.max_steps={steps}",
-                    "logger=none", "callbacks.samples=null", "trainer.enable_progress_bar=true"])
+    cfg = _compose(
+        [
+            "experiment=ddpm/digits_claim",
+            "pipeline=null",
+            f"trainer.max_steps={steps}",
+            "logger=none",
+            "callbacks.samples=null",
+            "trainer.enable_progress_bar=true",
+        ]
+    )
     module, _, _ = fit(cfg, run_dir=out / "ddpm_model")
     module.eval()
     _, real_b = real_splits(size=8)
     rows = []
-    for s in (5, 20, 100):
+    n, step_list = (64, (2, 5, 10)) if fast else (270, (5, 20, 100))
+    for s in step_list:
         for eta in (0.0, 1.0):
             g = torch.Generator().manual_seed(0)
-            x = module.sample(270, sampler={"name": "ddim", "steps": s, "eta": eta}, generator=g)
+            x = module.sample(n, sampler={"name": "ddim", "steps": s, "eta": eta}, generator=g)
             rows.append((f"DDIM S={s:<3d} eta={eta:.0f}", f"FD_judge {fd_judge(x, real_b):7.2f}"))
             if eta == 0.0:
                 save_image_grid(x[:64], out / f"ddim_S{s}_eta0.png", nrow=8, scale=4)
@@ -76,8 +86,8 @@ def interpolation_video(module, out: Path, fast: bool) -> Path:
     alpha = torch.linspace(0, 1, frames)
     x_T = torch.cat([slerp(z[i, 0], z[i, 1], alpha).view(frames, *shape) for i in range(pairs)])
     x = module.sample(x_T=x_T, sampler={"name": "ddim", "steps": steps, "eta": 0.0})
-    video = x.view(pairs, frames, *shape).transpose(1, 2)            # (B, C, T, H, W)
-    video = torch.cat([video, video.flip(2)], dim=2)                  # there and back: a seamless loop
+    video = x.view(pairs, frames, *shape).transpose(1, 2)  # (B, C, T, H, W)
+    video = torch.cat([video, video.flip(2)], dim=2)  # there and back: a seamless loop
     save_video_grid(video, out / "ddim_interpolation.mp4", nrow=4, fps=12, scale=4)
     return save_video_grid(video, out / "ddim_interpolation.gif", nrow=4, fps=12, scale=4)
 
@@ -108,7 +118,9 @@ def main(argv=None):
                 raise SystemExit(f"unknown act {name!r}; choose from {list(ACTS) + list(OPTIONAL_ACTS)}")
             try:
                 fn = importlib.import_module(OPTIONAL_ACTS[name]).demo_act
-            except ModuleNotFoundError as e:   # the paper (or its demo) is not in this checkout; real bugs raise
+            except (
+                ModuleNotFoundError
+            ) as e:  # the paper (or its demo) is not in this checkout; real bugs raise
                 if not OPTIONAL_ACTS[name].startswith(str(e.name)):
                     raise
                 print(f"[demo] skipping {name}: not in this checkout")

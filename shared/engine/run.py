@@ -14,8 +14,10 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.utilities import rank_zero_only
 
 from shared.engine.checkpoint import AtomicCheckpointIO, CheckpointError, check_state_dict, load_checkpoint_file
+from shared.engine.loggers import LoggerRunIds, restore_logger_ids
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +79,12 @@ def resolve_ckpt(cfg: DictConfig, run_dir: Path) -> str | None:
 
 def build_trainer(cfg: DictConfig, run_dir: Path, extra_callbacks=()) -> pl.Trainer:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    callbacks += list(extra_callbacks)
+    callbacks += [*extra_callbacks, LoggerRunIds()]   # the loggers' run ids go into every checkpoint
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_cfg.pop("_target_", None)
+    if isinstance(trainer_cfg.get("strategy"), dict):   # a strategy object (FSDP settings), not just a name
+        trainer_cfg["strategy"] = instantiate(cfg.trainer.strategy)
     return pl.Trainer(**trainer_cfg, default_root_dir=str(run_dir), callbacks=callbacks,
                       logger=loggers or False, plugins=[AtomicCheckpointIO()])
 
@@ -102,9 +106,12 @@ def fit(cfg: DictConfig, run_dir=None, extra_callbacks=()):
     ckpt = resolve_ckpt(cfg, run_dir)
     datamodule, module = build(cfg)
     if ckpt is not None:  # fail in one line, naming keys, before Lightning's long load error
-        check_state_dict(module, load_checkpoint_file(ckpt)["state_dict"], what=ckpt)
+        saved = load_checkpoint_file(ckpt)
+        check_state_dict(module, saved["state_dict"], what=ckpt)
+        restore_logger_ids(cfg, saved)   # wandb continues the same run, TB/CSV the same version
     trainer = build_trainer(cfg, run_dir, extra_callbacks)
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    if rank_zero_only.rank == 0:   # DDP ranks > 0 re-run this script: one config snapshot per run
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     t0 = time.time()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
     module.fit_wall_time_s = time.time() - t0

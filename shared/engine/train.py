@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from shared.engine.cli import friendly_errors
 from shared.engine.run import fit, set_run_dir
+from shared.engine.scaleout import prepare_argv, rank_launch_scope, remember_hydra_job
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -24,15 +25,22 @@ def run(cfg: DictConfig):
     if cfg.get("pipeline"):
         set_run_dir(cfg)
         return get_method(cfg.pipeline)(cfg)
-    module, _, trainer = fit(cfg)
+    remember_hydra_job(set_run_dir(cfg))   # DDP ranks Lightning spawns reuse this job's run folder
+    with rank_launch_scope():              # ... and the next job of a multirun spawns its own ranks
+        module, _, trainer = fit(cfg)
     log.info("run folder: %s", cfg.run_dir)
     return module
 
 
 @hydra.main(config_path="../../conf", config_name="train", version_base="1.3")
-def main(cfg: DictConfig):
+def _hydra_main(cfg: DictConfig):
     with friendly_errors():
         return run(cfg)
+
+
+def main():
+    prepare_argv()   # a DDP rank spawned by Lightning runs its parent's job (see shared.engine.scaleout)
+    return _hydra_main()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,260 @@
+"""The report: README tables, RESULTS.md, the HTML gallery (opened in headless Chromium), sweeps.
+
+Everything is built in a tmp project tree from small fake results (``report --root``), so these tests do not
+depend on any paper's real results. The browser test serves the gallery from a local http.server, lets
+Chromium
+load it, reads back the page's own per-image/video load marks and saves a screenshot under
+``outputs/test_report/``; it skips only where no Chromium is installed.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT
+
+from shared.engine.report import (
+    aggregate_multirun,
+    build_gallery,
+    main,
+    paper_table,
+    results_md,
+    update_readme,
+)
+from shared.engine.results import write_results
+
+REPORT_ROWS = [
+    {"label": "FD 1 step", "metric": "fd.1", "paper": "12.2"},
+    {"label": "FD 2 steps", "metric": "fd.2", "paper": "8.15"},
+]
+
+
+def fake_tree(root: Path) -> Path:
+    """A project tree with one paper, a committed result + plot, a local run with a grid, GIF and MP4, a demo
+    folder and an aggregated sweep."""
+    from shared.engine.video_io import save_image_grid, save_video_grid
+
+    paper = root / "papers" / "toy_paper"
+    (paper / "results").mkdir(parents=True)
+    (paper / "README.md").write_text(
+        "# Toy paper\n\nA paper about toys (Someone et al. 2024).\n\n"
+        "## Results\n\n<!-- results:begin -->\nold\n<!-- results:end -->\n\nTail.\n"
+    )
+    (root / "experiments" / "toy_paper").mkdir(parents=True)
+    (root / "experiments" / "toy_paper" / "claim_a.yaml").write_text(
+        "# @package _global_\n# Toy Table 1 at CPU scale: reflow straightens the toy.\nname: toy\n"
+    )
+    metrics = {"fd": {"1": {"mean": 3.0, "std": 0.5, "per_seed": [2.5, 3.5]}, "2": 1.25}}
+    cfg = {"report": REPORT_ROWS, "expected": {"metric": "fd.1", "direction": "less_than", "value": 5}}
+    write_results(
+        paper / "results" / "claim_a.json",
+        metrics,
+        paper="toy_paper",
+        claim="claim_a",
+        seeds=[0, 1],
+        config=cfg,
+        wall_time_s=12.0,
+    )
+    g = torch.Generator().manual_seed(0)
+    save_image_grid(
+        torch.rand(4, 1, 8, 8, generator=g) * 2 - 1, paper / "results" / "claim_a_plot.png", nrow=2
+    )
+    run = root / "outputs" / "toy_claim_a" / "2026-01-01_00-00-00"
+    write_results(run / "results.json", metrics, paper="toy_paper", claim="claim_a", seeds=[0, 1], config=cfg)
+    save_image_grid(
+        torch.rand(16, 3, 8, 8, generator=g) * 2 - 1, run / "samples" / "final.png", nrow=4, scale=4
+    )
+    video = torch.rand(4, 3, 6, 8, 8, generator=g) * 2 - 1
+    save_video_grid(video, run / "video.gif", nrow=2, scale=4)
+    save_video_grid(video, run / "video.mp4", nrow=2, scale=4)
+    demo = root / "outputs" / "demo" / "2026-01-01_00-00-01"
+    demo.mkdir(parents=True)
+    (demo / "summary.json").write_text(json.dumps({"rows": [["ddim: S=5 eta=0", "FD_judge 1.0"]]}))
+    save_image_grid(torch.rand(4, 1, 8, 8, generator=g), demo / "ddim" / "grid.png", nrow=2)
+    sweep = root / "outputs" / "multirun" / "toy" / "2026-01-01_00-00-02"
+    for i, lr in enumerate(("0.001", "0.002")):
+        job = sweep / str(i)
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(f"- module.optimizer.lr={lr}\n- seed=0\n")
+        write_results(
+            job / "results.json",
+            {"fd": {"1": 3.0 + i, "2": 1.0 + i}},
+            paper="toy_paper",
+            claim="claim_a",
+            config={"report": REPORT_ROWS},
+            wall_time_s=1.0,
+        )
+    aggregate_multirun(sweep)
+    return root
+
+
+def test_readme_table_and_results_md(tmp_path):
+    root = fake_tree(tmp_path)
+    assert update_readme("toy_paper", root)
+    text = (root / "papers" / "toy_paper" / "README.md").read_text()
+    assert "old" not in text and text.endswith("<!-- results:end -->\n\nTail.\n")
+    assert "| FD 1 step | 12.2 | 3 ± 0.5 (n=2) |" in text and "| FD 2 steps | 8.15 | 1.25 |" in text
+    assert paper_table("toy_paper", root) in text
+    md = results_md(root)
+    assert "| claim | measure | paper | ours | command | revision | date |" in md
+    row = next(line for line in md.splitlines() if "FD 1 step" in line)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[0].startswith("[claim_a]") and cells[2:4] == ["12.2", "3 ± 0.5 (n=2)"]
+    assert re.fullmatch(r"[0-9a-f]{8}(\+dirty)?", cells[5]) and re.fullmatch(r"\d{4}-\d\d-\d\d", cells[6])
+    main(["--root", str(root), "--no-gallery"])
+    assert (root / "RESULTS.md").read_text() == md
+
+
+def test_aggregate_multirun_results_and_csv(tmp_path):
+    sweep = tmp_path / "sweep"
+    for i, (lr, loss) in enumerate((("0.1", 0.5), ("0.2", 0.25))):
+        job = sweep / str(i)
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(f"- lr={lr}\n- name=x\n")
+        (job / "logs").mkdir()
+        (job / "logs" / "metrics.csv").write_text(f"epoch,step,train/loss\n0,0,1.0\n0,1,{loss}\n")
+    s = aggregate_multirun(sweep)
+    assert s["swept"] == ["lr"] and s["columns"] == ["job", "lr", "step", "train/loss"]
+    assert [r[-1] for r in s["rows"]] == [0.5, 0.25]
+    for name in ("summary.md", "summary.csv", "summary.json", "summary.png"):
+        assert (sweep / name).stat().st_size > 0, name
+    assert "| 1 | 0.2 | 1 | 0.25 |" in (sweep / "summary.md").read_text()
+
+
+@pytest.mark.slow
+def test_real_multirun_aggregates(tmp_path):
+    """A real two-job Hydra multirun of the train entry point, aggregated by the report's CLI."""
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "shared.engine.train",
+            "-m",
+            "data.size=8",
+            "data.batch_size=8",
+            "data.train.classes=[0,1]",
+            "model.base_channels=8",
+            "model.norm_groups=4",
+            "trainer.max_steps=2",
+            "trainer.log_every_n_steps=1",
+            "trainer.enable_progress_bar=false",
+            "callbacks.samples=null",
+            "module.optimizer.lr=1e-3,2e-3",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = subprocess.run(
+        [sys.executable, "-m", "shared.engine.report", "--multirun", str(sweep), "--metric", "train/loss"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = json.loads((sweep / "summary.json").read_text())
+    assert s["swept"] == ["module.optimizer.lr"] and len(s["rows"]) == 2
+    assert [float(row[1]) for row in s["rows"]] == [1e-3, 2e-3]
+    assert all(isinstance(row[-1], float) and row[-1] == row[-1] for row in s["rows"])  # finite losses
+    assert (sweep / "summary.png").exists() and "train/loss" in r.stdout
+
+
+# --------------------------------------------------------------------------------------------- browser
+def chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def _browser(exe: str, url: str, profile: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [
+        exe,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--mute-audio",
+        "--autoplay-policy=no-user-gesture-required",
+        f"--user-data-dir={profile}",
+        "--virtual-time-budget=8000",
+        *extra,
+        url,
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.skipif(
+    chromium() is None,
+    reason="no Chromium installed (apt-get install chromium chromium-driver; "
+    ".ci/run installs it): the gallery's browser test cannot run",
+)
+def test_gallery_loads_in_chromium(tmp_path):
+    root = fake_tree(tmp_path / "tree")
+    index = build_gallery(root)
+    assert index == root / "reports" / "index.html"
+    handler = functools.partial(_Quiet, directory=str(index.parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/index.html"
+    try:
+        r = _browser(chromium(), url, tmp_path / "profile", "--dump-dom")
+        assert r.returncode == 0, r.stderr[-2000:]
+        dom = r.stdout
+        shot_dir = ROOT / "outputs" / "test_report"
+        shot_dir.mkdir(parents=True, exist_ok=True)
+        shot = shot_dir / "gallery.png"
+        shot.unlink(missing_ok=True)
+        _browser(
+            chromium(),
+            url,
+            tmp_path / "profile2",
+            f"--screenshot={shot}",
+            "--window-size=1280,1800",
+            "--hide-scrollbars",
+        )
+    finally:
+        server.shutdown()
+    # the tables: the paper's claim table, the demo table and the sweep table
+    assert "<h2>toy_paper</h2>" in dom and "Toy Table 1 at CPU scale" in dom
+    assert re.search(r"<td>FD 1 step</td><td>12\.2</td><td>3 ± 0\.5 \(n=2\)</td>", dom)
+    assert "<td>ddim: S=5 eta=0</td>" in dom and 'class="sweep"' in dom and "module.optimizer.lr" in dom
+    # every image and video: present, and marked loaded by the page itself
+    kinds = re.findall(r"<(img|video)\b[^>]*>", dom)  # committed plot, grid, GIF, demo grid, sweep plot; MP4
+    assert kinds.count("video") == 1 and kinds.count("img") == 5, kinds
+    tags = re.findall(r"<(?:img|video)\b[^>]*>", dom)
+    not_loaded = [t for t in tags if 'data-status="loaded"' not in t]
+    assert not not_loaded, f"media that did not load: {not_loaded}"
+    status = json.loads(re.search(r'<span id="media-status"[^>]*>(\{.*?\})</span>', dom).group(1))
+    assert status == {"total": len(tags), "loaded": len(tags), "failed": 0, "pending": 0}
+    assert shot.exists() and shot.stat().st_size > 10_000, "screenshot not written"
