@@ -2,9 +2,10 @@
 
 A frozen weight W0 is adapted as ``W = W0 + (alpha / r) · B A`` with ``A ∈ R^{r×in}`` (random,
 Kaiming-uniform) and ``B ∈ R^{out×r}`` initialised to **zero**, so an injected model equals its base at
-initialisation; only A and B train. For convolutions ``A`` is a conv with the base's kernel, stride, padding and dilation
-into ``r`` channels and ``B`` a 1×1 conv (LoCon / peft's Conv2d LoRA), so ``ΔW = B · A`` is again a
-conv kernel and can be merged exactly (Sec. 4.1: "no additional inference latency").
+initialisation; only A and B train. For convolutions ``A`` is a conv with the base's kernel, stride,
+padding and dilation into ``r`` channels and ``B`` a 1×1 conv (LoCon / peft's Conv2d LoRA), so
+``ΔW = B · A`` is again a conv kernel and can be merged exactly (Sec. 4.1: "no additional inference
+latency").
 
 Injection keeps every base parameter's name: :class:`LoRALinear` / :class:`LoRAConv2d` *are* an
 ``nn.Linear`` / ``nn.Conv2d`` holding the original ``weight`` / ``bias`` Parameters (shared, not copied)
