@@ -92,3 +92,11 @@ def test_ema_update_is_exponential_average():
     assert not any(p.requires_grad for p in ema.model.parameters())
     ema.train()
     assert not ema.model.training
+
+
+def test_ema_pairs_parameters_by_name_and_refuses_a_changed_model():
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    ema = EMA(net, decay=0.5)
+    net.append(torch.nn.Linear(2, 2))
+    with pytest.raises(RuntimeError, match="different parameters"):
+        ema.update(net)

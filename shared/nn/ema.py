@@ -26,11 +26,17 @@ class EMA(nn.Module):
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         d = self.current_decay()
-        ema_p = list(self.model.parameters())
-        src_p = list(model.parameters())
-        torch._foreach_lerp_(ema_p, [p.detach() for p in src_p], 1.0 - d)
-        for eb, sb in zip(self.model.buffers(), model.buffers()):
-            eb.copy_(sb)
+        ema_named = dict(self.model.named_parameters())
+        src_named = dict(model.named_parameters())
+        if ema_named.keys() != src_named.keys():  # e.g. LoRA injected after the EMA copy was made
+            diff = sorted(ema_named.keys() ^ src_named.keys())
+            raise RuntimeError(f"EMA copy and model have different parameters ({len(diff)}, e.g. {diff[:3]}); "
+                               "build the EMA after changing the model's structure")
+        names = list(ema_named)
+        torch._foreach_lerp_([ema_named[n] for n in names], [src_named[n].detach() for n in names], 1.0 - d)
+        src_buffers = dict(model.named_buffers())
+        for name, eb in self.model.named_buffers():
+            eb.copy_(src_buffers[name])
         self.num_updates += 1
 
     def forward(self, *args, **kwargs):
