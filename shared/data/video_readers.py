@@ -94,7 +94,7 @@ class _ClipDataset(Dataset):
     def _source(self, index: int) -> str:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _read(self, index: int, first: int, count: int, step: int, pick) -> tuple[torch.Tensor, int]:
+    def _read(self, index: int, first: int | None, count: int, step: int, pick) -> tuple[torch.Tensor, int]:
         """Frames ``first, first+step, ...`` (``count`` of them) as uint8 (T, H, W, 3).
 
         ``first`` may be None: then ``pick(total)`` chooses it once the frame count is known.
