@@ -13,7 +13,7 @@ import torch
 from omegaconf import DictConfig
 
 from shared.data.digits import real_splits
-from shared.engine.claims import finish, fit_variant, summarise
+from shared.engine.claims import cached, finish, fit_variant, summarise
 from shared.engine.video_io import save_image_grid
 from shared.metrics.judge import fd_judge
 
@@ -27,14 +27,20 @@ def run(cfg: DictConfig) -> dict:
     for weighting in c.weightings:
         fds, times = [], []
         for seed in c.seeds:
-            module = fit_variant(cfg, f"{weighting}_seed{seed}", {"module.loss_weighting": weighting}, seed)
-            g = torch.Generator().manual_seed(int(c.sample_seed) + int(seed))
-            ts = time.time()
-            x = module.sample(int(c.num_samples), sampler=dict(c.sampler), generator=g)
-            times.append(time.time() - ts)
-            fds.append(fd_judge(x, real_b))
-            if seed == c.seeds[0]:
-                save_image_grid(x[:64], f"{cfg.run_dir}/samples_{weighting}.png", nrow=8)
+            tag = f"{weighting}_seed{seed}"
+            module = fit_variant(cfg, tag, {"module.loss_weighting": weighting}, seed)
+
+            def evaluate(module=module, seed=seed, weighting=weighting):
+                g = torch.Generator().manual_seed(int(c.sample_seed) + int(seed))
+                ts = time.time()
+                x = module.sample(int(c.num_samples), sampler=dict(c.sampler), generator=g)
+                if seed == c.seeds[0]:
+                    save_image_grid(x[:64], f"{cfg.run_dir}/samples_{weighting}.png", nrow=8)
+                return {"fd": fd_judge(x, real_b), "sample_time_s": time.time() - ts}
+
+            ev = cached(f"{cfg.run_dir}/{tag}/eval.json", evaluate)
+            fds.append(ev["fd"])
+            times.append(ev["sample_time_s"])
         metrics[f"fd_judge_{weighting}"] = summarise(fds)
         metrics[f"sample_time_s_{weighting}"] = summarise(times)
     floor = metrics["fd_judge_real_floor"]

@@ -8,6 +8,7 @@ A pipeline reads its knobs from ``cfg.claim`` (seeds, variants, evaluation proto
 from __future__ import annotations
 
 import copy
+import json
 import math
 import shutil
 import statistics
@@ -35,11 +36,30 @@ def variant_config(cfg: DictConfig, overrides: dict | None = None, seed: int | N
 
 
 def fit_variant(cfg: DictConfig, tag: str, overrides: dict | None = None, seed: int | None = None):
-    """Train one variant into ``<run_dir>/<tag>``; returns the trained module (in eval mode)."""
+    """Train one variant into ``<run_dir>/<tag>``; returns the trained module (in eval mode).
+
+    A claim re-run in the same folder (``hydra.run.dir=<old run>``) resumes each variant from its
+    ``last.ckpt`` — a finished variant is not trained again.
+    """
     sub = variant_config(cfg, overrides, seed)
+    last = Path(cfg.run_dir) / tag / "checkpoints" / "last.ckpt"
+    if last.exists() and not sub.get("ckpt_path"):
+        with open_dict(sub):
+            sub.ckpt_path = str(last)
     module, datamodule, trainer = fit(sub, run_dir=Path(cfg.run_dir) / tag)
     module.eval()
     return module
+
+
+def cached(path: str | Path, compute):
+    """``compute()`` once per claim folder: its JSON result is kept at ``path`` and reused on a re-run."""
+    path = Path(path)
+    if path.exists():
+        return json.loads(path.read_text())
+    value = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value))
+    return value
 
 
 def summarise(per_seed: list[float]) -> dict:
