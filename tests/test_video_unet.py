@@ -1,5 +1,6 @@
 """Space-time factorised layers (shared/nn/video.py): shapes, the joint-batch frame mask, relative
-positions, and the inflation identities (zero-init video U-Net = image U-Net frame by frame; T = 1 = image)."""
+positions, and the inflation identities (zero-init video U-Net = image U-Net frame by frame; T = 1 is an
+image)."""
 from __future__ import annotations
 
 import pytest
@@ -105,7 +106,7 @@ def test_temporal_conv_leaves_images_alone_and_images_do_not_leak_into_the_video
     assert torch.equal(out[:, tv:], xv[:, tv:])
     assert not torch.allclose(out[:, :tv], xv[:, :tv])
     y = xv.clone()
-    y[:, tv] += torch.randn_like(y[:, tv])                                        # the image right after the last video frame
+    y[:, tv] += torch.randn_like(y[:, tv])  # the image right after the last video frame
     out2 = conv(y.view_as(x), None, ctx).view(b, tv + ni, 8, 3, 3)
     assert torch.allclose(out[:, :tv], out2[:, :tv], atol=1e-6)
     assert torch.equal(conv(x[:4], None, {"num_frames": 1}), x[:4])
