@@ -471,3 +471,31 @@ def test_save_image_and_video_grids(tmp_path):
     assert gray.exists()
     with pytest.raises(ValueError, match="gif or .mp4"):
         save_video_grid(videos, tmp_path / "x.avi")
+
+
+def test_configs_compose_with_hydra(ucf_root):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.utils import instantiate
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(version_base=None, config_dir=str(CONF.parent)):
+            cfg = compose(
+                overrides=[
+                    "+data=moving_digits",
+                    "data.frames=8",
+                    "data.size=16",
+                    "data.train.n=8",
+                    "data.batch_size=4",
+                ]
+            )
+            dm = instantiate(cfg.data)
+            assert dm.train_set[0]["x"].shape == (1, 8, 16, 16) and dm.val_set.split == "test"
+            cfg = compose(
+                overrides=["+data=ucf101", f"data.root={ucf_root}", "data.num_workers=0", "data.batch_size=2"]
+            )
+            dm = instantiate(cfg.data)
+            assert dm.train_set.frames == 16 and dm.val_set.stride == 4 and len(dm.train_set) == 4
+    finally:
+        GlobalHydra.instance().clear()
