@@ -51,11 +51,15 @@ def check_paths(cfg: DictConfig) -> None:
                     if key.startswith(("data", "module", "model")):
                         raise ConfigError(f"required config value {key} is not set (pass {key}=...)")
                     continue
-                v = node._get_node(k)._value() if OmegaConf.is_interpolation(node, k) else node[k]
+                try:
+                    v = node[k]
+                except Exception:  # an interpolation that cannot resolve yet: instantiate will say why
+                    continue
                 if isinstance(v, str) and k in ("root", "path", "csv_path", "video_root", "weights_path") \
                         and v and not Path(v).exists():
                     raise ConfigError(f"{key}: path does not exist: {v}")
-                walk(node[k], key) if isinstance(node[k], DictConfig) else None
+                if isinstance(v, DictConfig):
+                    walk(v, key)
     walk(cfg.get("data"), "data")
 
 
