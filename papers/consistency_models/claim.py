@@ -15,9 +15,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from shared.data.digits import real_splits
-from shared.diffusion.edm import nested_grid
 from shared.engine.claims import finish, fit_variant, summarise
-from shared.engine.edm_module import teacher_for_seed
+from shared.engine.edm_module import teacher_ddim_fd, teacher_for_seed
 from shared.engine.video_io import save_image_grid
 from shared.metrics.judge import fd_judge
 
@@ -48,11 +47,9 @@ def run(cfg: DictConfig) -> dict:
         if c.get("teachers_only"):
             continue
         g0 = int(c.sample_seed) + int(seed)
-        for steps in (c.ddim_steps if evaluate else []):
-            g = torch.Generator().manual_seed(g0)
-            x = teacher.sample(n, sampler={"name": "ddim", "steps": int(steps),
-                                           "times": nested_grid(teacher.schedule, int(steps))}, generator=g)
-            fd[TEACHER][int(steps)].append(fd_judge(x, real_b))
+        if evaluate:
+            for steps, v in teacher_ddim_fd(cfg, teacher, seed, real_b).items():
+                fd[TEACHER][steps].append(v)
         for method in ("CD", "CT"):
             part = c[method.lower()]
             if not part.get("enabled", True):

@@ -14,9 +14,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from shared.data.digits import real_splits
-from shared.diffusion.edm import nested_grid
 from shared.engine.claims import finish, fit_variant, summarise
-from shared.engine.edm_module import save_module, teacher_for_seed
+from shared.engine.edm_module import save_module, teacher_ddim_fd, teacher_for_seed
 from shared.engine.video_io import save_image_grid
 from shared.metrics.judge import fd_judge
 
@@ -50,13 +49,9 @@ def run(cfg: DictConfig) -> dict:
         if c.get("teachers_only"):
             continue
         g0 = int(c.sample_seed) + int(seed)
-        for steps in (c.ddim_steps if evaluate else []):
-            g = torch.Generator().manual_seed(g0)
-            times = nested_grid(teacher.schedule, int(steps))
-            x = teacher.sample(n, sampler={"name": "ddim", "steps": int(steps), "times": times}, generator=g)
-            fd[TEACHER][int(steps)].append(fd_judge(x, real_b))
-            if seed == c.seeds[0] and int(steps) == 1:
-                save_image_grid(x[:64], f"{cfg.run_dir}/teacher_ddim_1step.png", nrow=8)
+        if evaluate:
+            for steps, v in teacher_ddim_fd(cfg, teacher, seed, real_b, (1,)).items():
+                fd[TEACHER][steps].append(v)
         teacher_steps = start
         for student_steps in rounds:
             tag = f"pd_seed{seed}_{student_steps}step"
