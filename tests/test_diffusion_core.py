@@ -217,3 +217,11 @@ def test_cfg_scales_and_label_dropout():
     assert torch.equal(cfg_net(net, y, 10, 2.0)(x, t), torch.tensor([[-4.0], [-2.0]]))
     d = drop_labels(torch.zeros(10000, dtype=torch.long), 0.1, 10, torch.Generator().manual_seed(0))
     assert 0.08 < float((d == 10).float().mean()) < 0.12
+
+
+def test_rk45_runs_a_float32_network():
+    sched = FlowSchedule()
+    net = torch.nn.Conv2d(1, 1, 1)
+    den = make_denoiser(lambda x, t: net(x), sched, "flow")
+    x, nfe = rk45_sample(den, torch.randn(2, 1, 4, 4), sched, rtol=1e-3, atol=1e-3)
+    assert x.dtype == torch.float32 and nfe > 0

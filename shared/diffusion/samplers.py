@@ -176,10 +176,10 @@ def rk45_sample(denoise: Denoiser, x_T: torch.Tensor, schedule: Schedule, rtol: 
     shape = x_T.shape
 
     def f(t, y):
-        x = y.reshape(shape)
+        x = y.reshape(shape).to(x_T.dtype)  # the solver state is float64; networks run in the input's dtype
         tb = _full(t.float(), x)
         x0, eps = counter(x, tb)
-        return _ode_drift(schedule, tb, x0, eps).reshape(-1)
+        return _ode_drift(schedule, tb, x0, eps).reshape(-1).to(y.dtype)
 
     grid = torch.tensor([schedule.t_max, t_end], dtype=torch.float64)
     y = odeint(f, x_T.reshape(-1).double(), grid, rtol=rtol, atol=atol, method="dopri5")[-1]
