@@ -165,7 +165,8 @@ def rk45_sample(denoise: Denoiser, x_T: torch.Tensor, schedule: Schedule, rtol: 
                 atol: float = 1e-5, t_end: float | None = None) -> tuple[torch.Tensor, int]:
     """Adaptive Dormand–Prince (torchdiffeq ``dopri5``) on the PF-ODE from ``t_max`` to ``t_end``.
 
-    Returns ``(x0_hat at t_end, nfe)``. ``t_end`` defaults to ``schedule.t_min`` (plus a hair for the flow
+    The solver state is float64; the denoiser is called in ``x_T``'s dtype (pass float64 for a
+    closed-form denoiser at tight tolerances). Returns ``(x0_hat at t_end, nfe)``. ``t_end`` defaults to ``schedule.t_min`` (plus a hair for the flow
     schedule, where ``t = 0`` is exactly the data and the last ``x0_hat`` is returned).
     """
     from torchdiffeq import odeint
@@ -183,7 +184,7 @@ def rk45_sample(denoise: Denoiser, x_T: torch.Tensor, schedule: Schedule, rtol: 
 
     grid = torch.tensor([schedule.t_max, t_end], dtype=torch.float64)
     y = odeint(f, x_T.reshape(-1).double(), grid, rtol=rtol, atol=atol, method="dopri5")[-1]
-    x = y.reshape(shape).float()
+    x = y.reshape(shape).to(x_T.dtype)
     x0, _ = counter(x, _full(torch.tensor(t_end), x))
     return x0, counter.nfe
 
