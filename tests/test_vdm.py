@@ -128,8 +128,8 @@ def test_vdm_extend_keeps_the_given_frames_for_both_methods():
 
 
 @pytest.mark.claims
-@pytest.mark.xfail(strict=False, reason="does not reproduce at CPU scale (papers/vdm/README.md): joint/video-only "
-                   "FVD_judge 1.047 +- 0.014, reconstruction/replacement 0.967 +- 0.049 over seeds 0, 1")
+@pytest.mark.xfail(strict=False, reason="does not reproduce at CPU scale (papers/vdm/README.md): "
+                   "joint/video-only FVD_judge 1.047 +- 0.014, reconstruction/replacement 0.967 +- 0.049")
 def test_claim_vdm_joint_training_and_reconstruction_guidance(tmp_path):
     from shared.engine.train import run
 
