@@ -46,11 +46,21 @@ class SpatialSelfAttention(CtxBlock):
         self.proj_out = zero_module(nn.Conv2d(channels, channels, 1))
 
     def forward(self, x, emb=None, ctx=None):
+        # Token-major layout so q/k/v have a unit-stride head dimension: SDPA's fused CPU kernel needs it
+        # (channel-major q/k/v, as a 1x1 conv yields them, fall back to the unfused math path). Plain 1x1
+        # convs' weights are applied as linears, so parameter names and shapes are unchanged. Adapted
+        # projections (e.g. LoRAConv2d, shared/nn/lora.py) are called as modules, output copied token-major.
         b, c, h, w = x.shape
-        qkv = self.qkv(self.norm(x))
-        q, k, v = rearrange(qkv, "b (three c) h w -> three b (h w) c", three=3)
-        heads = self.heads
-        q, k, v = (rearrange(z, "b n (h d) -> b h n d", h=heads) for z in (q, k, v))
-        out = F.scaled_dot_product_attention(q, k, v)
-        out = rearrange(out, "b heads (h w) d -> b (heads d) h w", h=h, w=w)
-        return x + self.proj_out(out)
+        heads, d = self.heads, c // self.heads
+        plain = type(self.qkv) is nn.Conv2d and type(self.proj_out) is nn.Conv2d
+        if plain:
+            tokens = self.norm(x).flatten(2).transpose(1, 2)  # (B, HW, C)
+            qkv = F.linear(tokens, self.qkv.weight.view(3 * c, c), self.qkv.bias)
+        else:
+            qkv = self.qkv(self.norm(x)).flatten(2).transpose(1, 2).contiguous()  # (B, HW, 3C)
+        q, k, v = qkv.view(b, h * w, 3, heads, d).permute(2, 0, 3, 1, 4)  # (B, heads, HW, d), unit stride
+        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, h * w, c)
+        if plain:
+            out = F.linear(out, self.proj_out.weight.view(c, c), self.proj_out.bias)
+            return x + out.transpose(1, 2).reshape(b, c, h, w)
+        return x + self.proj_out(out.transpose(1, 2).reshape(b, c, h, w))
