@@ -15,11 +15,12 @@ from __future__ import annotations
 import time
 
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from shared.data.digits import real_splits
-from shared.engine.checkpoint import module_from_checkpoint
-from shared.engine.claims import finish, fit_variant, summarise
+from shared.engine.checkpoint import load_checkpoint_file, load_state_dict_strict
+from shared.engine.claims import cached, finish, fit_variant, summarise
 from shared.engine.video_io import save_image_grid
 from shared.metrics.judge import fd_judge
 
@@ -45,8 +46,10 @@ def _plot(results: dict, steps: list, path: str) -> None:
 def run(cfg: DictConfig) -> dict:
     t0 = time.time()
     c = cfg.claim
-    if c.get("teacher_ckpt"):
-        module = module_from_checkpoint(c.teacher_ckpt)
+    if c.get("teacher_ckpt"):  # any DDPM-trained checkpoint: DDIM only changes the sampler
+        module = instantiate(cfg.module)
+        load_state_dict_strict(module, load_checkpoint_file(c.teacher_ckpt)["state_dict"], what=str(c.teacher_ckpt))
+        module.eval()
     else:
         module = fit_variant(cfg, "ddpm_model", seed=int(c.train_seed))
     real_a, real_b = real_splits(size=int(cfg.data.size))
@@ -64,11 +67,14 @@ def run(cfg: DictConfig) -> dict:
             fds = []
             long_run = int(steps) >= int(c.get("long_steps", 10**9))
             for seed in (c.seeds_long if long_run else c.seeds):
-                g = torch.Generator().manual_seed(int(c.sample_seed) + int(seed))
-                x = module.sample(n, sampler={**sampler, "steps": int(steps)}, generator=g)
-                fds.append(fd_judge(x, real_b))
-                if seed == c.seeds[0] and int(steps) == int(min(c.steps)):
-                    save_image_grid(x[:64], f"{cfg.run_dir}/samples_S{steps}_{label}.png", nrow=8)
+                def cell(seed=seed, steps=steps, sampler=sampler, label=label):
+                    g = torch.Generator().manual_seed(int(c.sample_seed) + int(seed))
+                    x = module.sample(n, sampler={**sampler, "steps": int(steps)}, generator=g)
+                    if seed == c.seeds[0] and int(steps) == int(min(c.steps)):
+                        save_image_grid(x[:64], f"{cfg.run_dir}/samples_S{steps}_{label}.png", nrow=8)
+                    return fd_judge(x, real_b)
+                # cached per cell: a re-run (or parallel runs over etas) into the same folder reuses finished cells
+                fds.append(cached(f"{cfg.run_dir}/grid/{label}_S{steps}_seed{seed}.json", cell))
             grid[label][str(steps)] = summarise(fds)
     metrics["fd_judge"] = grid
     _plot(grid, [int(s) for s in c.steps], f"{cfg.run_dir}/fd_vs_steps.png")
