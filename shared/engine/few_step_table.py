@@ -65,6 +65,10 @@ def collect(root: Path = ROOT) -> tuple[dict, dict, list]:
             for nfe, s in per_nfe.items():
                 if not (isinstance(s, dict) and "mean" in s):
                     continue
+                if not str(nfe).isdigit():  # e.g. rectified flow's "adaptive" (RK45) entry carries its own NFE
+                    if "nfe" not in s:
+                        continue
+                    nfe = int(round(float(s["nfe"] if not isinstance(s["nfe"], dict) else s["nfe"]["mean"])))
                 val = (float(s["mean"]), float(s.get("std", 0.0)), len(s.get("per_seed", [])) or None)
                 have = curves.setdefault(method, {}).get(int(nfe))
                 if have is None:
