@@ -12,10 +12,10 @@ from __future__ import annotations
 import time
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from shared.data.digits import real_splits
-from shared.engine.claims import finish, fit_variant, summarise
+from shared.engine.claims import finish, fit_variant, module_config, summarise
 from shared.engine.edm_module import teacher_ddim_fd, teacher_for_seed
 from shared.engine.video_io import save_image_grid
 from shared.metrics.judge import fd_judge
@@ -24,11 +24,7 @@ TEACHER = "DDIM (EDM teacher)"
 
 
 def variant_module(cfg: DictConfig, part: DictConfig, steps: int, teacher_ckpt: str | None) -> DictConfig:
-    m = OmegaConf.merge(OmegaConf.create(OmegaConf.to_container(cfg.module)), part.module)
-    m.total_steps = int(steps)
-    if teacher_ckpt is not None:
-        m.teacher_ckpt = teacher_ckpt
-    return m
+    return module_config(cfg, part.module, total_steps=int(steps), teacher_ckpt=teacher_ckpt)
 
 
 def run(cfg: DictConfig) -> dict:

@@ -12,10 +12,10 @@ from __future__ import annotations
 import time
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from shared.data.digits import real_splits
-from shared.engine.claims import finish, fit_variant, summarise
+from shared.engine.claims import finish, fit_variant, module_config, summarise
 from shared.engine.edm_module import teacher_ddim_fd, teacher_for_seed
 from shared.engine.video_io import save_image_grid
 from shared.metrics.judge import fd_judge
@@ -25,10 +25,8 @@ STUDENT = "KD student"
 
 
 def student_config(cfg: DictConfig, teacher_ckpt: str, seed: int) -> DictConfig:
-    m = OmegaConf.merge(OmegaConf.create(OmegaConf.to_container(cfg.module)), cfg.claim.student.module)
-    m.teacher_ckpt = teacher_ckpt
-    m.pair_seed = int(cfg.claim.student.pair_seed) + int(seed)
-    return m
+    return module_config(cfg, cfg.claim.student.module, teacher_ckpt=teacher_ckpt,
+                         pair_seed=int(cfg.claim.student.pair_seed) + int(seed))
 
 
 def run(cfg: DictConfig) -> dict:

@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from shared.data.digits import real_splits
-from shared.engine.claims import finish, fit_variant, summarise
+from shared.engine.claims import finish, fit_variant, module_config, summarise
 from shared.engine.edm_module import save_module, teacher_ddim_fd, teacher_for_seed
 from shared.engine.video_io import save_image_grid
 from shared.metrics.judge import fd_judge
@@ -24,9 +24,7 @@ STUDENT = "PD"
 
 
 def round_config(cfg: DictConfig, teacher_ckpt: str, teacher_steps: int) -> DictConfig:
-    m = OmegaConf.merge(OmegaConf.create(OmegaConf.to_container(cfg.module)), cfg.claim.pd.module)
-    m.teacher_ckpt, m.teacher_steps = teacher_ckpt, int(teacher_steps)
-    return m
+    return module_config(cfg, cfg.claim.pd.module, teacher_ckpt=teacher_ckpt, teacher_steps=int(teacher_steps))
 
 
 def run(cfg: DictConfig) -> dict:

@@ -88,3 +88,13 @@ def finish(cfg: DictConfig, metrics: dict, *, paper: str, claim: str, t0: float,
 
 def is_finite(x: float) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def module_config(cfg: DictConfig, override: DictConfig | dict, **fields) -> DictConfig:
+    """The experiment's ``module`` config with a stage's ``override`` merged on top and ``fields`` set
+    (``None`` values are skipped) — how distillation pipelines describe their student modules."""
+    m = OmegaConf.merge(OmegaConf.create(OmegaConf.to_container(cfg.module)), override)
+    for key, value in fields.items():
+        if value is not None:
+            m[key] = value
+    return m
