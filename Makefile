@@ -13,7 +13,7 @@ export PYTHONHASHSEED := 0
 .DEFAULT_GOAL := help
 .PHONY: help install test claims lint demo report bench clean \
         ddpm ddim rectified_flow instaflow knowledge_distillation progressive_distillation \
-        consistency_models few_step_table dit vdm judges
+        consistency_models few_step_table dit vdm pvdm video_ldm animatediff judges
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-26s %s\n", $$1, $$2}'
@@ -89,6 +89,18 @@ dit: $(STAMP)  ## DiT: FD vs Gflops over sizes x patches, conditioning ablation
 vdm: $(STAMP)  ## Video Diffusion Models: joint image-video training, reconstruction-guided extension
 	$(TRAIN) experiment=vdm/moving_digits_claim
 	$(PY) -m shared.engine.report --paper vdm
+
+pvdm: $(STAMP)  ## PVDM: triplane-projected video autoencoder + 2D U-Net vs the pixel 3D U-Net (FVD, step time, memory)
+	$(TRAIN) experiment=pvdm/moving_digits_claim
+	$(PY) -m shared.engine.report --paper pvdm
+
+video_ldm: $(STAMP)  ## Align Your Latents: temporal layers on a frozen image LDM, style transfer, temporal decoder
+	$(TRAIN) experiment=video_ldm/moving_digits_claim
+	$(PY) -m shared.engine.report --paper video_ldm
+
+animatediff: $(STAMP)  ## AnimateDiff: a motion module plugged into personalised (LoRA / fine-tuned) image models; MotionLoRA
+	$(TRAIN) experiment=animatediff/moving_digits_claim
+	$(PY) -m shared.engine.report --paper animatediff
 
 clean:  ## remove outputs (keeps .venv)
 	rm -rf outputs reports

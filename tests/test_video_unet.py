@@ -158,3 +158,30 @@ def test_t1_video_equals_the_image_path_and_an_appended_image_equals_itself_alon
     for i in range(2):
         assert torch.allclose(out[:, :, 4 + i], vid(images[:, :, i], t), atol=1e-5)
     assert torch.allclose(out[:, :, :4], vid(video, t), atol=1e-5)   # the video ignores its appended images
+
+
+def test_video_from_image_freezes_2d_equals_image_model_and_ships_temporal_weights_alone():
+    from shared.nn.video import freeze_spatial, load_temporal_state_dict, temporal_state_dict, video_from_image
+
+    torch.manual_seed(0)
+    image = randomise(UNet(**KW))
+    video = video_from_image(image, lambda ch: vdm_temporal(ch, norm_groups=4), insert="resblock")
+    assert video is not image and not hasattr(image, "temporal_names")  # the image model is untouched
+    x, t = torch.randn(2, 1, 5, 8, 8), torch.tensor([3.0, 7.0])
+    frames = torch.stack([image(x[:, :, i], t) for i in range(5)], dim=2)
+    assert torch.allclose(video(x, t), frames, atol=1e-5)
+    trainable = {id(p) for p in video.parameters() if p.requires_grad}
+    assert trainable == {id(p) for p in temporal_parameters(video)} and trainable
+    state = temporal_state_dict(video)
+    assert state and all(k.split(".")[0] in ("input_blocks", "middle_block", "output_blocks") for k in state)
+    assert sum(v.numel() for v in state.values()) == sum(p.numel() for p in temporal_parameters(video))
+    other = video_from_image(image, lambda ch: vdm_temporal(ch, norm_groups=4), insert="resblock")
+    randomise(other)
+    load_temporal_state_dict(other, {k: v + 1 for k, v in state.items()})
+    assert all(torch.equal(other.state_dict()[k], v + 1) for k, v in state.items())
+    with pytest.raises(ValueError, match="missing"):
+        load_temporal_state_dict(other, dict(list(state.items())[1:]))
+    with pytest.raises(ValueError, match="already inflated"):
+        video_from_image(video, lambda ch: vdm_temporal(ch, norm_groups=4))
+    with pytest.raises(ValueError, match="no inserted temporal"):
+        freeze_spatial(UNet(**KW))

@@ -20,6 +20,9 @@ Pieces:
   ``channels -> CtxBlock``, e.g. VDM's attention, Video LDM's alpha-blended layers, AnimateDiff's motion
   module) at the end of U-Net blocks. Appending keeps every 2D parameter's name, so an image U-Net's
   state dict loads into the video U-Net (``strict=False`` reports only the temporal keys missing).
+* :func:`video_from_image` / :func:`freeze_spatial` — a trained image U-Net inflated with its 2D weights
+  frozen (Video LDM, AnimateDiff); :func:`temporal_state_dict` / :func:`load_temporal_state_dict` save and
+  load the temporal blocks alone.
 * :func:`video_unet` — build a :class:`shared.nn.unet.UNet` and inflate it (what ``conf/model/unet3d_*``
   instantiate); :func:`vdm_temporal` is VDM's block factory.
 
@@ -237,6 +240,66 @@ def spatial_parameters(unet: nn.Module) -> Iterator[nn.Parameter]:
     """Every parameter that is not in an inserted temporal block (the image model's, to freeze)."""
     ids = {id(p) for p in temporal_parameters(unet)}
     return (p for p in unet.parameters() if id(p) not in ids)
+
+
+def freeze_spatial(unet: nn.Module) -> nn.Module:
+    """Freeze every image-model parameter of an inflated U-Net (``requires_grad=False``), leave the temporal
+    blocks trainable; returns ``unet``. The optimiser of :class:`shared.engine.module.DiffusionModule` takes
+    only trainable parameters, so training then updates the temporal layers alone (Video LDM Sec. 3.1,
+    AnimateDiff Sec. 4.2: "the base T2I model is frozen")."""
+    if not getattr(unet, "temporal_names", None):
+        raise ValueError("freeze_spatial: the network has no inserted temporal blocks (inflate it first)")
+    for p in spatial_parameters(unet):
+        p.requires_grad_(False)
+    for p in temporal_parameters(unet):
+        p.requires_grad_(True)
+    return unet
+
+
+def video_from_image(image_unet: UNet, make_temporal: Callable[[int], nn.Module], insert: str = "resblock",
+                     where: Sequence[str] = ("input", "middle", "output"), freeze: bool = True,
+                     copy: bool = True) -> UNet:
+    """A trained image U-Net turned into a video U-Net: (a copy of) it, inflated with ``make_temporal`` blocks
+    (:func:`inflate_unet`) and, with ``freeze``, its 2D weights frozen (:func:`freeze_spatial`). With
+    zero-initialised temporal outputs the result equals the image model frame by frame."""
+    import copy as _copy
+
+    unet = _copy.deepcopy(image_unet) if copy else image_unet
+    if getattr(unet, "temporal_names", None):
+        raise ValueError("video_from_image: the network is already inflated")
+    inflate_unet(unet, make_temporal, insert, where)
+    return freeze_spatial(unet) if freeze else unet
+
+
+def temporal_state_dict(unet: nn.Module) -> dict[str, torch.Tensor]:
+    """Only the temporal blocks' tensors, keyed by their names in ``unet`` (what a motion module or a set of
+    Video LDM temporal layers ships as: the image model's weights are not repeated)."""
+    names = tuple(getattr(unet, "temporal_names", []))
+    if not names:
+        raise ValueError("temporal_state_dict: the network has no inserted temporal blocks")
+    return {k: v.detach().clone() for k, v in unet.state_dict().items() if k.startswith(tuple(n + "." for n in names))}
+
+
+def load_temporal_state_dict(unet: nn.Module, state: dict[str, torch.Tensor], strict: bool = True) -> None:
+    """Load :func:`temporal_state_dict` output into an inflated U-Net (any image weights left as they are).
+
+    With ``strict`` a missing or unexpected temporal key, or a shape mismatch, raises one ``ValueError``
+    naming the first offending keys; nothing is loaded in that case."""
+    own = temporal_state_dict(unet)
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    problems = []
+    if missing and strict:
+        problems.append(f"missing {missing[:3]}{' ...' if len(missing) > 3 else ''}")
+    if unexpected and strict:
+        problems.append(f"unexpected {unexpected[:3]}{' ...' if len(unexpected) > 3 else ''}")
+    if shapes:
+        k = shapes[0]
+        problems.append(f"shape mismatch at {k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}")
+    if problems:
+        raise ValueError("temporal weights do not match the network: " + "; ".join(problems))
+    unet.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
 
 
 def video_unet(temporal: Callable[[int], nn.Module] | None = None, insert: str = "attention",
