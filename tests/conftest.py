@@ -28,3 +28,35 @@ def compose(overrides=(), config_name="train"):
 @pytest.fixture
 def compose_cfg():
     return compose
+
+
+# ---------------------------------------------------------------------------------- claim-suite timer
+# `make claims` (pytest -m claims): every claim test's wall time is recorded in outputs/claims/timings.json
+# and the total is printed at the end (issue: every tier-1 claim <= 10 min, all together <= 60 min).
+CLAIM_BUDGET_S = 600.0
+_CLAIM_TIMES: dict[str, dict] = {}
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call" and "claims" in report.keywords:
+        _CLAIM_TIMES[report.nodeid] = {"wall_time_s": round(report.duration, 1), "outcome": report.outcome}
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if not _CLAIM_TIMES:
+        return
+    import json
+    import time
+
+    total = sum(v["wall_time_s"] for v in _CLAIM_TIMES.values())
+    out = ROOT / "outputs" / "claims"
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "cpus": os.cpu_count(), "total_s": round(total, 1),
+              "budget_per_claim_s": CLAIM_BUDGET_S, "claims": _CLAIM_TIMES}
+    (out / "timings.json").write_text(json.dumps(record, indent=2))
+    tr = terminalreporter
+    tr.section("claim-suite wall times")
+    for nodeid, v in sorted(_CLAIM_TIMES.items(), key=lambda kv: -kv[1]["wall_time_s"]):
+        flag = "  OVER 10 min" if v["wall_time_s"] > CLAIM_BUDGET_S else ""
+        tr.write_line(f"{v['wall_time_s']:8.1f} s  {v['outcome']:7s} {nodeid}{flag}")
+    tr.write_line(f"{total:8.1f} s  total ({total / 60:.1f} min) -> {out / 'timings.json'}")

@@ -114,6 +114,8 @@ def test_readme_table_and_results_md(tmp_path):
     assert re.fullmatch(r"[0-9a-f]{8}(\+dirty)?", cells[5]) and re.fullmatch(r"\d{4}-\d\d-\d\d", cells[6])
     main(["--root", str(root), "--no-gallery"])
     assert (root / "RESULTS.md").read_text() == md
+    # the claim-suite time budget: each result's recorded wall time and the total
+    assert "| toy_paper | claim_a | 0.2 | ok |" in md and "| **total** | timed results | **0.2** |" in md
 
 
 def test_aggregate_multirun_results_and_csv(tmp_path):
