@@ -165,7 +165,8 @@ def test_one_teacher_recipe_for_the_three_papers():
     blocks = []
     for p in PAPERS:
         cfg = compose([f"experiment={p}/digits_claim"])
-        blocks.append({k: OmegaConf.to_container(cfg[k], resolve=True) for k in keys} | {"steps": cfg.trainer.max_steps})
+        block = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in keys}
+        blocks.append(block | {"steps": cfg.trainer.max_steps})
     assert blocks[0] == blocks[1] == blocks[2]
 
 

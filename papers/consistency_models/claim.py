@@ -51,7 +51,8 @@ def run(cfg: DictConfig) -> dict:
             if not part.get("enabled", True):
                 continue
             model = fit_variant(cfg, f"{method.lower()}_seed{seed}",
-                                {"module": variant_module(cfg, part, int(part.steps), tpath if method == "CD" else None),
+                                {"module": variant_module(cfg, part, int(part.steps),
+                                                          tpath if method == "CD" else None),
                                  "trainer.max_steps": int(part.steps)}, int(seed))
             for k, ts in (times.items() if evaluate else []):
                 g = torch.Generator().manual_seed(g0)

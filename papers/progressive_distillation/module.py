@@ -11,7 +11,8 @@ and the loss is ``w(lambda_t) ||x~ - x_hat_student(z_t)||^2`` with the "truncate
 the student of one round is the teacher of the next.
 
 Parameterisation: the network is the EDM-preconditioned one (:mod:`shared.diffusion.edm`); with ``sigma_data = 1``
-that wrapper *is* the paper's v-parameterisation in VE coordinates (network output = -v), with ``sigma_data = 0.5`` (the shared
+that wrapper *is* the paper's v-parameterisation in VE coordinates (network output = -v), with
+``sigma_data = 0.5`` (the shared
 teacher's) a rescaled v. Times: the student's ``N`` steps sit on the nested Karras grid
 (:func:`shared.diffusion.edm.nested_grid`) instead of the paper's uniform grid in cosine time, so each halving
 keeps every other teacher time exactly as in the paper.
@@ -41,7 +42,8 @@ def ddim_step(denoise, z: torch.Tensor, t: torch.Tensor, s: torch.Tensor, schedu
 
 
 class ProgressiveDistillation(TeacherMixin, EDMModule):
-    """One halving round: the teacher samples with ``teacher_steps`` steps, the student learns ``teacher_steps // 2``."""
+    """One halving round: the teacher samples with ``teacher_steps`` steps, the student learns
+    ``teacher_steps // 2``."""
 
     def __init__(self, net, schedule, teacher_ckpt: str | None = None, teacher_steps: int = 2,
                  weighting: str = "snr_trunc", init_from_teacher: bool = True, **kwargs):

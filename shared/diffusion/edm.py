@@ -16,7 +16,8 @@ variance-exploding coordinates (``x_vp = x / sqrt(1 + sigma^2)``, ``F = -v``); t
 distillation uses it.
 
 The consistency models paper (Song et al. 2023, App. C / Eq. 7) swaps in boundary-condition scalings
-``c_skip(t) = sigma_data^2 / ((t - eps)^2 + sigma_data^2)``, ``c_out(t) = sigma_data (t - eps) / sqrt(sigma_data^2 + t^2)``
+``c_skip(t) = sigma_data^2 / ((t - eps)^2 + sigma_data^2)``,
+``c_out(t) = sigma_data (t - eps) / sqrt(sigma_data^2 + t^2)``
 so that ``f(x, eps) = x`` exactly; :class:`EDMPrecond` takes ``boundary_eps`` for that.
 
 :class:`EDMPrecond` is an ``nn.Module`` whose ``forward(x, t_net)`` receives ``t_net = EDMSchedule.net_time(sigma)

@@ -166,7 +166,8 @@ def rk45_sample(denoise: Denoiser, x_T: torch.Tensor, schedule: Schedule, rtol: 
     """Adaptive Dormand–Prince (torchdiffeq ``dopri5``) on the PF-ODE from ``t_max`` to ``t_end``.
 
     The solver state is float64; the denoiser is called in ``x_T``'s dtype (pass float64 for a
-    closed-form denoiser at tight tolerances). Returns ``(x0_hat at t_end, nfe)``. ``t_end`` defaults to ``schedule.t_min`` (plus a hair for the flow
+    closed-form denoiser at tight tolerances). Returns ``(x0_hat at t_end, nfe)``.
+    ``t_end`` defaults to ``schedule.t_min`` (plus a hair for the flow
     schedule, where ``t = 0`` is exactly the data and the last ``x0_hat`` is returned).
     """
     from torchdiffeq import odeint
@@ -220,7 +221,8 @@ def ddpm_learned_variance_sample(denoise_v: Callable, x_T: torch.Tensor, schedul
     ``denoise_v(x_t, t) -> (x0_hat, eps_hat, v)`` where ``v`` (same shape as ``x_t``, nominally in [-1, 1]) sets
     ``log Sigma = frac log beta + (1 - frac) log beta_tilde`` with ``frac = (v + 1) / 2``. On a sub-sequence of
     times (respacing, Improved DDPM Sec. 4) ``beta`` and ``beta_tilde`` are those of the respaced chain,
-    ``beta_{t|s} = sigma_t^2 - alpha_{t|s}^2 sigma_s^2`` and ``beta_tilde = beta_{t|s} sigma_s^2 / sigma_t^2``; ``v = 1``
+    ``beta_{t|s} = sigma_t^2 - alpha_{t|s}^2 sigma_s^2`` and ``beta_tilde = beta_{t|s} sigma_s^2 / sigma_t^2``;
+    ``v = 1``
     and ``v = -1`` reproduce :func:`ddpm_sample` with ``"large"`` and ``"small"`` variance. The last step returns
     the posterior mean at the clean end (``x0_hat``), as the paper.
     """

@@ -27,7 +27,8 @@ def draw(cfg: DictConfig):
     kw = {}
     if cfg.get("labels") is not None:
         labels = torch.as_tensor(list(cfg.labels), dtype=torch.long)
-        kw = {"y": labels.repeat(int(cfg.n) // len(labels) + 1)[: int(cfg.n)], "guidance_scale": float(cfg.guidance_scale)}
+        kw = {"y": labels.repeat(int(cfg.n) // len(labels) + 1)[: int(cfg.n)],
+              "guidance_scale": float(cfg.guidance_scale)}
     x = module.sample(int(cfg.n), sampler=sampler, generator=g, use_ema=bool(cfg.use_ema), **kw)
     return module, sampler, x
 
