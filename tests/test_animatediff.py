@@ -234,3 +234,25 @@ def test_claim_animatediff_motion_module_transfers_and_motion_lora(tmp_path):
     assert m["fvd_ratio_mm_to_perframe"]["mean"] < 0.8
     # (3) MotionLoRA learns the held-out motion from a handful of clips
     assert m["motion_acc_after"]["mean"] > m["motion_acc_before"]["mean"] + 0.2
+
+
+def test_sd15_sized_config_has_the_released_motion_module_layout():
+    """conf/model/animatediff_sd15.yaml, built on the meta device (no memory): its 20 motion modules carry the
+    names and shapes of mm_sd_v15.ckpt (SD-1.5 widths 320/640/1280/1280, 2 down and 3 up stages per level)."""
+    from hydra.utils import instantiate
+
+    cfg = compose(["model=animatediff_sd15"])
+    with torch.device("meta"):
+        net = instantiate(cfg.model)
+    prefixes = official_prefixes(net)
+    widths = [320, 640, 1280, 1280]
+    want = {f"down_blocks.{i}.motion_modules.{j}": widths[i] for i in range(4) for j in range(2)}
+    want.update({f"up_blocks.{i}.motion_modules.{j}": widths[3 - i] for i in range(4) for j in range(3)})
+    assert set(prefixes.values()) == set(want)
+    official = to_official(motion_module_state_dict(net), net)
+    for prefix, c in want.items():
+        b = f"{prefix}.temporal_transformer.transformer_blocks.0"
+        assert official[f"{b}.attention_blocks.1.pos_encoder.pe"].shape == (1, 24, c)
+        assert official[f"{b}.ff.net.0.proj.weight"].shape == (8 * c, c)
+        assert official[f"{prefix}.temporal_transformer.proj_out.weight"].shape == (c, c)
+    assert len(official) == 20 * len(official_layout({"p": 8}, ff_mult=4))

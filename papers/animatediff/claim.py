@@ -136,8 +136,9 @@ def seed_job(cfg: DictConfig, seed: int, judge, reals: dict) -> dict:
     # the base model with and without the motion module (reference; also MotionLoRA's "before")
     base = build(cfg, stage="image", image_weights=str(base_w))
     base_vid = animate()
+    base_still = still(base)
     for d, digits in c.domains.items():
-        out[f"img_domain_acc_base_{d}"] = domain_accuracy(still(base), digits, judge)
+        out[f"img_domain_acc_base_{d}"] = domain_accuracy(base_still, digits, judge)
     out["consistency_mm_base"] = consistency(base_vid)
     out["fvd_judge_mm_base"] = fvd_judge(base_vid, reals["all"], judge)
     gifs["base_mm"] = base_vid

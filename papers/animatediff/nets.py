@@ -14,7 +14,9 @@
 
 Weights are safetensors written by :meth:`papers.animatediff.module.AnimateDiff.export_weights`: the full
 image state dict (``image``, ``personalize_full``), LoRA factors (``personalize_lora``, ``motion_lora``) or the
-motion modules alone (``motion``). The built net records its stage in ``net.animatediff_stage``.
+motion modules alone (``motion``); ``motion_weights`` may also be a released ``mm_sd_v15*.ckpt`` (official key
+layout, converted by :func:`shared.nn.motion_module.from_official`). The built net records its stage in
+``net.animatediff_stage``.
 """
 from __future__ import annotations
 
@@ -23,15 +25,31 @@ from collections.abc import Callable, Sequence
 from torch import nn
 
 from shared.nn.lora import inject_lora, load_lora_state_dict, remove_lora
-from shared.nn.motion_module import from_image_model, inject_motion_lora, load_motion_module_state_dict
+from shared.nn.motion_module import from_image_model, from_official, inject_motion_lora, load_motion_module_state_dict
 
 STAGES = ("image", "personalize_full", "personalize_lora", "motion", "motion_lora", "animate")
 
 
-def load_weights(path: str):
-    from safetensors.torch import load_file
+OFFICIAL_PREFIXES = ("down_blocks.", "mid_block.", "up_blocks.")
 
-    return load_file(str(path))
+
+def load_weights(path: str):
+    """A safetensors state dict of ours, or (``.ckpt``/``.pth``) a ``torch.load(weights_only=True)`` file."""
+    if str(path).endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    from shared.nn.motion_module import load_official_checkpoint
+
+    return load_official_checkpoint(path)
+
+
+def load_motion_weights(video: nn.Module, path: str) -> None:
+    """Our motion-module export, or a released ``mm_sd_v15*.ckpt`` (official key layout, converted)."""
+    state = load_weights(path)
+    if state and all(k.startswith(OFFICIAL_PREFIXES) for k in state):
+        state = from_official(state, video)
+    load_motion_module_state_dict(video, state)
 
 
 def apply_personalisation(image: nn.Module, personal: dict, lora: dict) -> nn.Module:
@@ -73,7 +91,7 @@ def animatediff_net(image: nn.Module, stage: str = "image", image_weights: str |
         return image
     video = from_image_model(image, motion_module, where=where, freeze=True, copy=False)
     if motion_weights:
-        load_motion_module_state_dict(video, load_weights(motion_weights))
+        load_motion_weights(video, motion_weights)
     elif stage in ("motion_lora", "animate"):
         raise ValueError(f"stage {stage!r} needs motion_weights (a trained motion module)")
     if stage == "motion_lora" or motion_lora_weights:
