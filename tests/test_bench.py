@@ -43,3 +43,16 @@ def test_tiny_unet2d_runs_end_to_end():
     for mode in ("train", "sample"):
         assert row[mode]["ours_s"] > 0 and row[mode]["theirs_s"] > 0 and row[mode]["ratio"] > 0
     assert "unet2d[tiny]" in bench.format_table([row])
+
+
+def test_motion_module_unet_matches_diffusers_trainable_parameters():
+    """AnimateDiff's motion-module U-Net vs diffusers' UNetMotionModel: with the 2D weights frozen on both
+    sides, the trainable (motion-module) parameter counts agree exactly and the totals within 5 %."""
+    pytest.importorskip("diffusers")
+    case = bench.build_case("motion", "tiny")
+    ours, theirs, batch = case.ours(), case.theirs(), case.batch()
+    trainable = [sum(p.numel() for p in s.model.parameters() if p.requires_grad) for s in (ours, theirs)]
+    assert trainable[0] == trainable[1] > 0
+    assert bench.param_match(ours.model, theirs.model, tol=0.07)["within_tol"]
+    with torch.no_grad():
+        assert ours.forward(ours.model, batch).shape == theirs.forward(theirs.model, batch).shape == batch["x"].shape

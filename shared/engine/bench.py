@@ -332,7 +332,77 @@ def _unet3d_case(size: str) -> Case:
     )
 
 
-CASE_BUILDERS = {"unet2d": _unet2d_case, "dit": _dit_case, "unet3d": _unet3d_case}
+def _motion_case(size: str) -> Case:
+    """AnimateDiff's motion-module U-Net: a 2D U-Net (no spatial attention in the down/up levels, the middle
+    block's attention only) with a motion module after every resnet and in the middle, 2D weights frozen
+    (the paper trains the motion modules alone) vs diffusers ``UNetMotionModel`` with ``DownBlockMotion`` /
+    ``UpBlockMotion`` levels (``freeze_unet2d_params``). Theirs keeps a cross-attention spatial transformer in
+    the middle block (SD's layout) where ours has self-attention: the remaining parameter gap."""
+    from shared.nn.motion_module import from_image_model
+    from shared.nn.unet import UNet
+
+    cfgs = {
+        "tiny": dict(base=32, mult=(1, 2), blocks=1, res=16, frames=4, batch=1, in_ch=4, groups=8, heads=8,
+                     ctx_dim=32),
+        "small": dict(base=64, mult=(1, 2, 2), blocks=2, res=32, frames=8, batch=1, in_ch=4, groups=32, heads=8,
+                      ctx_dim=128),
+        "ddpm": dict(base=64, mult=(1, 2, 2), blocks=2, res=32, frames=16, batch=2, in_ch=4, groups=32, heads=8,
+                     ctx_dim=128),
+    }
+    c = cfgs[size]
+    chans = tuple(c["base"] * m for m in c["mult"])
+
+    def ours():
+        image = UNet(in_channels=c["in_ch"], image_size=c["res"], base_channels=c["base"], channel_mult=c["mult"],
+                     num_res_blocks=c["blocks"], attention_resolutions=(), head_channels=chans[-1] // c["heads"],
+                     norm_groups=c["groups"])
+        net = from_image_model(image, {"heads": c["heads"], "norm_groups": c["groups"], "max_len": 32},
+                               freeze=True, copy=False)
+        return Side(net, lambda m, b: m(b["x"], b["t"]))
+
+    def theirs():
+        from diffusers import UNetMotionModel
+
+        net = UNetMotionModel(
+            sample_size=c["res"],
+            in_channels=c["in_ch"],
+            out_channels=c["in_ch"],
+            down_block_types=("DownBlockMotion",) * len(chans),
+            up_block_types=("UpBlockMotion",) * len(chans),
+            block_out_channels=chans,
+            layers_per_block=c["blocks"],
+            norm_num_groups=c["groups"],
+            norm_eps=1e-6,
+            cross_attention_dim=c["ctx_dim"],
+            num_attention_heads=c["heads"],
+            motion_num_attention_heads=c["heads"],
+            motion_max_seq_length=32,
+            use_motion_mid_block=True,
+        )
+        net.freeze_unet2d_params()
+        return Side(net, lambda m, b: m(b["x"], b["t"], encoder_hidden_states=b["ctx"]).sample)
+
+    def batch():
+        g = torch.Generator().manual_seed(0)
+        return {
+            "x": torch.randn(c["batch"], c["in_ch"], c["frames"], c["res"], c["res"], generator=g),
+            "t": torch.randint(0, 1000, (c["batch"],), generator=g).float(),
+            # diffusers 0.42's UNetMotionModel takes the context per frame: (B*T, L, D)
+            "ctx": torch.randn(c["batch"] * c["frames"], 1, c["ctx_dim"], generator=g),
+        }
+
+    return Case(
+        f"motion[{size}]",
+        {**c, "channels": chans},
+        ours,
+        theirs,
+        batch,
+        note="motion-module U-Net, 2D weights frozen on both sides (only motion modules train); theirs has a "
+        "cross-attention transformer in the middle block where ours has self-attention",
+    )
+
+
+CASE_BUILDERS = {"unet2d": _unet2d_case, "dit": _dit_case, "unet3d": _unet3d_case, "motion": _motion_case}
 
 
 def build_case(name: str, size: str) -> Case:
@@ -342,7 +412,7 @@ def build_case(name: str, size: str) -> Case:
 # ----------------------------------------------------------------------------------------------- steps
 def make_train_step(side: Side, batch: dict) -> Callable[[], None]:
     model = side.model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     target = None
 
     def step():
