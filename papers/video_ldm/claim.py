@@ -19,6 +19,8 @@ Evaluation (same sampler and noise seeds for the models compared): ``num_samples
 * ``fd_static_*`` — the *per-frame* quality: every frame of every video repeated into a static 8-frame clip,
   judged by the video judge, Fréchet distance to static clips of real test frames. Static clips hold no
   motion, so the distance sees frame content alone (the FID analogue of the paper's per-frame FID).
+* ``identity_agreement_*`` (added after the first run, a diagnostic without a threshold): fraction of
+  consecutive frames whose digit class the judge (static clips) gives alike.
 * ``domain_*``: fraction of videos the judge's digit head puts in ``style_digits``.
 * ``flicker_rec_*``: temporal-difference error of reconstructions of real test videos,
   mean |(x̂_{t+1} − x̂_t) − (x_{t+1} − x_t)|, per-frame decoder vs temporal decoder (same latents).
@@ -89,6 +91,14 @@ def flicker(recon: torch.Tensor, real: torch.Tensor) -> float:
     d_hat = recon[:, :, 1:] - recon[:, :, :-1]
     d = real[:, :, 1:] - real[:, :, :-1]
     return float((d_hat - d).abs().mean())
+
+
+def identity_agreement(videos: torch.Tensor, judge) -> float:
+    """Fraction of consecutive frame pairs whose digit the judge classifies alike (each frame judged as a static
+    clip): 1 when a video keeps its digit's identity. Added after the first run, as a diagnostic."""
+    b, t = videos.shape[0], videos.shape[2]
+    pred = video_judge_logits(static_clips(videos), "digit", judge).argmax(dim=1).view(b, t)
+    return float((pred[:, 1:] == pred[:, :-1]).float().mean())
 
 
 def in_domain(videos: torch.Tensor, digits, judge) -> float:
@@ -175,6 +185,7 @@ def seed_job(cfg_dict: dict, seed: int) -> dict:
         out[f"fvd_judge_{name}"] = fvd_judge(x, real, judge)
         out[f"consistency_{name}"] = frame_consistency(x)
         out[f"fd_static_{name}"] = fd_static(x, real_static, judge)
+        out[f"identity_agreement_{name}"] = identity_agreement(x, judge)
     out["consistency_real"] = frame_consistency(real)
     out["ratio_fvd_video_to_per_frame"] = out["fvd_judge_video"] / out["fvd_judge_per_frame"]
 
@@ -183,6 +194,7 @@ def seed_job(cfg_dict: dict, seed: int) -> dict:
         x = samples[name]
         out[f"consistency_{name}"] = frame_consistency(x)
         out[f"domain_{name}"] = in_domain(x, c.style_digits, judge)
+        out[f"identity_agreement_{name}"] = identity_agreement(x, judge)
         out[f"fvd_judge_{name}"] = fvd_judge(x, real_subset, judge)
     out["domain_video"] = in_domain(samples["video"], c.style_digits, judge)
 
@@ -223,6 +235,7 @@ def run(cfg: DictConfig) -> dict:
     metrics: dict = {
         "fvd_judge_real_floor": fvd_judge(other, real, judge),
         "fd_static_real_floor": fd_static(other, static_stats(real, judge), judge),
+        "identity_agreement_real": identity_agreement(real, judge),
         "fvd_judge_subset_floor": fvd_judge(real_videos(cfg, n, int(c.floor_seed), c.style_digits),
                                             real_videos(cfg, n, int(c.real_seed), c.style_digits), judge),
         "domain_real_subset": in_domain(real_videos(cfg, n, int(c.real_seed), c.style_digits), c.style_digits,
