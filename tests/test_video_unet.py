@@ -185,3 +185,34 @@ def test_video_from_image_freezes_2d_equals_image_model_and_ships_temporal_weigh
         video_from_image(video, lambda ch: vdm_temporal(ch, norm_groups=4))
     with pytest.raises(ValueError, match="no inserted temporal"):
         freeze_spatial(UNet(**KW))
+
+
+def test_before_resample_position_runs_the_temporal_block_before_the_upsampler_and_keeps_2d_names():
+    import copy
+
+    from shared.nn.layers import Upsample
+    from shared.nn.video import inflate_unet
+
+    torch.manual_seed(0)
+    image = randomise(UNet(**KW))
+
+    class Probe(nn.Module):  # an identity temporal block that records the resolution it runs at
+        def __init__(self, ch):
+            super().__init__()
+            self.seen = []
+
+        def forward(self, x):
+            self.seen.append(x.shape[-1])
+            return x
+
+    for position, expect in (("end", 8), ("before_resample", 4)):
+        net = inflate_unet(copy.deepcopy(image), Probe, insert="resblock", position=position)
+        assert set(image.state_dict()) <= set(net.state_dict())  # every 2D name kept
+        x, t = torch.randn(1, 1, 3, 8, 8), torch.tensor([5.0])
+        frames = torch.stack([image(x[:, :, i], t) for i in range(3)], dim=2)
+        assert torch.allclose(net(x, t), frames, atol=1e-5)  # identity probes: the same function
+        # the output block that ends the 4x4 level with an Upsample: its probe runs at 4x4 only before it
+        block = next(b for b in net.output_blocks if any(isinstance(m, Upsample) for m in b))
+        assert block[len(block) - 1].seen == [expect]
+    with pytest.raises(ValueError, match="position must be one of"):
+        inflate_unet(UNet(**KW), Probe, position="middle")

@@ -24,10 +24,16 @@ class CtxBlock(nn.Module):
 
 
 class CtxSequential(nn.Sequential):
-    """Sequential container that passes ``(emb, ctx)`` to :class:`CtxBlock` members."""
+    """Sequential container that passes ``(emb, ctx)`` to :class:`CtxBlock` members.
+
+    ``run_order`` (a list of member indices, None = natural order) lets a member appended later — so every
+    existing parameter keeps its name — run earlier, e.g. a temporal layer before a block's upsampler."""
+
+    run_order: list[int] | None = None
 
     def forward(self, x, emb=None, ctx=None):
-        for layer in self:
+        layers = self if self.run_order is None else [self[i] for i in self.run_order]
+        for layer in layers:
             x = layer(x, emb, ctx) if isinstance(layer, CtxBlock) else layer(x)
         return x
 

@@ -39,7 +39,7 @@ from einops import rearrange
 from torch import nn
 
 from shared.nn.attention import SpatialSelfAttention, sdpa_heads
-from shared.nn.layers import CtxBlock, CtxSequential, ResBlock, group_norm, zero_module
+from shared.nn.layers import CtxBlock, CtxSequential, Downsample, ResBlock, Upsample, group_norm, zero_module
 from shared.nn.unet import UNet
 
 FRAME_MASK_KEYS = ("frame_is_video", "frame_mask")  # ctx keys read for joint image-video batches
@@ -192,9 +192,18 @@ def _block_channels(block: CtxSequential) -> int | None:
     return ch
 
 
+POSITIONS = ("end", "before_resample")
+
+
 def inflate_unet(unet: UNet, make_temporal: Callable[[int], nn.Module], insert: str = "attention",
-                 where: Sequence[str] = ("input", "middle", "output")) -> UNet:
+                 where: Sequence[str] = ("input", "middle", "output"), position: str = "end") -> UNet:
     """Append ``make_temporal(channels)`` at the end of U-Net blocks, in place; returns ``unet``.
+
+    ``position="end"`` runs the temporal block last in its U-Net block, i.e. after an up-level's upsampler
+    (at twice that level's resolution); ``"before_resample"`` runs it right after the block's last spatial
+    layer, before a trailing up/down-sampler — where AnimateDiff's motion modules and diffusers'
+    ``UNetMotionModel`` put them (after each resnet / attention, inside the level). Either way the module is
+    *appended* (``block.run_order`` reorders the forward), so every 2D parameter keeps its name.
 
     ``insert="attention"``: blocks that hold a spatial attention layer (VDM: temporal attention where the
     image U-Net has spatial attention); ``"resblock"``: every block with a residual block (Video LDM,
@@ -204,6 +213,8 @@ def inflate_unet(unet: UNet, make_temporal: Callable[[int], nn.Module], insert: 
     """
     if insert not in INSERT_POINTS:
         raise ValueError(f"insert must be one of {INSERT_POINTS}, got {insert!r}")
+    if position not in POSITIONS:
+        raise ValueError(f"position must be one of {POSITIONS}, got {position!r}")
     groups = {"input": [(f"input_blocks.{i}", b) for i, b in enumerate(unet.input_blocks)],
               "middle": [("middle_block", unet.middle_block)],
               "output": [(f"output_blocks.{i}", b) for i, b in enumerate(unet.output_blocks)]}
@@ -218,8 +229,15 @@ def inflate_unet(unet: UNet, make_temporal: Callable[[int], nn.Module], insert: 
                 continue
             if insert == "attention" and not any(isinstance(m, SpatialSelfAttention) for m in block):
                 continue
+            order = list(block.run_order) if block.run_order is not None else list(range(len(block)))
             block.append(make_temporal(ch))
-            names.append(f"{prefix}.{len(block) - 1}")
+            new = len(block) - 1
+            if position == "before_resample" and isinstance(block[order[-1]], (Upsample, Downsample)):
+                order.insert(len(order) - 1, new)
+                block.run_order = order
+            elif block.run_order is not None:
+                block.run_order = order + [new]
+            names.append(f"{prefix}.{new}")
     unet.temporal_names = names
     return unet
 
@@ -258,7 +276,7 @@ def freeze_spatial(unet: nn.Module) -> nn.Module:
 
 def video_from_image(image_unet: UNet, make_temporal: Callable[[int], nn.Module], insert: str = "resblock",
                      where: Sequence[str] = ("input", "middle", "output"), freeze: bool = True,
-                     copy: bool = True) -> UNet:
+                     copy: bool = True, position: str = "end") -> UNet:
     """A trained image U-Net turned into a video U-Net: (a copy of) it, inflated with ``make_temporal`` blocks
     (:func:`inflate_unet`) and, with ``freeze``, its 2D weights frozen (:func:`freeze_spatial`). With
     zero-initialised temporal outputs the result equals the image model frame by frame."""
@@ -267,7 +285,7 @@ def video_from_image(image_unet: UNet, make_temporal: Callable[[int], nn.Module]
     unet = _copy.deepcopy(image_unet) if copy else image_unet
     if getattr(unet, "temporal_names", None):
         raise ValueError("video_from_image: the network is already inflated")
-    inflate_unet(unet, make_temporal, insert, where)
+    inflate_unet(unet, make_temporal, insert, where, position)
     return freeze_spatial(unet) if freeze else unet
 
 
@@ -303,7 +321,7 @@ def load_temporal_state_dict(unet: nn.Module, state: dict[str, torch.Tensor], st
 
 
 def video_unet(temporal: Callable[[int], nn.Module] | None = None, insert: str = "attention",
-               where: Sequence[str] = ("input", "middle", "output"), **unet_kwargs) -> UNet:
+               where: Sequence[str] = ("input", "middle", "output"), position: str = "end", **unet_kwargs) -> UNet:
     """A :class:`UNet` (``unet_kwargs``) inflated with ``temporal`` blocks (default :func:`vdm_temporal`
     with the U-Net's head settings)."""
     unet = UNet(**unet_kwargs)
@@ -311,4 +329,4 @@ def video_unet(temporal: Callable[[int], nn.Module] | None = None, insert: str =
         def temporal(ch):
             return vdm_temporal(ch, unet_kwargs.get("num_heads", 1), unet_kwargs.get("head_channels", -1),
                                 unet_kwargs.get("norm_groups", 32))
-    return inflate_unet(unet, temporal, insert, where)
+    return inflate_unet(unet, temporal, insert, where, position)
