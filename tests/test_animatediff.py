@@ -259,3 +259,12 @@ def test_sd15_sized_config_has_the_released_motion_module_layout():
         assert official[f"{b}.ff.net.0.proj.weight"].shape == (8 * c, c)
         assert official[f"{prefix}.temporal_transformer.proj_out.weight"].shape == (c, c)
     assert len(official) == 20 * len(official_layout({"p": 8}, ff_mult=4))
+
+
+def test_before_resample_placement_keeps_identity_and_the_official_layout():
+    img = image_unet()
+    vid = from_image_model(img, MM, position="before_resample")
+    assert official_prefixes(vid) == official_prefixes(from_image_model(img, MM))   # same names, other run order
+    x, t, y = inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(vid(x, t, y), per_frame(img, x, t, y), rtol=0, atol=1e-6)

@@ -71,7 +71,7 @@ def animatediff_net(image: nn.Module, stage: str = "image", image_weights: str |
                     personal: dict | None = None, motion_module: Callable[[int], nn.Module] | dict | None = None,
                     motion_weights: str | None = None, motion_lora_weights: str | None = None,
                     lora: dict | None = None, motion_lora: dict | None = None,
-                    where: Sequence[str] = ("input", "middle", "output")) -> nn.Module:
+                    where: Sequence[str] = ("input", "middle", "output"), position: str = "end") -> nn.Module:
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
     lora = dict(lora or {"rank": 4, "alpha": None, "target": None})
@@ -89,7 +89,7 @@ def animatediff_net(image: nn.Module, stage: str = "image", image_weights: str |
                     freeze_base=True)
         image.animatediff_stage = stage
         return image
-    video = from_image_model(image, motion_module, where=where, freeze=True, copy=False)
+    video = from_image_model(image, motion_module, where=where, freeze=True, copy=False, position=position)
     if motion_weights:
         load_motion_weights(video, motion_weights)
     elif stage in ("motion_lora", "animate"):

@@ -202,16 +202,18 @@ def motion_module(**kwargs) -> Callable[[int], MotionModule]:
 
 def from_image_model(image_unet: nn.Module, make_motion_module: Callable[[int], nn.Module] | dict | None = None,
                      where: Sequence[str] = ("input", "middle", "output"), freeze: bool = True,
-                     copy: bool = True) -> nn.Module:
+                     copy: bool = True, position: str = "end") -> nn.Module:
     """Turn a trained 2D :class:`~shared.nn.unet.UNet` into a video U-Net with a motion module after every
     spatial stage (``insert="resblock"``: after each down / up residual stage and, with ``"middle"`` in
     ``where``, the middle block as AnimateDiff v2 does). ``freeze`` freezes every 2D weight, so only the motion
     modules train (Sec. 4.2). ``make_motion_module`` is a factory ``channels -> module`` or a dict of
-    :class:`MotionModule` keyword arguments. The result equals the image model frame by frame at init."""
+    :class:`MotionModule` keyword arguments. ``position="before_resample"`` runs each module before its level's
+    upsampler, as the SD U-Net does; ``"end"`` (default) after it. The result equals the image model frame by
+    frame at init."""
     if make_motion_module is None or isinstance(make_motion_module, dict):
         make_motion_module = motion_module(**(make_motion_module or {}))
     return video_from_image(image_unet, make_motion_module, insert="resblock", where=where, freeze=freeze,
-                            copy=copy)
+                            copy=copy, position=position)
 
 
 def motion_module_state_dict(unet: nn.Module) -> dict[str, torch.Tensor]:
