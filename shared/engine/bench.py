@@ -356,8 +356,9 @@ def _motion_case(size: str) -> Case:
         image = UNet(in_channels=c["in_ch"], image_size=c["res"], base_channels=c["base"], channel_mult=c["mult"],
                      num_res_blocks=c["blocks"], attention_resolutions=(), head_channels=chans[-1] // c["heads"],
                      norm_groups=c["groups"])
+        # position: each module before its level's upsampler, where UNetMotionModel has it
         net = from_image_model(image, {"heads": c["heads"], "norm_groups": c["groups"], "max_len": 32},
-                               freeze=True, copy=False)
+                               freeze=True, copy=False, position="before_resample")
         return Side(net, lambda m, b: m(b["x"], b["t"]))
 
     def theirs():
