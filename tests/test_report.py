@@ -260,3 +260,27 @@ def test_gallery_loads_in_chromium(tmp_path):
     status = json.loads(re.search(r'<span id="media-status"[^>]*>(\{.*?\})</span>', dom).group(1))
     assert status == {"total": len(tags), "loaded": len(tags), "failed": 0, "pending": 0}
     assert shot.exists() and shot.stat().st_size > 10_000, "screenshot not written"
+
+
+def test_a_run_that_reuses_cached_stages_says_so_and_is_not_timed(tmp_path):
+    import time
+
+    from omegaconf import OmegaConf
+
+    from shared.engine import claims
+
+    root = fake_tree(tmp_path)
+    cfg = OmegaConf.create({"run_dir": str(tmp_path / "run"), "seed": 0,
+                            "claim": {"seeds": [0], "publish": False},
+                            "report": [{"label": "FD", "metric": "fd", "paper": "-"}]})
+    first = claims.cached(tmp_path / "run" / "stage.json", lambda: {"fd": 2.0})
+    rec = claims.finish(cfg, first, paper="toy_paper", claim="claim_b", t0=time.time(), copy_to_paper=False)
+    assert "reused_stages" not in rec  # computed, not reused
+    again = claims.cached(tmp_path / "run" / "stage.json", lambda: {"fd": -1.0})
+    assert again == first
+    rec = claims.finish(cfg, again, paper="toy_paper", claim="claim_b", t0=time.time(), copy_to_paper=False)
+    assert rec["reused_stages"] == ["cached:stage.json"]
+    (root / "papers" / "toy_paper" / "results" / "claim_b.json").write_text(json.dumps(rec))
+    md = results_md(root)
+    assert "| toy_paper | claim_b | (0.0) | not timed: reused cached stages" in md
+    assert "| **total** | timed results | **0.2** |" in md  # claim_a only

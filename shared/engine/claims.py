@@ -22,6 +22,11 @@ from shared.engine.run import fit
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
+# Stages this process took from an earlier run's folder instead of computing them (a resumed finished
+# variant, a cached JSON): ``finish`` records them, so a results.json's wall time is not mistaken for the
+# claim's full cost (RESULTS.md, "Claim-suite wall times"). Stages reused in worker processes are not seen.
+_REUSED: list[str] = []
+
 
 def variant_config(cfg: DictConfig, overrides: dict | None = None, seed: int | None = None) -> DictConfig:
     """A copy of ``cfg`` with dotted-key ``overrides`` applied (and ``seed``), without the pipeline key."""
@@ -46,6 +51,7 @@ def fit_variant(cfg: DictConfig, tag: str, overrides: dict | None = None, seed: 
     if last.exists() and not sub.get("ckpt_path"):
         with open_dict(sub):
             sub.ckpt_path = str(last)
+        _REUSED.append(f"variant:{tag}")
     module, datamodule, trainer = fit(sub, run_dir=Path(cfg.run_dir) / tag)
     module.eval()
     return module
@@ -55,6 +61,7 @@ def cached(path: str | Path, compute):
     """``compute()`` once per claim folder: its JSON result is kept at ``path`` and reused on a re-run."""
     path = Path(path)
     if path.exists():
+        _REUSED.append(f"cached:{path.name}")
         return json.loads(path.read_text())
     value = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -75,6 +82,10 @@ def finish(cfg: DictConfig, metrics: dict, *, paper: str, claim: str, t0: float,
     cfg_dict = OmegaConf.to_container(cfg, resolve=True)
     seeds = list(cfg.claim.seeds) if "claim" in cfg and "seeds" in cfg.claim else [int(cfg.seed)]
     path = Path(cfg.run_dir) / "results.json"
+    extra = dict(extra or {})
+    if _REUSED:
+        extra.setdefault("reused_stages", sorted(set(_REUSED)))
+        _REUSED.clear()
     record = write_results(path, metrics, paper=paper, claim=claim, seeds=seeds, config=cfg_dict,
                            wall_time_s=round(time.time() - t0, 1), extra=extra)
     if copy_to_paper and cfg.claim.get("publish", True):

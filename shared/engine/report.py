@@ -189,8 +189,10 @@ def claim_times_md(root=None) -> str:
             wall = res.get("wall_time_s")
             if not isinstance(wall, (int, float)):
                 continue
-            reused = "hydra.run.dir=" in str(res.get("command", "")) and wall < 120
-            if reused:  # a final run over an earlier run's folder: its cached stages are not timed again
+            # a final run over an earlier run's folder: its reused stages are not timed again (recorded by
+            # claims.finish as ``reused_stages``; older records: a short run pointed at an old folder)
+            reused = bool(res.get("reused_stages")) or ("hydra.run.dir=" in str(res.get("command", "")) and wall < 120)
+            if reused:
                 rows.append(f"| {paper} | {res.get('claim') or f.stem} | ({wall / 60:.1f}) | not timed: reused "
                             f"cached stages of an earlier run | {(res.get('date') or '?')[:10]} |")
                 continue
