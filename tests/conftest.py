@@ -30,6 +30,21 @@ def compose_cfg():
     return compose
 
 
+def run_claim(experiment: str, tmp_path, *overrides: str) -> dict:
+    """Run a claim pipeline into ``tmp_path`` without publishing (papers/<id>/results untouched); its metrics."""
+    import json
+
+    from omegaconf import open_dict
+
+    from shared.engine.train import run
+
+    cfg = compose([f"experiment={experiment}", "logger=none", f"run_dir={tmp_path}", *overrides])
+    with open_dict(cfg):
+        cfg.claim.publish = False
+    run(cfg)
+    return json.loads((Path(tmp_path) / "results.json").read_text())["metrics"]
+
+
 # ---------------------------------------------------------------------------------- claim-suite timer
 # `make claims` (pytest -m claims): every claim test's wall time is recorded in outputs/claims/timings.json
 # and the total is printed at the end (issue: every tier-1 claim <= 10 min, all together <= 60 min).

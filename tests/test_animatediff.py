@@ -2,12 +2,9 @@
 checkpoint layout, personalisation / MotionLoRA plumbing, the domain subsets, and the claim check."""
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
-from conftest import compose
-from omegaconf import open_dict
+from conftest import compose, run_claim
 from safetensors.torch import save_file
 
 from papers.animatediff.data import MovingDigitsSubset
@@ -222,13 +219,7 @@ def test_moving_digits_subsets_filter_digits_directions_and_frames():
                    "(gap -0.109 +- 0.210) but consistency MM 0.570 vs per-frame 0.491 (< +0.1), FVD_judge ratio "
                    "1.04 +- 0.15, MotionLoRA motion accuracy 0 -> 0")
 def test_claim_animatediff_motion_module_transfers_and_motion_lora(tmp_path):
-    from shared.engine.train import run
-
-    cfg = compose(["experiment=animatediff/moving_digits_claim", "logger=none", f"run_dir={tmp_path}"])
-    with open_dict(cfg):
-        cfg.claim.publish = False
-    run(cfg)
-    m = json.loads((tmp_path / "results.json").read_text())["metrics"]
+    m = run_claim("animatediff/moving_digits_claim", tmp_path)
     # (1) the personalised domain is kept when the motion module is plugged in (no further training)
     assert m["domain_acc_gap"]["mean"] < 0.15
     assert m["domain_acc_mm"]["mean"] > m["img_domain_acc_base_low"]["mean"] + 0.2

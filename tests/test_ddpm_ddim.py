@@ -1,12 +1,9 @@
 """papers/ddpm and papers/ddim: the modules' contracts on a known model, and the claim checks (marker `claims`)."""
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
-from conftest import compose
-from omegaconf import open_dict
+from conftest import run_claim
 
 from papers.ddim.module import DDIM, slerp
 from papers.ddpm.module import DDPM
@@ -69,13 +66,7 @@ def test_ddim_interpolation_is_deterministic():
 
 
 def _claim(experiment, tmp_path, *extra):
-    from shared.engine.train import run
-    cfg = compose([f"experiment={experiment}", "logger=none", "trainer.enable_progress_bar=false",
-                   f"run_dir={tmp_path}", "claim.publish=false", *extra])
-    with open_dict(cfg):
-        cfg.claim.publish = False
-    run(cfg)
-    return json.loads((tmp_path / "results.json").read_text())["metrics"]
+    return run_claim(experiment, tmp_path, "trainer.enable_progress_bar=false", *extra)
 
 
 @pytest.mark.claims

@@ -2,12 +2,9 @@
 errors and ability to overfit, the latent diffusion stage on its canvas, and the claim check."""
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
-from conftest import compose
-from omegaconf import open_dict
+from conftest import run_claim
 
 from papers.pvdm.autoencoder import TriplaneAutoencoder
 from papers.pvdm.module import VideoAutoencoderModule
@@ -155,13 +152,7 @@ def test_weights_path_loads_an_autoencoder_module_checkpoint(tmp_path):
 
 @pytest.mark.claims
 def test_claim_pvdm_comparable_fvd_at_a_fraction_of_the_cost(tmp_path):
-    from shared.engine.train import run
-
-    cfg = compose(["experiment=pvdm/moving_digits_claim", "logger=none", f"run_dir={tmp_path}"])
-    with open_dict(cfg):
-        cfg.claim.publish = False
-    run(cfg)
-    m = json.loads((tmp_path / "results.json").read_text())["metrics"]
+    m = run_claim("pvdm/moving_digits_claim", tmp_path)
     assert m["fvd_ratio_pvdm_to_pixel"]["mean"] < 1.5          # comparable FVD_judge (Table 1 direction)
     assert m["step_time_ratio_pvdm_to_pixel"]["max"] < 0.5     # a fraction of the step time (Fig. 6)
     assert m["memory_ratio_pvdm_to_pixel"]["max"] < 0.5        # and of the training-step memory

@@ -2,12 +2,9 @@
 closed form on a linear toy, the VDM module's joint-batch loss and extension, and the claim check."""
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
-from conftest import compose
-from omegaconf import open_dict
+from conftest import run_claim
 
 from papers.vdm.module import VDM
 from shared.diffusion.conditioning import (
@@ -131,13 +128,7 @@ def test_vdm_extend_keeps_the_given_frames_for_both_methods():
 @pytest.mark.xfail(strict=False, reason="does not reproduce at CPU scale (papers/vdm/README.md): "
                    "joint/video-only FVD_judge 1.047 +- 0.014, reconstruction/replacement 0.967 +- 0.049")
 def test_claim_vdm_joint_training_and_reconstruction_guidance(tmp_path):
-    from shared.engine.train import run
-
-    cfg = compose(["experiment=vdm/moving_digits_claim", "logger=none", f"run_dir={tmp_path}"])
-    with open_dict(cfg):
-        cfg.claim.publish = False
-    run(cfg)
-    m = json.loads((tmp_path / "results.json").read_text())["metrics"]
+    m = run_claim("vdm/moving_digits_claim", tmp_path)
     # (1) joint image-video training lowers FVD_judge at equal steps (VDM Table 4)
     assert m["ratio_joint_to_video_only"]["mean"] < 0.95
     # (2) reconstruction guidance extends better than replacement: FVD_judge and agreement with the truth

@@ -4,12 +4,10 @@ training, the temporal decoder, the domain-transfer swap — and the claim check
 from __future__ import annotations
 
 import copy
-import json
 
 import pytest
 import torch
-from conftest import compose
-from omegaconf import open_dict
+from conftest import compose, run_claim
 
 from papers.video_ldm.data import DigitSubsetMovingDigits
 from papers.video_ldm.module import VideoLDM, save_weights, swap_spatial_weights, video_net
@@ -206,14 +204,8 @@ def test_digit_subset_world_draws_only_the_subset():
 def test_claim_video_ldm(tmp_path):
     """The pre-fixed directions (they hold: papers/video_ldm/README.md). Not asserted, because it was added after
     the first run: digit identity across frames stays at chance (0.13 vs 0.97 real) - no coherent videos yet."""
-    from shared.engine.train import run
-
-    cfg = compose(["experiment=video_ldm/moving_digits_claim", "logger=none", f"run_dir={tmp_path}"])
-    with open_dict(cfg):
-        cfg.claim.publish = False
-    run(cfg)
-    m = json.loads((tmp_path / "results.json").read_text())["metrics"]
-    c = cfg.claim
+    m = run_claim("video_ldm/moving_digits_claim", tmp_path)
+    c = compose(["experiment=video_ldm/moving_digits_claim"]).claim  # the thresholds fixed in the config
     mean = {k: v["mean"] for k, v in m.items() if isinstance(v, dict)}
     # (1) temporal layers on the frozen image LDM: lower FVD_judge, higher frame-to-frame consistency
     assert mean["ratio_fvd_video_to_per_frame"] < 1.0
