@@ -8,6 +8,15 @@ attention_resolutions=(16,), dropout=0.1`` at 32×32 it is DDPM's CIFAR-10 netwo
 Videos: a (B, C, T, H, W) input is run frame by frame (time folded into batch, one time/label per video
 repeated over frames) and ``ctx["num_frames"] = T`` is handed to every block, so temporal layers inserted
 into ``input_blocks`` / ``middle_block`` / ``output_blocks`` (see ``shared/nn/video``) see the frames.
+
+Text conditioning (Stable Diffusion): with ``context_dim`` set, every attention layer (at
+``attention_resolutions`` and in the middle block) is SD's spatial transformer
+(``shared/nn/spatial_transformer.py``: self-attention, cross-attention to ``context`` (B, L, context_dim), GEGLU
+feed-forward; ``transformer_depth`` blocks, ``use_linear_proj`` for SD-2-style linear projections) instead of
+:class:`SpatialSelfAttention`; ``norm_eps`` is the residual blocks' and output GroupNorm's eps (SD: 1e-5). The
+time embedding is already SD's (``[cos, sin]``, i.e. diffusers ``flip_sin_to_cos=True, freq_shift=0``). With these
+options the layout is CompVis' SD U-Net; ``shared/nn/sd_unet.py`` has the SD-1.5 config and the diffusers /
+CompVis weight loader. The defaults build exactly the network above (same parameters and outputs).
 """
 from __future__ import annotations
 
@@ -21,6 +30,7 @@ from torch import nn
 from shared.nn.attention import SpatialSelfAttention
 from shared.nn.embeddings import LabelEmbedding, TimestepEmbedding
 from shared.nn.layers import CtxSequential, Downsample, ResBlock, Upsample, group_norm, zero_module
+from shared.nn.spatial_transformer import SpatialTransformer
 
 
 class UNet(nn.Module):
@@ -28,21 +38,28 @@ class UNet(nn.Module):
                  base_channels: int = 128, channel_mult: Sequence[int] = (1, 2, 2, 2), num_res_blocks: int = 2,
                  attention_resolutions: Sequence[int] = (16,), dropout: float = 0.0, num_classes: int | None = None,
                  num_heads: int = 1, head_channels: int = -1, norm_groups: int = 32,
-                 scale_shift_norm: bool = False, resample_with_conv: bool = True, use_checkpoint: bool = False):
+                 scale_shift_norm: bool = False, resample_with_conv: bool = True, use_checkpoint: bool = False,
+                 context_dim: int | None = None, transformer_depth: int = 1, use_linear_proj: bool = False,
+                 norm_eps: float = 1e-6):
         super().__init__()
         out_channels = out_channels or in_channels
         self.in_channels, self.out_channels, self.image_size = in_channels, out_channels, image_size
-        self.num_classes = num_classes
+        self.num_classes, self.context_dim = num_classes, context_dim
         ch = base_channels
         emb_dim = 4 * ch
         self.time_embed = TimestepEmbedding(ch, emb_dim)
         self.label_embed = LabelEmbedding(num_classes, emb_dim) if num_classes else None
 
         def res(i, o):
-            return ResBlock(i, o, emb_dim, dropout, norm_groups, scale_shift_norm, use_checkpoint)
+            block = ResBlock(i, o, emb_dim, dropout, norm_groups, scale_shift_norm, use_checkpoint)
+            block.norm1.eps = block.norm2.eps = norm_eps
+            return block
 
         def attn(c):
-            return SpatialSelfAttention(c, num_heads, head_channels, norm_groups)
+            if context_dim is None:
+                return SpatialSelfAttention(c, num_heads, head_channels, norm_groups)
+            return SpatialTransformer(c, context_dim, num_heads, head_channels, transformer_depth, use_linear_proj,
+                                      norm_groups, dropout=dropout)
 
         self.input_blocks = nn.ModuleList([CtxSequential(nn.Conv2d(in_channels, ch, 3, padding=1))])
         skip_chs, cur, res_now = [ch], ch, image_size
@@ -71,6 +88,7 @@ class UNet(nn.Module):
                     res_now *= 2
                 self.output_blocks.append(CtxSequential(*layers))
         self.out_norm = group_norm(cur, norm_groups)
+        self.out_norm.eps = norm_eps
         self.out_conv = zero_module(nn.Conv2d(cur, out_channels, 3, padding=1))
 
     @property

@@ -40,6 +40,7 @@ from torch import nn
 
 from shared.nn.attention import SpatialSelfAttention, sdpa_heads
 from shared.nn.layers import CtxBlock, CtxSequential, Downsample, ResBlock, Upsample, group_norm, zero_module
+from shared.nn.spatial_transformer import SpatialTransformer
 from shared.nn.unet import UNet
 
 FRAME_MASK_KEYS = ("frame_is_video", "frame_mask")  # ctx keys read for joint image-video batches
@@ -227,7 +228,8 @@ def inflate_unet(unet: UNet, make_temporal: Callable[[int], nn.Module], insert: 
             ch = _block_channels(block)
             if ch is None:
                 continue
-            if insert == "attention" and not any(isinstance(m, SpatialSelfAttention) for m in block):
+            if insert == "attention" and not any(isinstance(m, (SpatialSelfAttention, SpatialTransformer))
+                                                 for m in block):
                 continue
             order = list(block.run_order) if block.run_order is not None else list(range(len(block)))
             block.append(make_temporal(ch))
