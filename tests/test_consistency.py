@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import ROOT, compose
+from conftest import ROOT, compose, run_claim
 
 from shared.diffusion.consistency import (
     ct_num_scales,
@@ -130,10 +130,10 @@ def test_consistency_pipeline_smoke(tmp_path):
 
 
 @pytest.mark.claims
-def test_claim_consistency_models():
-    from shared.engine.train import run
-    rec = run(compose(["experiment=consistency_models/digits_claim"]))
-    t = rec["metrics"]["fd_vs_nfe"]
+@pytest.mark.parametrize("experiment", ["consistency_models/digits_claim",         # budgets cut for a busy CPU
+                                        "consistency_models/digits_claim_budget"])  # the first committed budgets
+def test_claim_consistency_models(experiment, tmp_path):
+    t = run_claim(experiment, tmp_path)["fd_vs_nfe"]
     ddim1 = t["DDIM (EDM teacher)"]["1"]["per_seed"]
     for cd1, cd2, ct1, d1 in zip(t["CD"]["1"]["per_seed"], t["CD"]["2"]["per_seed"], t["CT"]["1"]["per_seed"], ddim1):
         assert cd1 < 0.5 * d1          # CD one step far below the teacher's one-step DDIM
