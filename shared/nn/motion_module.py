@@ -35,13 +35,13 @@ from functools import partial
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
 from shared.nn.attention import sdpa_heads
 from shared.nn.layers import CtxBlock, Downsample, ResBlock, Upsample, zero_module
 from shared.nn.lora import inject_lora
+from shared.nn.spatial_transformer import GEGLU, FeedForward  # noqa: F401  (re-exported: one GEGLU feed-forward)
 from shared.nn.video import load_temporal_state_dict, temporal_modules, temporal_state_dict, video_from_image
 
 __all__ = [
@@ -102,31 +102,6 @@ class TemporalSelfAttention(nn.Module):
             x = self.pos_encoder(x)
         out = sdpa_heads(self.to_q(x), self.to_k(x), self.to_v(x), self.heads)
         return self.to_out[1](self.to_out[0](out))
-
-
-class GEGLU(nn.Module):
-    """Gated GELU (Shazeer 2020): ``a * gelu(b)`` with ``[a, b] = proj(x)``."""
-
-    def __init__(self, dim: int, inner: int):
-        super().__init__()
-        self.proj = nn.Linear(dim, 2 * inner)
-
-    def forward(self, x):
-        a, gate = self.proj(x).chunk(2, dim=-1)
-        return a * F.gelu(gate)
-
-
-class FeedForward(nn.Module):
-    """GEGLU feed-forward of width ``mult * dim`` (``net.0.proj``, dropout, ``net.2``)."""
-
-    def __init__(self, dim: int, mult: int = 4, dropout: float = 0.0):
-        super().__init__()
-        self.net = nn.ModuleList([GEGLU(dim, mult * dim), nn.Dropout(dropout), nn.Linear(mult * dim, dim)])
-
-    def forward(self, x):
-        for layer in self.net:
-            x = layer(x)
-        return x
 
 
 class TemporalTransformerBlock(nn.Module):
