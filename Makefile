@@ -75,6 +75,7 @@ progressive_distillation: $(STAMP)  ## halving rounds 8 -> 4 -> 2 -> 1 steps
 
 consistency_models: $(STAMP)  ## consistency distillation and consistency training
 	$(TRAIN) experiment=consistency_models/digits_claim
+	$(TRAIN) experiment=consistency_models/digits_claim_budget
 	$(PY) -m shared.engine.report --paper consistency_models
 
 few_step_table: $(STAMP)  ## FD_judge vs NFE for every few-step method (from committed results)
