@@ -71,6 +71,7 @@ knowledge_distillation: $(STAMP)  ## one-step student of a DDIM teacher
 
 progressive_distillation: $(STAMP)  ## halving rounds 8 -> 4 -> 2 -> 1 steps
 	$(TRAIN) experiment=progressive_distillation/digits_claim
+	$(TRAIN) experiment=progressive_distillation/digits_claim_budget
 	$(PY) -m shared.engine.report --paper progressive_distillation
 
 consistency_models: $(STAMP)  ## consistency distillation and consistency training

@@ -31,6 +31,15 @@ def _budget(rec: dict) -> str:
     return f"train_steps={steps}, batch_size={batch}" if steps else ""
 
 
+def _disagrees(have: dict, per_nfe: dict) -> bool:
+    """Whether ``per_nfe`` (a results file's curve) differs from the collected curve ``have`` at a shared NFE."""
+    for nfe, s in per_nfe.items():
+        if isinstance(s, dict) and "mean" in s and str(nfe).isdigit() and int(nfe) in have:
+            if abs(have[int(nfe)][0] - float(s["mean"])) > 1e-6 * max(1.0, abs(have[int(nfe)][0])):
+                return True
+    return False
+
+
 def collect(root: Path = ROOT) -> tuple[dict, dict, list]:
     """``(curves, sources, floors)``: curves[method][nfe] = (mean, std, n_seeds); sources[method] = (file, budget)."""
     curves: dict = {}
@@ -56,6 +65,10 @@ def collect(root: Path = ROOT) -> tuple[dict, dict, list]:
         for method, per_nfe in found.items():
             if not isinstance(per_nfe, dict):
                 continue
+            if method in sources and rel not in sources[method][0] and _disagrees(curves.get(method, {}), per_nfe) \
+                    and any(s.startswith(f"papers/{path.parent.parent.name}/") for s in sources[method][0].split(", ")):
+                # a second protocol of the same paper (e.g. a follow-up at another budget): its own row
+                method = f"{method} [{rec.get('claim') or path.stem}]"
             if method in sources and rel not in sources[method][0]:
                 # the same method in a second file (e.g. the shared EDM teacher's DDIM in three papers): merge
                 # the NFEs it adds; where both have an NFE keep the first and record any disagreement
