@@ -205,7 +205,7 @@ def claim_times_md(root=None) -> str:
     head = [
         "## Claim-suite wall times\n",
         "Wall time each committed result recorded (`wall_time_s` in its results.json), against the 10-minute "
-        "per-claim budget. These runs shared the 2-core machine with other jobs, so they overstate a quiet "
+        "per-claim budget. Runs that shared the 2-core machine with other jobs overstate a quiet "
         "machine's times; `make claims` re-times the suite and writes `outputs/claims/timings.json`.\n",
         "| paper | claim | wall (min) | ≤ 10 min | date |",
         "|---|---|---|---|---|",
