@@ -220,49 +220,13 @@ def _dit_case(size: str) -> Case:
 def _unet3d_case(size: str) -> Case:
     from shared.nn.video import vdm_temporal, video_unet
 
+    small = dict(base=64, mult=(1, 2, 2), blocks=2, attn=(16,), res=32, frames=8, batch=1, in_ch=4, groups=32,
+                 head=64, ctx_dim=128, ctx_len=1)
     cfgs = {
-        "tiny": dict(
-            base=16,
-            mult=(1, 2),
-            blocks=1,
-            attn=(8,),
-            res=16,
-            frames=4,
-            batch=1,
-            in_ch=4,
-            groups=8,
-            head=16,
-            ctx_dim=16,
-            ctx_len=1,
-        ),
-        "small": dict(
-            base=64,
-            mult=(1, 2, 2),
-            blocks=2,
-            attn=(16,),
-            res=32,
-            frames=8,
-            batch=1,
-            in_ch=4,
-            groups=32,
-            head=64,
-            ctx_dim=128,
-            ctx_len=1,
-        ),
-        "ddpm": dict(
-            base=64,
-            mult=(1, 2, 2),
-            blocks=2,
-            attn=(16,),
-            res=32,
-            frames=8,
-            batch=2,
-            in_ch=4,
-            groups=32,
-            head=64,
-            ctx_dim=128,
-            ctx_len=1,
-        ),
+        "tiny": dict(small, base=16, mult=(1, 2), blocks=1, attn=(8,), res=16, frames=4, groups=8, head=16,
+                     ctx_dim=16),
+        "small": small,
+        "ddpm": dict(small, batch=2),
     }
     c = cfgs[size]
     chans = tuple(c["base"] * m for m in c["mult"])
