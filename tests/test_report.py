@@ -284,3 +284,14 @@ def test_a_run_that_reuses_cached_stages_says_so_and_is_not_timed(tmp_path):
     md = results_md(root)
     assert "| toy_paper | claim_b | (0.0) | not timed: reused cached stages" in md
     assert "| **total** | timed results | **0.2** |" in md  # claim_a only
+
+
+def test_results_record_the_compute_a_run_had_and_the_time_table_shows_it(tmp_path):
+    import torch
+
+    rec = write_results(tmp_path / "results.json", {"fd": 1.0}, paper="p", claim="c", seeds=[0], wall_time_s=3.0)
+    assert rec["compute"]["torch_threads"] == torch.get_num_threads()
+    assert 1 <= rec["compute"]["cpus_usable"] <= rec["compute"]["cpus"]
+    md = results_md(fake_tree(tmp_path / "tree"))  # claim_a is written by write_results in this process
+    n, usable = torch.get_num_threads(), rec["compute"]["cpus_usable"]
+    assert f"| toy_paper | claim_a | 0.2 | ok | {n} thread{'s' if n != 1 else ''} / {usable} of " in md

@@ -199,18 +199,30 @@ def claim_times_md(root=None) -> str:
             total += float(wall)
             over = "**over**" if wall > CLAIM_BUDGET_S else "ok"
             rows.append(f"| {paper} | {res.get('claim') or f.stem} | {wall / 60:.1f} | {over} | "
-                        f"{(res.get('date') or '?')[:10]} |")
+                        f"{_compute_note(res.get('compute'))} | {(res.get('date') or '?')[:10]} |")
     if not rows:
         return ""
     head = [
         "## Claim-suite wall times\n",
         "Wall time each committed result recorded (`wall_time_s` in its results.json), against the 10-minute "
         "per-claim budget. Runs that shared the 2-core machine with other jobs overstate a quiet "
-        "machine's times; `make claims` re-times the suite and writes `outputs/claims/timings.json`.\n",
-        "| paper | claim | wall (min) | ≤ 10 min | date |",
-        "|---|---|---|---|---|",
+        "machine's times; a run pinned to one core with one thread (`ran on`) "
+        "gives an upper bound for two. `make claims` re-times the suite and writes `outputs/claims/timings.json`.\n",
+        "| paper | claim | wall (min) | ≤ 10 min | ran on | date |",
+        "|---|---|---|---|---|---|",
     ]
-    return "\n".join(head + rows + [f"| **total** | timed results | **{total / 60:.1f}** | | |"]) + "\n"
+    return "\n".join(head + rows + [f"| **total** | timed results | **{total / 60:.1f}** | | | |"]) + "\n"
+
+
+def _compute_note(compute) -> str:
+    """'1 thread / 1 of 2 cores, load 1.9' from a results.json's ``compute`` record (older runs: unknown)."""
+    if not isinstance(compute, dict):
+        return "not recorded"
+    threads, usable, cpus = compute.get("torch_threads"), compute.get("cpus_usable"), compute.get("cpus")
+    note = f"{threads} thread{'s' if threads != 1 else ''} / {usable} of {cpus} cores"
+    if compute.get("loadavg_15m_at_end") is not None:
+        note += f", 15-min load {compute['loadavg_15m_at_end']}"
+    return note
 
 
 # ============================================================================================ gallery

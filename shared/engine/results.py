@@ -53,10 +53,30 @@ def command_line() -> str:
     return " ".join(argv)
 
 
+def compute_resources() -> dict:
+    """What the run could use and how busy the machine was: a wall time read without these overstates
+    or understates the claim's cost (a run pinned to one core, or sharing the machine with other jobs)."""
+    out: dict = {"cpus": os.cpu_count()}
+    try:
+        out["cpus_usable"] = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        pass
+    try:
+        import torch
+        out["torch_threads"] = torch.get_num_threads()
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        out["loadavg_15m_at_end"] = round(os.getloadavg()[2], 2)
+    except OSError:  # pragma: no cover
+        pass
+    return out
+
+
 def provenance() -> dict:
     return {"git": git_revision(), "packages": package_versions(), "command": command_line(),
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "machine": f"{platform.machine()} {os.cpu_count()} cpu"}
+            "machine": f"{platform.machine()} {os.cpu_count()} cpu", "compute": compute_resources()}
 
 
 def _jsonable(x: Any):
