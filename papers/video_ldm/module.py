@@ -50,7 +50,10 @@ class VideoLDM(DiffusionModule):
     def training_loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
         x = batch["x"]
         if self.frames_as_images and x.dim() == 5:
-            batch = {"x": rearrange(x, "b c t h w -> (b t) c h w")}
+            frames = {"x": rearrange(x, "b c t h w -> (b t) c h w")}
+            if "caption" in batch:  # every frame keeps its clip's caption
+                frames["caption"] = [c for c in batch["caption"] for _ in range(x.shape[2])]
+            batch = frames
         return super().training_loss(batch, generator)
 
 

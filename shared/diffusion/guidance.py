@@ -2,7 +2,8 @@
 
 ``guided = uncond + w * (cond - uncond)`` on the network output; ``w = 1`` is the conditional model,
 ``w = 0`` the unconditional one (DiT's ``cfg scale`` uses this convention). The null condition is the
-extra class index ``null_label`` (label dropout during training, see :func:`drop_labels`).
+extra class index ``null_label`` (label dropout during training, see :func:`drop_labels`); for text it is the
+empty caption's encoding (``shared.nn.text_encoder``).
 """
 from __future__ import annotations
 
@@ -19,18 +20,25 @@ def drop_labels(y: torch.Tensor, p: float, null_label: int, generator: torch.Gen
     return torch.where(drop, torch.full_like(y, null_label), y)
 
 
-def cfg_net(net: Callable[..., torch.Tensor], y: torch.Tensor, null_label: int, scale: float) -> Callable:
-    """A network function ``f(x, t_net)`` that applies CFG with labels ``y`` at ``scale``.
+def cfg_kwargs_net(net: Callable[..., torch.Tensor], cond: dict, uncond: dict, scale: float) -> Callable:
+    """A network function ``f(x, t_net)`` guided between the keyword conditions ``cond`` and ``uncond`` (the
+    same keys; tensors with the batch first): labels ``y``, text ``context``, ...
 
-    Conditional and unconditional passes run as one batch of 2B.
-    """
+    Conditional and unconditional passes run as one batch of 2B."""
+    if set(cond) != set(uncond):
+        raise ValueError(f"conditional keys {sorted(cond)} and unconditional keys {sorted(uncond)} differ")
 
     def guided(x: torch.Tensor, t_net: torch.Tensor, **kw) -> torch.Tensor:
         if scale == 1.0:
-            return net(x, t_net, y=y, **kw)
-        null = torch.full_like(y, null_label)
-        out = net(torch.cat([x, x]), torch.cat([t_net, t_net]), y=torch.cat([y, null]), **kw)
-        cond, uncond = out.chunk(2)
-        return uncond + scale * (cond - uncond)
+            return net(x, t_net, **cond, **kw)
+        both = {k: torch.cat([cond[k], uncond[k]]) for k in cond}
+        out = net(torch.cat([x, x]), torch.cat([t_net, t_net]), **both, **kw)
+        c, u = out.chunk(2)
+        return u + scale * (c - u)
 
     return guided
+
+
+def cfg_net(net: Callable[..., torch.Tensor], y: torch.Tensor, null_label: int, scale: float) -> Callable:
+    """A network function ``f(x, t_net)`` that applies CFG with labels ``y`` at ``scale``."""
+    return cfg_kwargs_net(net, {"y": y}, {"y": torch.full_like(y, null_label)}, scale)

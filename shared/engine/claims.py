@@ -57,6 +57,11 @@ def fit_variant(cfg: DictConfig, tag: str, overrides: dict | None = None, seed: 
     return module
 
 
+def note_reused(stage: str) -> None:
+    """Record that this run took ``stage`` from an earlier run (a cached teacher, ...): see ``_REUSED``."""
+    _REUSED.append(stage)
+
+
 def cached(path: str | Path, compute):
     """``compute()`` once per claim folder: its JSON result is kept at ``path`` and reused on a re-run."""
     path = Path(path)

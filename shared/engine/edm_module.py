@@ -85,7 +85,7 @@ def teacher_for_seed(cfg: DictConfig, seed: int):
     """Return ``(teacher_module, ckpt_path, how)``: loaded from ``claim.teacher_ckpt``, from the cache, or trained
     with ``fit_variant`` (the experiment's ``module``/``trainer`` config) and cached."""
     from shared.engine.checkpoint import module_from_checkpoint
-    from shared.engine.claims import fit_variant
+    from shared.engine.claims import fit_variant, note_reused
 
     c = cfg.claim
     if c.get("teacher_ckpt"):
@@ -96,6 +96,7 @@ def teacher_for_seed(cfg: DictConfig, seed: int):
         cache = Path(cfg.paths.output_dir) / "teacher_cache" / teacher_key(cfg, seed) / "teacher.ckpt"
         if cache.is_file():
             log.info("teacher seed %s: cached %s", seed, cache)
+            note_reused(f"teacher_cache:seed{seed}")  # this run's wall time excludes the teacher's training
             return module_from_checkpoint(cache), str(cache), "cache"
     module = fit_variant(cfg, f"teacher_seed{seed}", seed=seed)
     path = save_module(module, Path(cfg.run_dir) / f"teacher_seed{seed}" / "teacher.ckpt")

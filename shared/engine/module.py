@@ -19,7 +19,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from shared.diffusion.guidance import cfg_net, drop_labels
+from shared.diffusion.guidance import cfg_kwargs_net, cfg_net, drop_labels
 from shared.diffusion.losses import diffusion_loss
 from shared.diffusion.parameterization import make_denoiser
 from shared.diffusion.samplers import SAMPLERS
@@ -37,7 +37,7 @@ class DiffusionModule(pl.LightningModule):
                  optimizer: Callable | None = None, lr_scheduler: Callable | None = None,
                  ema_decay: float | None = 0.9999, ema_warmup: bool = False, cond_drop_prob: float = 0.0,
                  sampler: dict | None = None, clip_x0: float | None = 1.0, seed: int = 0,
-                 sample_shape: tuple | list | None = None):
+                 sample_shape: tuple | list | None = None, text_encoder: nn.Module | None = None):
         super().__init__()
         self.net, self.schedule, self.prediction = net, schedule, prediction
         self.loss_weighting = loss_weighting
@@ -47,6 +47,22 @@ class DiffusionModule(pl.LightningModule):
         self.sampler_cfg = dict(sampler or {"name": "ddim", "steps": 50, "eta": 0.0})
         self.sample_shape = tuple(sample_shape) if sample_shape is not None else None
         self.run_config: dict | None = None  # the resolved Hydra config, set by the train entry point
+        # captions -> cross-attention ``context`` (shared.nn.text_encoder.TextConditioner; SD: frozen CLIP)
+        self.text_encoder = text_encoder
+        width, want = getattr(text_encoder, "context_dim", None), getattr(net, "context_dim", None)
+        if text_encoder is not None and want is None:
+            raise ValueError("a text encoder is configured but the network has no cross-attention (context_dim)")
+        if text_encoder is not None and width != want:
+            raise ValueError(f"the text encoder gives {width}-dim tokens, the network's context_dim is {want}")
+
+    # ------------------------------------------------------------------ text conditioning
+    def text_context(self, captions, drop_prob: float = 0.0, generator: torch.Generator | None = None):
+        """``(B, L, D)`` context of ``captions``; each dropped to the null (empty) caption with ``drop_prob``."""
+        from shared.nn.text_encoder import drop_captions
+
+        if self.text_encoder is None:
+            raise ValueError("captions were given but this module has no text encoder (module.text_encoder)")
+        return self.text_encoder(drop_captions(captions, drop_prob, generator))
 
     # ------------------------------------------------------------------ training
     def step_generator(self) -> torch.Generator:
@@ -59,6 +75,11 @@ class DiffusionModule(pl.LightningModule):
         kw = {}
         if "y" in batch and getattr(self.net, "num_classes", None):
             kw["y"] = drop_labels(batch["y"], self.cond_drop_prob, self.net.null_label, generator)
+        if self.text_encoder is not None:
+            if "caption" not in batch:
+                raise ValueError("a text encoder is configured but the batch has no 'caption' (a captioned dataset: "
+                                 "shapes_video, webvid, ucf101)")
+            kw["context"] = self.text_context(batch["caption"], self.cond_drop_prob, generator)
         return diffusion_loss(self.net, x0, self.schedule, self.prediction, self.loss_weighting,
                               generator=generator, **kw)
 
@@ -83,6 +104,8 @@ class DiffusionModule(pl.LightningModule):
 
     def configure_optimizers(self):
         params = [p for p in self.net.parameters() if p.requires_grad]
+        if self.text_encoder is not None:  # trained with the model only when not frozen (LDM's small models)
+            params += [p for p in self.text_encoder.parameters() if p.requires_grad]
         opt = self.optimizer_fn(params) if self.optimizer_fn else torch.optim.Adam(params, lr=2e-4)
         if self.lr_scheduler_fn is None:
             return opt
@@ -112,11 +135,16 @@ class DiffusionModule(pl.LightningModule):
         return self.ema.model if (use_ema and self.ema is not None) else self.net
 
     def denoiser(self, use_ema: bool = True, y: torch.Tensor | None = None, guidance_scale: float = 1.0,
-                 **net_kwargs):
+                 captions=None, **net_kwargs):
         net = self.sampling_net(use_ema)
         fn = net
+        if y is not None and captions is not None:
+            raise ValueError("pass class labels y or captions, not both")
         if y is not None:
             fn = cfg_net(net, y, net.null_label, guidance_scale)
+        if captions is not None:
+            ctx = self.text_context(list(captions))
+            fn = cfg_kwargs_net(net, {"context": ctx}, {"context": self.text_context([""] * len(ctx))}, guidance_scale)
         return make_denoiser(fn, self.schedule, self.prediction, clip_x0=self.clip_x0, **net_kwargs)
 
     def noise(self, n: int, generator: torch.Generator | None = None, shape=None) -> torch.Tensor:
@@ -126,16 +154,20 @@ class DiffusionModule(pl.LightningModule):
     @torch.no_grad()
     def sample(self, n: int | None = None, x_T: torch.Tensor | None = None, sampler: dict | None = None,
                generator: torch.Generator | None = None, y: torch.Tensor | None = None,
-               guidance_scale: float = 1.0, use_ema: bool = True, batch_size: int = 500) -> torch.Tensor:
-        """Draw samples with the configured sampler (overridable per call: name, steps, eta, variance)."""
+               guidance_scale: float = 1.0, use_ema: bool = True, batch_size: int = 500, captions=None) -> torch.Tensor:
+        """Draw samples with the configured sampler (overridable per call: name, steps, eta, variance); class
+        labels ``y`` or ``captions`` (one per sample) condition them, guided at ``guidance_scale``."""
         cfg = {**self.sampler_cfg, **(sampler or {})}
         name, steps = cfg.pop("name"), cfg.pop("steps")
         if x_T is None:
-            x_T = self.noise(n, generator)
+            x_T = self.noise(len(captions) if n is None and captions is not None else n, generator)
+        if captions is not None and len(captions) != x_T.shape[0]:
+            raise ValueError(f"{len(captions)} captions for {x_T.shape[0]} samples")
         outs = []
         for i in range(0, x_T.shape[0], batch_size):
             yb = None if y is None else y[i:i + batch_size]
-            den = self.denoiser(use_ema, yb, guidance_scale)
+            cb = None if captions is None else list(captions)[i:i + batch_size]
+            den = self.denoiser(use_ema, yb, guidance_scale, **({} if cb is None else {"captions": cb}))
             kw = sampler_kwargs(name, {**cfg, "generator": generator})
             outs.append(run_sampler(name, den, x_T[i:i + batch_size], self.schedule, steps, **kw))
         return torch.cat(outs)

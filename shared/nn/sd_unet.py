@@ -43,6 +43,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from shared.nn.autoencoder import read_state_dict
 from shared.nn.layers import CtxSequential, Downsample, ResBlock, Upsample
 from shared.nn.spatial_transformer import SpatialTransformer
 from shared.nn.unet import UNet
@@ -258,14 +259,6 @@ def compvis_to_ours(state_dict: dict[str, torch.Tensor], unet: UNet) -> dict[str
 
 
 # ------------------------------------------------------------------------------------------ loading
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return state.get("state_dict", state) if isinstance(state, dict) else state
-
-
 def load_sd_unet(path: str | Path, **overrides) -> UNet:
     """Our :class:`UNet` with SD weights from a local path (no downloads):
 
@@ -291,10 +284,10 @@ def load_sd_unet(path: str | Path, **overrides) -> UNet:
         kwargs = kwargs_from_diffusers_config(json.loads((folder / "config.json").read_text()))
         kwargs.update(overrides)
         unet = UNet(**kwargs)
-        state = diffusers_to_ours(_read_weights(weights), unet)
+        state = diffusers_to_ours(read_state_dict(weights), unet)
     else:
         unet = UNet(**sd15_unet_kwargs(**overrides))
-        raw = _read_weights(path)
+        raw = read_state_dict(path)
         compvis = any(k.startswith(("model.diffusion_model.", "input_blocks.")) for k in raw)
         state = compvis_to_ours(raw, unet) if compvis else diffusers_to_ours(raw, unet)
     unet.load_state_dict(state, strict=True)
