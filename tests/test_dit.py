@@ -428,3 +428,10 @@ def test_claim_cfg_sharpens_classes(scaling_metrics):
 def test_claim_adaln_zero_is_the_best_block():
     m = run_claim("digits_conditioning")
     assert m["best_conditioning"] == "adaln_zero"
+
+
+@pytest.mark.claims
+def test_claim_cfg_raises_class_accuracy_after_longer_training():
+    m = run_claim("digits_guidance")
+    assert m["judge_accuracy"]["w=1.0"]["mean"] > 0.2, "labels do not reach the network: unguided accuracy at chance"
+    assert m["accuracy_gain_max_vs_no_guidance"]["min"] > 0.0
