@@ -153,13 +153,14 @@ def test_rk45_reference_recovers_gaussian_and_counts_nfe():
 
 def test_ddim_eta1_equals_ddpm_posterior_variance():
     sched = DiscreteVP(1000)
+    torch.manual_seed(0)  # the net was drawn from whatever global RNG state earlier tests left (some blew up)
     net = torch.nn.Conv2d(2, 2, 3, padding=1)
     torch.nn.init.normal_(net.weight, std=0.1)
     den = make_denoiser(lambda x, t: net(x) + 1e-4 * t.view(-1, 1, 1, 1), sched, "eps")
     x_T = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(0))
     a = ddim_sample(den, x_T, sched, 20, eta=1.0, generator=torch.Generator().manual_seed(5))
     b = ddpm_sample(den, x_T, sched, 20, variance="small", generator=torch.Generator().manual_seed(5))
-    assert torch.allclose(a, b, atol=1e-4)
+    assert torch.allclose(a, b, rtol=1e-5, atol=1e-4)
     c = ddpm_sample(den, x_T, sched, 20, variance="large", generator=torch.Generator().manual_seed(5))
     assert not torch.allclose(a, c, atol=1e-3)
 
