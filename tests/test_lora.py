@@ -60,7 +60,8 @@ def test_injected_model_equals_base_at_init_and_freezes_base(toy):
     names = inject_lora(toy, rank=2, alpha=4)
     assert set(names) == {"conv3", "conv1", "strided", "attn.to_q", "attn.to_k", "head"}
     assert isinstance(toy.conv3, LoRAConv2d) and isinstance(toy.head, LoRALinear)
-    assert torch.equal(toy(x), ref)  # B = 0
+    # B = 0: the same function (bitwise with 2 threads; one thread picks other conv kernels, off by ~1e-8)
+    torch.testing.assert_close(toy(x), ref, rtol=0, atol=1e-6)
     assert base_names <= set(toy.state_dict())  # base names unchanged
     trainable = {n for n, p in toy.named_parameters() if p.requires_grad}
     assert trainable and all(n.endswith(("lora_A", "lora_B")) for n in trainable)
