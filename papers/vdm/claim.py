@@ -12,6 +12,7 @@ Protocol (``cfg.claim``, fixed before any outcome was seen). For each seed, in i
    with reconstruction guidance (``w_r``), same sampler, same noise. Scores: ``FVD_judge`` of the
    completed videos against the real reference set, per-frame PSNR of the generated frames against the
    world's ground-truth continuation, and the judge's digit accuracy (identity kept from the given frames).
+   With ``w_r_sweep``, reconstruction guidance is also scored at each listed weight (same noise).
 
 The real-vs-real ``FVD_judge`` floor compares two disjoint real test sets of ``num_samples`` videos.
 """
@@ -85,6 +86,14 @@ def seed_job(cfg_dict: dict, seed: int) -> dict:
                 k = int(c.gif_videos)
                 save_video_grid(torch.cat([ctx[:k], xe[:k]]), run_dir / f"extension_{method}.gif", nrow=k,
                                 fps=4, scale=2)
+        for w_r in c.get("w_r_sweep") or []:  # reconstruction guidance at other weights, same noise
+            g = torch.Generator().manual_seed(int(c.sample_seed) + 7 + int(seed))
+            xe = module.extend(ctx, known, method="reconstruction", w_r=float(w_r), sampler=dict(c.sampler),
+                               generator=g)
+            tag = f"wr{float(w_r):g}"
+            out[f"ext_fvd_judge_reconstruction_{tag}"] = fvd_judge(xe, real, judge)
+            out[f"ext_psnr_reconstruction_{tag}"] = psnr(xe[:, :, unknown_t], ctx[:, :, unknown_t])
+            out[f"ext_digit_acc_reconstruction_{tag}"] = digit_accuracy(xe, ctx_digits, judge)
     return out
 
 
