@@ -56,3 +56,34 @@ def test_motion_module_unet_matches_diffusers_trainable_parameters():
     assert bench.param_match(ours.model, theirs.model, tol=0.07)["within_tol"]
     with torch.no_grad():
         assert ours.forward(ours.model, batch).shape == theirs.forward(theirs.model, batch).shape == batch["x"].shape
+
+
+def test_bf16_autocast_and_compile_variants_run_and_are_recorded():
+    rt = bench.Runtime(precision="bf16", compile=True, compile_backend="eager")
+    row = bench.bench_case("dit", "tiny", repeats=1, warmup=0, threads=1, memory=False, log=lambda *a: None, rt=rt)
+    assert row["precision"] == "bf16" and row["compile"] is True
+    assert row["train"]["ratio"] > 0 and row["sample"]["ratio"] > 0
+    with pytest.raises(ValueError, match="precision must be fp32 or bf16"):
+        bench.Runtime(precision="fp16")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
+def test_cuda_request_without_a_gpu_is_a_one_line_error():
+    with pytest.raises(SystemExit, match="error: --device cuda: no CUDA device is visible"):
+        bench.main(["--device", "cuda", "--cases", "dit", "--size", "tiny"])
+
+
+def test_dit_mfu_counts_forward_plus_backward_flops():
+    """A training step's counted FLOPs are ~3x the forward's (backward = two matmuls per forward matmul), and
+    MFU is achieved FLOP/s over the given peak."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    out = bench.dit_mfu("tiny", repeats=2, warmup=1, peak_tflops=1.0, log=lambda *a: None)
+    case = bench.build_case("dit", "tiny")
+    side, batch = case.ours(), case.batch()
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        side.forward(side.model, batch)
+    ratio = out["train_flops_per_step"] / fc.get_total_flops()
+    assert 2.8 < ratio <= 3.0, ratio
+    assert out["mfu"] == pytest.approx(out["train_flops_per_step"] / out["step_s"] / 1e12)
+    assert out["images_per_s"] == pytest.approx(case.config["batch"] / out["step_s"])

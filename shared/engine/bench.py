@@ -25,8 +25,15 @@ CPU threads are set explicitly (``--threads``, default 1). Usage::
     python -m shared.engine.bench --cases unet2d --size ddpm --repeats 5
     python -m shared.engine.bench --threads 2 --out outputs/bench/bench_2threads.json
 
-GPU (TODO, not run here): ``python -m shared.engine.bench --device cuda`` times the same steps on the GPU
-(fp32); bf16 autocast and ``torch.compile`` variants are the next step (see README "Performance").
+GPU: ``--device cuda`` times the same steps on the GPU (CUDA-synchronised; peak memory from
+``torch.cuda.max_memory_allocated`` in-process), ``--precision bf16`` runs both sides under bf16 autocast and
+``--compile`` wraps both models in ``torch.compile``::
+
+    python -m shared.engine.bench --device cuda --precision bf16 --compile --out outputs/bench/bench_gpu.json
+
+``--mfu`` adds the model-FLOPs utilisation of our DiT's training step (default DiT-B/2, 32×32×4 latents): FLOPs
+of one forward + backward counted by ``torch.utils.flop_counter``, divided by the median step time and by the
+device's dense bf16 peak (``PEAK_TFLOPS`` by device name, or ``--peak-tflops``).
 """
 
 from __future__ import annotations
@@ -48,6 +55,44 @@ import torch.nn.functional as F
 from torch import nn
 
 PARAM_TOLERANCE = 0.05
+
+# Dense (no sparsity) bf16 tensor-core peaks from the vendors' datasheets, TFLOP/s; matched by substring of
+# torch.cuda.get_device_name(). Anything else needs --peak-tflops.
+PEAK_TFLOPS = {"H200": 989.4, "H100 SXM": 989.4, "H100 PCIe": 756.0, "H100": 989.4, "A100": 312.0}
+
+
+@dataclass
+class Runtime:
+    """Where and how both sides run: device, autocast precision, torch.compile."""
+
+    device: str = "cpu"
+    precision: str = "fp32"
+    compile: bool = False
+    compile_backend: str = "inductor"
+
+    def __post_init__(self):
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise RuntimeError("--device cuda: no CUDA device is visible to torch")
+
+    def autocast(self):
+        import contextlib
+
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=torch.device(self.device).type, dtype=torch.bfloat16)
+
+    def sync(self) -> None:
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    def prepare(self, side: Side, batch: dict) -> tuple[Side, dict]:
+        model = side.model.to(self.device)
+        if self.compile:
+            model = torch.compile(model, backend=self.compile_backend)
+        batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        return Side(model, side.forward), batch
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -165,6 +210,7 @@ def _dit_case(size: str) -> Case:
             hidden=384, depth=12, heads=6, res=32, patch=2, in_ch=4, classes=1000, batch=8
         ),  # DiT-S/2
         "ddpm": dict(hidden=384, depth=12, heads=6, res=32, patch=2, in_ch=4, classes=1000, batch=8),
+        "b2": dict(hidden=768, depth=12, heads=12, res=32, patch=2, in_ch=4, classes=1000, batch=64),  # DiT-B/2
     }
     c = cfgs[size]
 
@@ -375,17 +421,19 @@ def build_case(name: str, size: str) -> Case:
 
 
 # ----------------------------------------------------------------------------------------------- steps
-def make_train_step(side: Side, batch: dict) -> Callable[[], None]:
+def make_train_step(side: Side, batch: dict, rt: Runtime | None = None) -> Callable[[], None]:
+    rt = rt or Runtime()
     model = side.model.train()
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     target = None
 
     def step():
         nonlocal target
-        out = side.forward(model, batch)
+        with rt.autocast():
+            out = side.forward(model, batch)
         if target is None:
-            target = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
-        loss = F.mse_loss(out, target)
+            target = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out.device)
+        loss = F.mse_loss(out.float(), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -393,21 +441,22 @@ def make_train_step(side: Side, batch: dict) -> Callable[[], None]:
     return step
 
 
-def make_sample_step(side: Side, batch: dict) -> Callable[[], None]:
+def make_sample_step(side: Side, batch: dict, rt: Runtime | None = None) -> Callable[[], None]:
+    rt = rt or Runtime()
     model = side.model.eval()
 
     def step():
-        with torch.no_grad():
+        with torch.no_grad(), rt.autocast():
             side.forward(model, batch)
 
     return step
 
 
 def time_interleaved(
-    steps: dict[str, Callable[[], None]], repeats: int, warmup: int
+    steps: dict[str, Callable[[], None]], repeats: int, warmup: int, sync: Callable[[], None] = lambda: None
 ) -> dict[str, list[float]]:
     """Run each step ``warmup`` times, then ``repeats`` rounds alternating the order (ABBA...), returning
-    per-step wall times in seconds."""
+    per-step wall times in seconds (``sync`` waits for the device before and after each step)."""
     names = list(steps)
     for _ in range(warmup):
         for n in names:
@@ -416,8 +465,10 @@ def time_interleaved(
     for r in range(repeats):
         order = names if r % 2 == 0 else names[::-1]
         for n in order:
+            sync()
             t0 = time.perf_counter()
             steps[n]()
+            sync()
             times[n].append(time.perf_counter() - t0)
     return times
 
@@ -487,7 +538,9 @@ def bench_case(
     threads: int = 1,
     memory: bool = True,
     log=print,
+    rt: Runtime | None = None,
 ) -> dict:
+    rt = rt or Runtime()
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     case = build_case(case_name, size)
@@ -498,19 +551,25 @@ def bench_case(
         f"({100 * (params['ratio'] - 1):+.1f}%{'' if params['within_tol'] else ', NOT within 5%'})"
     )
     batch = case.batch()
+    ours, batch_ours = rt.prepare(ours, batch)
+    theirs, batch_theirs = rt.prepare(theirs, batch)
     row = {
         "case": case.name,
         "size": size,
         "config": case.config,
         "note": case.note,
         "params": params,
+        "device": rt.device,
+        "precision": rt.precision,
+        "compile": rt.compile,
         "threads": threads,
         "repeats": repeats,
         "warmup": warmup,
         "load_before": loadavg(),
     }
     for mode, make in (("sample", make_sample_step), ("train", make_train_step)):
-        times = time_interleaved({"ours": make(ours, batch), "theirs": make(theirs, batch)}, repeats, warmup)
+        times = time_interleaved({"ours": make(ours, batch_ours, rt), "theirs": make(theirs, batch_theirs, rt)},
+                                 repeats, warmup, rt.sync)
         med = {k: statistics.median(v) for k, v in times.items()}
         # ratio of medians, plus the median of the per-round ratios (robust to load drift between rounds)
         per_round = [a / b for a, b in zip(times["ours"], times["theirs"])]
@@ -525,6 +584,22 @@ def bench_case(
             f"   {mode:6s} ours {med['ours'] * 1e3:8.1f} ms  theirs {med['theirs'] * 1e3:8.1f} ms  "
             f"ratio {row[mode]['ratio']:.2f} (per-round median {row[mode]['ratio_per_round_median']:.2f})"
         )
+    if memory and rt.device.startswith("cuda"):  # in-process: the CUDA allocator's own peak counter
+        for mode, make in (("sample", make_sample_step), ("train", make_train_step)):
+            peaks = {}
+            for which, side, b in (("ours", ours, batch_ours), ("theirs", theirs, batch_theirs)):
+                step = make(side, b, rt)
+                step()
+                rt.sync()
+                base = torch.cuda.memory_allocated()
+                torch.cuda.reset_peak_memory_stats()
+                step()
+                rt.sync()
+                peaks[which] = torch.cuda.max_memory_allocated() - base
+            row[mode]["mem_ours_bytes"], row[mode]["mem_theirs_bytes"] = peaks["ours"], peaks["theirs"]
+            row[mode]["mem_ratio"] = peaks["ours"] / max(peaks["theirs"], 1)
+            log(f"   {mode:6s} peak CUDA mem ratio {row[mode]['mem_ratio']:.2f}")
+        memory = False
     del ours, theirs
     gc.collect()
     if memory:
@@ -541,6 +616,60 @@ def bench_case(
             )
     row["load_after"] = loadavg()
     return row
+
+
+def train_step_flops(side: Side, batch: dict, rt: Runtime | None = None) -> int:
+    """FLOPs of one training step's forward + backward (``torch.utils.flop_counter``: 2 per multiply-add of
+    matmuls, convolutions and attention; element-wise work and the optimiser are not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    rt = rt or Runtime()
+    model = side.model.train()
+    with FlopCounterMode(display=False) as counter:
+        with rt.autocast():
+            out = side.forward(model, batch)
+        out.float().pow(2).mean().backward()
+    model.zero_grad(set_to_none=True)
+    return int(counter.get_total_flops())
+
+
+def peak_flops(device: str, override_tflops: float | None = None) -> tuple[float | None, str]:
+    """The device's dense bf16 peak in FLOP/s and where the number came from."""
+    if override_tflops:
+        return float(override_tflops) * 1e12, "--peak-tflops"
+    if not device.startswith("cuda"):
+        return None, "no datasheet peak for a CPU: pass --peak-tflops"
+    name = torch.cuda.get_device_name(torch.device(device))
+    for key, tflops in PEAK_TFLOPS.items():
+        if key in name:
+            return tflops * 1e12, f"datasheet dense bf16 peak of {key} ({name})"
+    return None, f"unknown device {name!r}: pass --peak-tflops"
+
+
+def dit_mfu(size: str = "b2", rt: Runtime | None = None, repeats: int = 10, warmup: int = 3,
+            peak_tflops: float | None = None, batch_size: int | None = None, log=print) -> dict:
+    """Training throughput and model-FLOPs utilisation of our DiT at ``size`` (DiT-B/2 by default)."""
+    rt = rt or Runtime()
+    torch.manual_seed(0)
+    case = build_case("dit", size)
+    if batch_size:
+        case.config["batch"] = int(batch_size)
+    raw, batch = rt.prepare(case.ours(), case.batch())
+    flops = train_step_flops(Side(raw.model._orig_mod if rt.compile else raw.model, raw.forward), batch, rt)
+    times = time_interleaved({"ours": make_train_step(raw, batch, rt)}, repeats, warmup, rt.sync)["ours"]
+    step_s = statistics.median(times)
+    peak, source = peak_flops(rt.device, peak_tflops)
+    achieved = flops / step_s
+    out = {"case": case.name, "config": case.config, "device": rt.device, "precision": rt.precision,
+           "compile": rt.compile, "train_flops_per_step": flops, "step_s": step_s, "times": times,
+           "images_per_s": case.config["batch"] / step_s, "achieved_tflops": achieved / 1e12,
+           "peak_tflops": None if peak is None else peak / 1e12, "peak_source": source,
+           "mfu": None if peak is None else achieved / peak}
+    log(f"== MFU {case.name} batch {case.config['batch']} {rt.device} {rt.precision}"
+        f"{' compiled' if rt.compile else ''}: {flops / 1e9:.1f} GFLOP/step, {step_s * 1e3:.1f} ms/step, "
+        f"{out['images_per_s']:.1f} img/s, {achieved / 1e12:.2f} TFLOP/s"
+        + ("" if peak is None else f", MFU {100 * out['mfu']:.1f}% of {peak / 1e12:g} TFLOP/s ({source})"))
+    return out
 
 
 def format_table(rows: list[dict]) -> str:
@@ -576,6 +705,13 @@ def main(argv: list[str] | None = None) -> dict | None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16: autocast on both sides")
+    ap.add_argument("--compile", action="store_true", help="torch.compile both sides")
+    ap.add_argument("--mfu", action="store_true", help="also: our DiT's training MFU (--mfu-size, default B/2)")
+    ap.add_argument("--mfu-size", default="b2", choices=["tiny", "small", "b2"])
+    ap.add_argument("--mfu-batch", type=int, default=None)
+    ap.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (default: by name)")
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--out", default="outputs/bench/bench.json")
     ap.add_argument("--_memory", nargs=4, metavar=("CASE", "SIZE", "WHICH", "MODE"), help=argparse.SUPPRESS)
@@ -586,8 +722,12 @@ def main(argv: list[str] | None = None) -> dict | None:
 
     from shared.engine.results import provenance
 
+    try:
+        rt = Runtime(args.device, args.precision, args.compile)
+    except (RuntimeError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
     rows = [
-        bench_case(c, args.size, args.repeats, args.warmup, args.threads, not args.no_memory)
+        bench_case(c, args.size, args.repeats, args.warmup, args.threads, not args.no_memory, rt=rt)
         for c in args.cases
     ]
     table = format_table(rows)
@@ -602,8 +742,14 @@ def main(argv: list[str] | None = None) -> dict | None:
         "memory_method": "peak RSS increase during the 2nd step in a fresh process "
         "(VmHWM after clear_refs=5, "
         "MALLOC_MMAP_THRESHOLD_=65536)",
+        "device": args.device,
+        "precision": args.precision,
+        "compile": args.compile,
         **provenance(),
     }
+    if args.mfu:
+        record["mfu"] = dit_mfu(args.mfu_size, rt, max(args.repeats, 3), args.warmup, args.peak_tflops,
+                                args.mfu_batch)
     try:
         import diffusers
 
