@@ -82,9 +82,10 @@ consistency_models: $(STAMP)  ## consistency distillation and consistency traini
 few_step_table: $(STAMP)  ## FD_judge vs NFE for every few-step method (from committed results)
 	$(PY) -m shared.engine.few_step_table
 
-dit: $(STAMP)  ## DiT: FD vs Gflops over sizes x patches, conditioning ablation
+dit: $(STAMP)  ## DiT: FD vs Gflops over sizes x patches, conditioning ablation, CFG class accuracy
 	$(TRAIN) experiment=dit/digits_scaling
 	$(TRAIN) experiment=dit/digits_conditioning
+	$(TRAIN) experiment=dit/digits_guidance
 	$(TRAIN) experiment=dit/gflops_table
 	$(PY) -m shared.engine.report --paper dit
 
