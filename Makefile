@@ -29,8 +29,8 @@ install: $(STAMP)  ## create .venv and install the package with its pinned depen
 test: $(STAMP)  ## run the test suite (claim checks excluded; about 10 minutes on 2 cores)
 	$(PY) -m pytest -q --timeout=900
 
-claims: $(STAMP)  ## run every claim check (slow) and assert the papers' directions
-	$(PY) -m pytest -q -m claims --timeout=7200
+claims: $(STAMP)  ## run every claim check (slow) and assert the papers' directions; two at a time, one thread each
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m claims -n 2 --dist loadfile --timeout=7200
 
 lint: $(STAMP)  ## ruff over the project
 	$(VENV)/bin/ruff check papers shared tests

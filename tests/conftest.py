@@ -50,28 +50,50 @@ def run_claim(experiment: str, tmp_path, *overrides: str) -> dict:
 # and the total is printed at the end (issue: every tier-1 claim <= 10 min, all together <= 60 min).
 CLAIM_BUDGET_S = 600.0
 _CLAIM_TIMES: dict[str, dict] = {}
+_SUITE_T0 = 0.0
+_WORKERS = 1
 
 
 def pytest_runtest_logreport(report):
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # under xdist the controller records every worker's reports
+        return
     if report.when == "call" and "claims" in report.keywords:
         _CLAIM_TIMES[report.nodeid] = {"wall_time_s": round(report.duration, 1), "outcome": report.outcome}
+        _write_timings()  # after every claim, so an interrupted suite keeps what finished
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    if not _CLAIM_TIMES:
-        return
+def _write_timings() -> dict:
     import json
     import time
 
     total = sum(v["wall_time_s"] for v in _CLAIM_TIMES.values())
     out = ROOT / "outputs" / "claims"
     out.mkdir(parents=True, exist_ok=True)
-    record = {"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "cpus": os.cpu_count(), "total_s": round(total, 1),
-              "budget_per_claim_s": CLAIM_BUDGET_S, "claims": _CLAIM_TIMES}
+    record = {"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "cpus": os.cpu_count(),
+              "parallel_workers": _WORKERS, "total_s": round(total, 1),
+              "suite_wall_s": round(time.time() - _SUITE_T0, 1), "budget_per_claim_s": CLAIM_BUDGET_S,
+              "claims": _CLAIM_TIMES}
     (out / "timings.json").write_text(json.dumps(record, indent=2))
+    return record
+
+
+def pytest_sessionstart(session):
+    import time
+
+    global _SUITE_T0, _WORKERS
+    _SUITE_T0 = time.time()
+    _WORKERS = getattr(session.config.option, "numprocesses", None) or 1
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if not _CLAIM_TIMES:
+        return
+    record = _write_timings()
+    total, out = record["total_s"], ROOT / "outputs" / "claims"
     tr = terminalreporter
     tr.section("claim-suite wall times")
     for nodeid, v in sorted(_CLAIM_TIMES.items(), key=lambda kv: -kv[1]["wall_time_s"]):
         flag = "  OVER 10 min" if v["wall_time_s"] > CLAIM_BUDGET_S else ""
         tr.write_line(f"{v['wall_time_s']:8.1f} s  {v['outcome']:7s} {nodeid}{flag}")
-    tr.write_line(f"{total:8.1f} s  total ({total / 60:.1f} min) -> {out / 'timings.json'}")
+    tr.write_line(f"{total:8.1f} s  sum of claim tests ({total / 60:.1f} min); suite wall "
+                  f"{record['suite_wall_s'] / 60:.1f} min -> {out / 'timings.json'}")

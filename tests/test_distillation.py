@@ -197,10 +197,8 @@ def _results(paper):
 
 
 @pytest.mark.claims
-def test_claim_knowledge_distillation():
-    from shared.engine.train import run
-    rec = run(compose(["experiment=knowledge_distillation/digits_claim"]))
-    t = rec["metrics"]["fd_vs_nfe"]
+def test_claim_knowledge_distillation(tmp_path):
+    t = run_claim("knowledge_distillation/digits_claim", tmp_path)["fd_vs_nfe"]
     for s1, d1, d2 in zip(t["KD student"]["1"]["per_seed"], t["DDIM (EDM teacher)"]["1"]["per_seed"],
                           t["DDIM (EDM teacher)"]["2"]["per_seed"]):
         assert s1 < 0.5 * d1 and s1 < 0.5 * d2
