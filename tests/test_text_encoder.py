@@ -249,3 +249,28 @@ def test_paper_scale_text_to_video_configs_load_a_local_sd_folder_and_train(expe
         b = module.training_loss({**batch, "caption": ["" for _ in batch["caption"]]}, torch.Generator().manual_seed(0))
     assert torch.isfinite(a) and a != b  # the caption changes the prediction
     run(cfg)
+
+
+def test_sample_grid_passes_captions_to_a_text_conditioned_module(tmp_path):
+    """The periodic sample grid of a text model samples with captions (configured, else the first batch's) —
+    without them SD's cross-attention would get no context."""
+    from types import SimpleNamespace
+
+    from shared.engine.callbacks import SampleGrid
+
+    m = text_module().eval()
+    seen = {}
+    real_sample = m.sample
+
+    def spy(n, **kw):
+        seen.update(kw)
+        return real_sample(n, **{**kw, "sampler": {"name": "ddim", "steps": 2, "eta": 0.0}})
+
+    m.sample = spy
+    trainer = SimpleNamespace(is_global_zero=True, fast_dev_run=False, default_root_dir=str(tmp_path), global_step=1)
+    cb = SampleGrid(every_n_steps=1, n=3, guidance_scale=2.0)
+    cb.on_train_batch_end(trainer, m, None, {"x": torch.zeros(2, 1, 8, 8), "caption": CAPTIONS}, 0)
+    assert seen["captions"] == [CAPTIONS[0], CAPTIONS[1], CAPTIONS[0]] and seen["guidance_scale"] == 2.0
+    assert (tmp_path / "samples" / "step0000001.png").exists()
+    SampleGrid(n=2, captions=["a cat"])._save(trainer, m, "final")
+    assert seen["captions"] == ["a cat", "a cat"]

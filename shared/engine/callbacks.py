@@ -9,11 +9,21 @@ import torch
 
 class SampleGrid(pl.Callback):
     """Every ``every_n_steps`` (and at the end of training) sample ``n`` items with the module's sampler and
-    save a grid under ``<run_dir>/samples``; videos (B, C, T, H, W) are saved as GIFs."""
+    save a grid under ``<run_dir>/samples``; videos (B, C, T, H, W) are saved as GIFs.
+
+    Class-conditional networks get labels ``0, 1, ...``; a text-conditioned module (``module.text_encoder``) gets
+    ``captions`` (cycled to ``n``) or, if none are configured, the captions of the first training batch, guided at
+    ``guidance_scale``."""
 
     def __init__(self, every_n_steps: int = 0, n: int = 16, seed: int = 0, steps: int | None = None,
-                 out_dir: str | None = None):
+                 out_dir: str | None = None, captions: list[str] | None = None, guidance_scale: float = 1.0):
         self.every, self.n, self.seed, self.steps, self.out_dir = every_n_steps, n, seed, steps, out_dir
+        self.captions, self.guidance_scale = list(captions) if captions else None, float(guidance_scale)
+        self._seen_captions: list[str] | None = None
+
+    def sample_captions(self) -> list[str] | None:
+        caps = self.captions or self._seen_captions
+        return None if not caps else [caps[i % len(caps)] for i in range(self.n)]
 
     def _save(self, trainer, module, tag):
         if not trainer.is_global_zero or module.sample_shape is None or trainer.fast_dev_run:
@@ -25,6 +35,9 @@ class SampleGrid(pl.Callback):
         kw = {}
         if getattr(module.net, "num_classes", None):
             kw["y"] = torch.arange(self.n, device=module.device) % module.net.num_classes
+        if getattr(module, "text_encoder", None) is not None:
+            kw["captions"] = self.sample_captions() or [""] * self.n  # no caption seen yet: unconditional
+            kw["guidance_scale"] = self.guidance_scale
         was_training = module.training
         module.eval()
         x = module.sample(self.n, sampler=sampler, generator=g, **kw)
@@ -38,6 +51,8 @@ class SampleGrid(pl.Callback):
             save_image_grid(x.cpu(), out / f"{tag}.png", nrow=nrow)
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if self._seen_captions is None and isinstance(batch, dict) and "caption" in batch:
+            self._seen_captions = [str(c) for c in batch["caption"]]
         if self.every and trainer.global_step % self.every == 0:
             self._save(trainer, module, f"step{trainer.global_step:07d}")
 
