@@ -57,8 +57,15 @@ _WORKERS = 1
 def pytest_runtest_logreport(report):
     if os.environ.get("PYTEST_XDIST_WORKER"):  # under xdist the controller records every worker's reports
         return
-    if report.when == "call" and "claims" in report.keywords:
-        _CLAIM_TIMES[report.nodeid] = {"wall_time_s": round(report.duration, 1), "outcome": report.outcome}
+    if "claims" not in report.keywords:
+        return
+    # setup counts too: a module-scoped fixture (one claim run shared by several tests) runs in its first test's setup
+    rec = _CLAIM_TIMES.setdefault(report.nodeid, {"wall_time_s": 0.0, "outcome": "passed"})
+    rec["wall_time_s"] = round(rec["wall_time_s"] + report.duration, 1)
+    if report.when == "call" or report.outcome != "passed":
+        xfail = getattr(report, "wasxfail", None) is not None
+        rec["outcome"] = ("xfailed" if report.skipped else "xpassed") if xfail else report.outcome
+    if report.when == "teardown":
         _write_timings()  # after every claim, so an interrupted suite keeps what finished
 
 
