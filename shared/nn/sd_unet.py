@@ -259,6 +259,25 @@ def compvis_to_ours(state_dict: dict[str, torch.Tensor], unet: UNet) -> dict[str
 
 
 # ------------------------------------------------------------------------------------------ loading
+def find_component(path: str | Path, sub: str, names: tuple[str, ...], what: str) -> tuple[Path, dict | None]:
+    """One component of a local Stable Diffusion folder in diffusers layout: ``(weights file, config.json)`` from
+    ``<path>/<sub>/`` or from the component folder itself (the first of ``names`` present; sharded or
+    fp16-variant folders are not supported); a file path comes back as is with no config."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no {what} weights at {path} (a diffusers folder or a .safetensors/.ckpt file)")
+    if not path.is_dir():
+        return path, None
+    folder = path / sub if (path / sub / "config.json").exists() else path
+    if not (folder / "config.json").exists():
+        raise FileNotFoundError(f"{path} has neither {sub}/config.json nor config.json (a diffusers {what} folder)")
+    weights = next((folder / n for n in names if (folder / n).exists()), None)
+    if weights is None:
+        raise FileNotFoundError(f"{folder} has no {' or '.join(names)} (sharded or fp16-variant folders are not "
+                                "supported)")
+    return weights, json.loads((folder / "config.json").read_text())
+
+
 def load_sd_unet(path: str | Path, **overrides) -> UNet:
     """Our :class:`UNet` with SD weights from a local path (no downloads):
 
@@ -269,25 +288,16 @@ def load_sd_unet(path: str | Path, **overrides) -> UNet:
 
     ``overrides`` replace U-Net arguments (e.g. ``use_checkpoint=True``; ``image_size`` only moves which
     resolutions count as attention levels, so change it together with ``attention_resolutions``)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no SD U-Net weights at {path} (a diffusers folder or a .safetensors/.ckpt file)")
-    if path.is_dir():
-        folder = path / "unet" if (path / "unet" / "config.json").exists() else path
-        if not (folder / "config.json").exists():
-            raise FileNotFoundError(f"{path} has neither unet/config.json nor config.json (a diffusers UNet folder)")
-        files = [folder / n for n in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")]
-        weights = next((f for f in files if f.exists()), None)
-        if weights is None:
-            raise FileNotFoundError(f"{folder} has no diffusion_pytorch_model.safetensors (sharded or fp16-variant "
-                                    "folders are not supported)")
-        kwargs = kwargs_from_diffusers_config(json.loads((folder / "config.json").read_text()))
+    weights, config = find_component(path, "unet", ("diffusion_pytorch_model.safetensors",
+                                                     "diffusion_pytorch_model.bin"), "SD U-Net")
+    if config is not None:
+        kwargs = kwargs_from_diffusers_config(config)
         kwargs.update(overrides)
         unet = UNet(**kwargs)
         state = diffusers_to_ours(read_state_dict(weights), unet)
     else:
         unet = UNet(**sd15_unet_kwargs(**overrides))
-        raw = read_state_dict(path)
+        raw = read_state_dict(weights)
         compvis = any(k.startswith(("model.diffusion_model.", "input_blocks.")) for k in raw)
         state = compvis_to_ours(raw, unet) if compvis else diffusers_to_ours(raw, unet)
     unet.load_state_dict(state, strict=True)

@@ -22,7 +22,6 @@ the null condition of classifier-free guidance (SD's convention), and training d
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -219,20 +218,11 @@ def load_clip_text_encoder(path: str | Path, **overrides) -> CLIPTextEncoder:
 
     Keys are matched strictly: a missing or unexpected tensor, or a shape mismatch, is a one-line error."""
     from shared.nn.autoencoder import read_state_dict
+    from shared.nn.sd_unet import find_component
 
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no CLIP text-encoder weights at {path} (an SD folder or a .safetensors/.ckpt file)")
-    if path.is_dir():
-        folder = path / "text_encoder" if (path / "text_encoder" / "config.json").exists() else path
-        if not (folder / "config.json").exists():
-            raise FileNotFoundError(f"{path} has neither text_encoder/config.json nor config.json")
-        weights = next((f for f in (folder / "model.safetensors", folder / "pytorch_model.bin") if f.exists()), None)
-        if weights is None:
-            raise FileNotFoundError(f"{folder} has no model.safetensors or pytorch_model.bin")
-        kwargs = {**_config_kwargs(json.loads((folder / "config.json").read_text())), **overrides}
-    else:
-        weights, kwargs = path, sd15_text_encoder_kwargs(**overrides)
+    weights, config = find_component(path, "text_encoder", ("model.safetensors", "pytorch_model.bin"),
+                                     "CLIP text-encoder")
+    kwargs = {**_config_kwargs(config), **overrides} if config else sd15_text_encoder_kwargs(**overrides)
     state = read_state_dict(weights)
     for prefix in _HF_PREFIXES:
         if any(k.startswith(prefix) for k in state):
