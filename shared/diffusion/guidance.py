@@ -7,7 +7,7 @@ empty caption's encoding (``shared.nn.text_encoder``).
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -18,6 +18,15 @@ def drop_labels(y: torch.Tensor, p: float, null_label: int, generator: torch.Gen
         return y
     drop = torch.rand(y.shape, generator=generator, device=y.device) < p
     return torch.where(drop, torch.full_like(y, null_label), y)
+
+
+def drop_captions(captions: Sequence[str], p: float, generator: torch.Generator | None = None) -> list[str]:
+    """Each caption replaced by the empty (null) caption with probability ``p`` (training-time dropout)."""
+    captions = list(captions)
+    if p <= 0:
+        return captions
+    drop = torch.rand(len(captions), generator=generator, device=generator.device if generator else "cpu") < p
+    return ["" if d else c for c, d in zip(captions, drop.tolist())]
 
 
 def cfg_kwargs_net(net: Callable[..., torch.Tensor], cond: dict, uncond: dict, scale: float) -> Callable:

@@ -19,7 +19,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from shared.diffusion.guidance import cfg_kwargs_net, cfg_net, drop_labels
+from shared.diffusion.guidance import cfg_kwargs_net, cfg_net, drop_captions, drop_labels
 from shared.diffusion.losses import diffusion_loss
 from shared.diffusion.parameterization import make_denoiser
 from shared.diffusion.samplers import SAMPLERS
@@ -58,8 +58,6 @@ class DiffusionModule(pl.LightningModule):
     # ------------------------------------------------------------------ text conditioning
     def text_context(self, captions, drop_prob: float = 0.0, generator: torch.Generator | None = None):
         """``(B, L, D)`` context of ``captions``; each dropped to the null (empty) caption with ``drop_prob``."""
-        from shared.nn.text_encoder import drop_captions
-
         if self.text_encoder is None:
             raise ValueError("captions were given but this module has no text encoder (module.text_encoder)")
         return self.text_encoder(drop_captions(captions, drop_prob, generator))

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shared.diffusion.guidance import drop_captions  # noqa: F401  (re-exported: caption dropout)
+
 SOT_ID, EOT_ID, VOCAB_SIZE = 49406, 49407, 49408
 
 __all__ = ["CLIPTokenizer", "CLIPTextEncoder", "TextConditioner", "sd15_text_encoder_kwargs",
@@ -153,15 +155,6 @@ class CLIPTextEncoder(nn.Module):
         for layer in tm.encoder.layers:
             x = layer(x)
         return tm.final_layer_norm(x)
-
-
-def drop_captions(captions: Sequence[str], p: float, generator: torch.Generator | None = None) -> list[str]:
-    """Each caption replaced by the empty (null) caption with probability ``p`` (training-time dropout)."""
-    captions = list(captions)
-    if p <= 0:
-        return captions
-    drop = torch.rand(len(captions), generator=generator, device=generator.device if generator else "cpu") < p
-    return ["" if d else c for c, d in zip(captions, drop.tolist())]
 
 
 class TextConditioner(nn.Module):
