@@ -13,6 +13,7 @@ Protocol (``cfg.claim``, fixed before any outcome was seen). For each seed, in i
    completed videos against the real reference set, per-frame PSNR of the generated frames against the
    world's ground-truth continuation, and the judge's digit accuracy (identity kept from the given frames).
    With ``w_r_sweep``, reconstruction guidance is also scored at each listed weight (same noise).
+   With ``variants: [joint]`` only the extension model is trained (the 16-frame extension follow-up).
 
 The real-vs-real ``FVD_judge`` floor compares two disjoint real test sets of ``num_samples`` videos.
 """
@@ -61,6 +62,7 @@ def seed_job(cfg_dict: dict, seed: int) -> dict:
     unknown_t = [t for t in range(ctx.shape[2]) if t not in set(c.known_frames)]
     run_dir, out = Path(cfg.run_dir), {}
     variants = {"video_only": 0, "joint": int(c.extra_images)}
+    variants = {k: v for k, v in variants.items() if k in (c.get("variants") or variants)}
     for variant, extra in variants.items():
         module = fit_variant(cfg, f"{variant}_seed{seed}", {"data.extra_images": extra}, seed)
         g = torch.Generator().manual_seed(int(c.sample_seed) + int(seed))
@@ -109,8 +111,9 @@ def run(cfg: DictConfig) -> dict:
     per_seed = map_jobs(seed_job, [(cfg_dict, int(s)) for s in c.seeds], workers=int(c.get("workers", 1)))
     for key in per_seed[0]:
         metrics[key] = summarise([r[key] for r in per_seed])
-    metrics["ratio_joint_to_video_only"] = summarise(
-        [r["fvd_judge_joint"] / r["fvd_judge_video_only"] for r in per_seed])
+    if "fvd_judge_joint" in per_seed[0] and "fvd_judge_video_only" in per_seed[0]:
+        metrics["ratio_joint_to_video_only"] = summarise(
+            [r["fvd_judge_joint"] / r["fvd_judge_video_only"] for r in per_seed])
     metrics["ratio_reconstruction_to_replacement"] = summarise(
         [r["ext_fvd_judge_reconstruction"] / r["ext_fvd_judge_replacement"] for r in per_seed])
     record = finish(cfg, metrics, paper="vdm", claim=str(c.name), t0=t0,
