@@ -30,6 +30,11 @@ def test_time_interleaved_alternates_order():
     assert all(len(v) == 3 for v in times.values())
 
 
+def test_ratio_quartiles():
+    assert bench.ratio_iqr([1.2]) == (1.2, 1.2)
+    assert bench.ratio_iqr([1.0, 2.0, 3.0, 4.0, 5.0]) == (2.0, 4.0)
+
+
 def test_tiny_unet2d_runs_end_to_end():
     pytest.importorskip("diffusers")
     threads = torch.get_num_threads()
@@ -42,6 +47,8 @@ def test_tiny_unet2d_runs_end_to_end():
     assert row["params"]["ours"] == row["params"]["theirs"]
     for mode in ("train", "sample"):
         assert row[mode]["ours_s"] > 0 and row[mode]["theirs_s"] > 0 and row[mode]["ratio"] > 0
+        q1, q3 = row[mode]["ratio_per_round_iqr"]
+        assert q1 <= q3
     assert "unet2d[tiny]" in bench.format_table([row])
 
 

@@ -421,6 +421,14 @@ def build_case(name: str, size: str) -> Case:
 
 
 # ----------------------------------------------------------------------------------------------- steps
+def ratio_iqr(per_round: list[float]) -> tuple[float, float]:
+    """First and third quartile of the per-round ratios (the spread behind "on par"); one round: that ratio."""
+    if len(per_round) < 2:
+        return (per_round[0], per_round[0])
+    q = statistics.quantiles(per_round, n=4, method="inclusive")
+    return (q[0], q[2])
+
+
 def make_train_step(side: Side, batch: dict, rt: Runtime | None = None) -> Callable[[], None]:
     rt = rt or Runtime()
     model = side.model.train()
@@ -578,11 +586,14 @@ def bench_case(
             "theirs_s": med["theirs"],
             "ratio": med["ours"] / med["theirs"],
             "ratio_per_round_median": statistics.median(per_round),
+            "ratio_per_round_iqr": ratio_iqr(per_round),
             "times": times,
         }
+        q1, q3 = row[mode]["ratio_per_round_iqr"]
         log(
             f"   {mode:6s} ours {med['ours'] * 1e3:8.1f} ms  theirs {med['theirs'] * 1e3:8.1f} ms  "
-            f"ratio {row[mode]['ratio']:.2f} (per-round median {row[mode]['ratio_per_round_median']:.2f})"
+            f"ratio {row[mode]['ratio']:.2f} (per-round median {row[mode]['ratio_per_round_median']:.2f}, "
+            f"quartiles {q1:.2f}-{q3:.2f})"
         )
     if memory and rt.device.startswith("cuda"):  # in-process: the CUDA allocator's own peak counter
         for mode, make in (("sample", make_sample_step), ("train", make_train_step)):
