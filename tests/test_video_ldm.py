@@ -10,8 +10,9 @@ import torch
 from conftest import compose, run_claim
 
 from papers.video_ldm.data import DigitSubsetMovingDigits
-from papers.video_ldm.module import VideoLDM, save_weights, swap_spatial_weights, video_net
+from papers.video_ldm.module import VideoLDM, swap_spatial_weights, video_net
 from shared.diffusion.schedules import DiscreteVP
+from shared.engine.checkpoint import save_weights
 from shared.nn.autoencoder import AutoencoderKL
 from shared.nn.layers import ResBlock
 from shared.nn.temporal_mix import (

@@ -38,8 +38,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from papers.video_ldm.data import DigitSubsetMovingDigits
-from papers.video_ldm.module import save_weights, swap_spatial_weights
+from papers.video_ldm.module import swap_spatial_weights
 from shared.data.video_worlds import MovingDigits
+from shared.engine.checkpoint import save_weights
 from shared.engine.claims import finish, fit_variant, summarise
 from shared.engine.parallel import map_jobs
 from shared.engine.video_io import save_video_grid

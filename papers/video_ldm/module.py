@@ -57,16 +57,6 @@ class VideoLDM(DiffusionModule):
         return super().training_loss(batch, generator)
 
 
-def save_weights(module: nn.Module, path: str | Path) -> Path:
-    """``module.state_dict()`` as a safetensors file (how one stage hands its weights to the next)."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}, str(path))
-    return path
-
-
 def load_image_net(net: nn.Module, weights: str | Path | None) -> nn.Module:
     """Load an image U-Net's weights (a safetensors/torch state dict of the bare net) strictly."""
     if weights:

@@ -61,6 +61,16 @@ def load_state_dict_strict(model: torch.nn.Module, state: dict, strict: bool = T
     model.load_state_dict(state, strict=False)
 
 
+def save_weights(module: torch.nn.Module, path: str | Path) -> Path:
+    """``module.state_dict()`` as a safetensors file (how one stage hands its weights to the next)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}, str(path))
+    return path
+
+
 def module_from_checkpoint(path, map_location="cpu"):
     """Rebuild the LightningModule a checkpoint came from, using only the config stored inside it."""
     from hydra.utils import instantiate
