@@ -15,10 +15,10 @@ around it (Sec. 3.1 and 4, "Training" / "Diffusion"):
   through
   :func:`shared.diffusion.samplers.ddpm_learned_variance_sample`, or any shared sampler on the eps channels;
   CFG (Sec. 3.1, "Classifier-free guidance") guides the eps channels and keeps the conditional ``v``;
-* latent space: with an ``autoencoder`` (e.g. the Stable Diffusion VAE from a local folder) the data are
-  encoded to ``latent_scale * z`` before the loss and samples are decoded; without one, DiT runs in pixel
-  space
-  (the digits claim check).
+* latent space: the shared wrapper ``shared.diffusion.latent.latent_diffusion(base=DiTModule)`` encodes
+  batches with a frozen KL autoencoder (the Stable Diffusion VAE from a local file at paper scale, a small one
+  trained on the digits in ``experiments/dit/digits_latent.yaml``) and decodes samples; without it DiT runs
+  in pixel space (the digits scaling / ablation / guidance checks).
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 
 from shared.diffusion.guidance import drop_labels
 from shared.diffusion.losses import diffusion_loss
@@ -115,9 +114,10 @@ class DiTModule(DiffusionModule):
         vlb_weight: weight of the per-step VLB term when the net has ``learn_sigma`` (official code: 1).
         learned_variance_sampling: sample ``ddpm`` with the learned variance (else the fixed ``variance``
         option).
-        autoencoder: a frozen module with ``encode``/``decode`` (latent DiT); ``None`` = pixel space.
-        latent_scale: multiplies the autoencoder's latents (Stable Diffusion's VAE: 0.18215, set in the
-        config).
+
+    Latent DiT = this module inside the shared latent wrapper (``shared.diffusion.latent.latent_diffusion``
+    with ``base: papers.dit.module.DiTModule``): batches are encoded before :meth:`training_loss`, samples
+    decoded after :meth:`sample`. On its own the module works on whatever tensors it is given (pixels).
     """
 
     def __init__(
@@ -125,8 +125,6 @@ class DiTModule(DiffusionModule):
         *args,
         vlb_weight: float = 1.0,
         learned_variance_sampling: bool = True,
-        autoencoder: nn.Module | None = None,
-        latent_scale: float = 1.0,
         **kwargs,
     ):
         kwargs.setdefault("prediction", "eps")
@@ -136,30 +134,10 @@ class DiTModule(DiffusionModule):
             raise ValueError("learn_sigma splits the output into (eps, v): use prediction=eps")
         self.vlb_weight, self.learned_variance_sampling = vlb_weight, learned_variance_sampling
         self.vlb = LearnedVarianceTerms(self.schedule) if self.learn_sigma else None
-        self.autoencoder = autoencoder.eval().requires_grad_(False) if autoencoder is not None else None
-        self.latent_scale = latent_scale
-
-    # ------------------------------------------------------------------ latent space
-    @torch.no_grad()
-    def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        if self.autoencoder is None:
-            return x
-        z = self.autoencoder.encode(x)
-        z = getattr(z, "latent_dist", z)  # diffusers AutoencoderKL returns an output wrapper
-        if hasattr(z, "sample"):
-            z = z.sample(generator) if "generator" in z.sample.__code__.co_varnames else z.sample()
-        return z * self.latent_scale
-
-    @torch.no_grad()
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        if self.autoencoder is None:
-            return z
-        x = self.autoencoder.decode(z / self.latent_scale)
-        return getattr(x, "sample", x)
 
     # ------------------------------------------------------------------ training
     def training_loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
-        x0 = self.encode(batch["x"], generator)
+        x0 = batch["x"]
         kw = {}
         if "y" in batch and getattr(self.net, "num_classes", None):
             kw["y"] = drop_labels(batch["y"], self.cond_drop_prob, self.net.null_label, generator)
@@ -242,8 +220,7 @@ class DiTModule(DiffusionModule):
     ) -> torch.Tensor:
         cfg = {**self.sampler_cfg, **(sampler or {})}
         if not (self.learn_sigma and self.learned_variance_sampling and cfg["name"] == "ddpm"):
-            z = super().sample(n, x_T, sampler, generator, y, guidance_scale, use_ema, batch_size)
-            return self.decode(z)
+            return super().sample(n, x_T, sampler, generator, y, guidance_scale, use_ema, batch_size)
         if x_T is None:
             x_T = self.noise(n, generator)
         outs = []
@@ -255,4 +232,4 @@ class DiTModule(DiffusionModule):
                     den, x_T[i : i + batch_size], self.schedule, cfg["steps"], generator=generator
                 )
             )
-        return self.decode(torch.cat(outs))
+        return torch.cat(outs)
