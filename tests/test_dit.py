@@ -46,6 +46,16 @@ def batch(net, b=4):
 
 
 # ------------------------------------------------------------------ blocks
+def test_fused_modulation_and_gated_residual_equal_the_paper_expressions():
+    from shared.nn.transformer import gated_residual, modulate
+
+    g = torch.Generator().manual_seed(0)
+    x, h = torch.randn(3, 5, 16, generator=g), torch.randn(3, 5, 16, generator=g)
+    shift, scale, gate = (torch.randn(3, 16, generator=g) for _ in range(3))
+    assert torch.allclose(modulate(x, shift, scale), x * (1 + scale[:, None]) + shift[:, None], atol=1e-6)
+    assert torch.allclose(gated_residual(x, gate, h), x + gate[:, None] * h, atol=1e-6)
+
+
 def test_adaln_zero_blocks_are_identity_at_init():
     net = small()
     x, t, y = batch(net)

@@ -85,8 +85,16 @@ def unpatchify(
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """adaLN: ``x * (1 + scale) + shift`` with per-sample (B, D) parameters over (B, T, D) tokens."""
-    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+    """adaLN: ``x * (1 + scale) + shift`` with per-sample (B, D) parameters over (B, T, D) tokens.
+
+    One fused ``addcmul`` (no (B, T, D) temporary for ``x * (1 + scale)``): on CPU, modulation plus gated
+    residual forward + backward took 0.68x the time of the unfused expression (README, Performance)."""
+    return torch.addcmul(shift.unsqueeze(1), x, 1 + scale.unsqueeze(1))
+
+
+def gated_residual(x: torch.Tensor, gate: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """adaLN-Zero's residual ``x + gate * h`` with a per-sample (B, D) gate, as one fused ``addcmul``."""
+    return torch.addcmul(x, gate.unsqueeze(1), h)
 
 
 # ---------------------------------------------------------------------------------------------- embedders
@@ -163,8 +171,8 @@ class DiTBlock(nn.Module):
             shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(
                 6, dim=1
             )
-            x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))
-            return x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+            x = gated_residual(x, gate_msa, self.attn(modulate(self.norm1(x), shift_msa, scale_msa)))
+            return gated_residual(x, gate_mlp, self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))
         if self.conditioning == "adaln":
             shift_msa, scale_msa, shift_mlp, scale_mlp = self.adaLN_modulation(c).chunk(4, dim=1)
             x = x + self.attn(modulate(self.norm1(x), shift_msa, scale_msa))
