@@ -56,6 +56,18 @@ def test_fused_modulation_and_gated_residual_equal_the_paper_expressions():
     assert torch.allclose(gated_residual(x, gate, h), x + gate[:, None] * h, atol=1e-6)
 
 
+def test_tokens_enter_the_blocks_contiguous():
+    """timm's PatchEmbed hands back a transposed view; DiT makes it contiguous once (else every block's
+    LayerNorm and linear copy their input - the CPU speed fix in README, Performance)."""
+    net = small()
+    seen = []
+    net.blocks[0].register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous()))
+    x, t, y = batch(net)
+    assert not net.x_embedder(x).is_contiguous()
+    net(x, t, y)
+    assert seen == [True]
+
+
 def test_adaln_zero_blocks_are_identity_at_init():
     net = small()
     x, t, y = batch(net)
