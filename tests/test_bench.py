@@ -35,6 +35,21 @@ def test_ratio_quartiles():
     assert bench.ratio_iqr([1.0, 2.0, 3.0, 4.0, 5.0]) == (2.0, 4.0)
 
 
+def test_live_tensor_peak_counts_storages_alive_together():
+    mib = 2**20
+
+    def step():
+        a = torch.empty(mib // 4)  # 1 MiB of float32
+        b = torch.empty(mib // 4)
+        b.view(2, -1).t()  # views share the storage: no new bytes
+        del a
+        c = torch.empty(mib // 4)
+        return b, c
+
+    peak = bench.live_tensor_peak(step)
+    assert peak["peak_bytes"] == 2 * mib and "empty" in peak["peak_op"]
+
+
 def test_tiny_unet2d_runs_end_to_end():
     pytest.importorskip("diffusers")
     threads = torch.get_num_threads()

@@ -46,6 +46,7 @@ import statistics
 import subprocess
 import sys
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 PARAM_TOLERANCE = 0.05
 
@@ -611,6 +614,19 @@ def bench_case(
             row[mode]["mem_ratio"] = peaks["ours"] / max(peaks["theirs"], 1)
             log(f"   {mode:6s} peak CUDA mem ratio {row[mode]['mem_ratio']:.2f}")
         memory = False
+    if memory:  # CPU: the allocator-independent live-tensor peak, in this process
+        for mode, make in (("sample", make_sample_step), ("train", make_train_step)):
+            live = {}
+            for which, side, b in (("ours", ours, batch_ours), ("theirs", theirs, batch_theirs)):
+                step = make(side, b, rt)
+                step()  # optimiser state and caches exist before the measured step
+                live[which] = live_tensor_peak(step)
+            row[mode]["live_peak"] = live
+            row[mode]["live_peak_ratio"] = live["ours"]["peak_bytes"] / max(live["theirs"]["peak_bytes"], 1)
+            log(
+                f"   {mode:6s} live-tensor peak ours {live['ours']['peak_bytes'] / 2**20:8.1f} MiB  theirs "
+                f"{live['theirs']['peak_bytes'] / 2**20:8.1f} MiB  ratio {row[mode]['live_peak_ratio']:.2f}"
+            )
     del ours, theirs
     gc.collect()
     if memory:
@@ -627,6 +643,49 @@ def bench_case(
             )
     row["load_after"] = loadavg()
     return row
+
+
+class LiveTensorPeak(TorchDispatchMode):
+    """Peak bytes of the tensor storages alive while the ops under it run, and the op at the peak.
+
+    Only storages created under the mode count (weights, buffers and inputs made before do not): the memory of
+    a step as the program holds it, independent of the allocator — the RSS measure above also sees freed
+    buffers the allocator keeps. Storages are counted once (views share them) and leave when Python frees them.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.current = self.peak = 0
+        self.peak_op: str | None = None
+        self._live: set[int] = set()
+
+    def _free(self, key: int, nbytes: int) -> None:
+        self.current -= nbytes
+        self._live.discard(key)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if not isinstance(t, torch.Tensor):
+                continue
+            st = t.untyped_storage()
+            key, nbytes = st.data_ptr(), st.nbytes()
+            if nbytes == 0 or key in self._live:
+                continue
+            self._live.add(key)
+            self.current += nbytes
+            weakref.finalize(st, self._free, key, nbytes)
+        if self.current > self.peak:
+            self.peak, self.peak_op = self.current, str(func)
+        return out
+
+
+def live_tensor_peak(step: Callable[[], None]) -> dict:
+    """``{"peak_bytes", "peak_op"}`` of one call of ``step`` under :class:`LiveTensorPeak`."""
+    mode = LiveTensorPeak()
+    with mode:
+        step()
+    return {"peak_bytes": mode.peak, "peak_op": mode.peak_op}
 
 
 def train_step_flops(side: Side, batch: dict, rt: Runtime | None = None) -> int:
