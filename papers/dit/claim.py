@@ -48,6 +48,37 @@ def draw(module, n: int, sampler: dict, seed: int, guidance_scale: float = 1.0, 
     return x, y
 
 
+class GuidanceScores:
+    """The judge's class accuracy and FD_judge of ``c.guidance_samples`` class-conditional samples at each of
+    ``c.guidance_scales`` (per train seed the same noise at every scale), collected over seeds."""
+
+    def __init__(self, c: DictConfig, reference: torch.Tensor):
+        self.c, self.reference = c, reference
+        self.acc = {f"w={float(w)}": [] for w in c.guidance_scales}
+        self.fd = {f"w={float(w)}": [] for w in c.guidance_scales}
+
+    def add(self, module, seed: int, grid_dir: Path | None = None, clamp: bool = False) -> None:
+        c = self.c
+        for w in c.guidance_scales:
+            x, y = draw(module, int(c.guidance_samples), c.sampler, int(c.sample_seed) + int(seed), w)
+            x = x.clamp(-1, 1) if clamp else x  # decoded latents are not bounded
+            self.acc[f"w={float(w)}"].append(judge_accuracy(x, y))
+            self.fd[f"w={float(w)}"].append(fd_judge(x, self.reference))
+            if grid_dir is not None:
+                save_image_grid(x[:100], Path(grid_dir) / f"samples_w{float(w)}.png", nrow=10, scale=2)
+
+    def accuracy(self) -> dict:
+        return {k: summarise(v) for k, v in self.acc.items()}
+
+    def fd_judge(self) -> dict:
+        return {k: summarise(v) for k, v in self.fd.items()}
+
+    def accuracy_gain(self) -> dict:
+        """Per seed: accuracy at the largest scale minus at the smallest (w = 1: no guidance)."""
+        lo, hi = (f"w={float(f(self.c.guidance_scales))}" for f in (min, max))
+        return summarise([b - a for a, b in zip(self.acc[lo], self.acc[hi])])
+
+
 def net_gflops(module) -> dict:
     """Forward compute of one sample through the (non-EMA) network, counted on the meta device."""
     net = module.net
@@ -175,8 +206,7 @@ def run_scaling(cfg: DictConfig) -> dict:
         "train_time_s": {},
     }
     rows, per_seed_fd = [], {}
-    guided = {f"w={float(w)}": [] for w in c.guidance_scales}
-    guided_fd = {f"w={float(w)}": [] for w in c.guidance_scales}
+    guided = GuidanceScores(c, real_b)
     for size_name, size in c.sizes.items():
         for patch in c.patches:
             name = f"{size_name}/{patch}"
@@ -189,12 +219,7 @@ def run_scaling(cfg: DictConfig) -> dict:
                 x, _ = draw(module, int(c.num_samples), c.sampler, int(c.sample_seed) + int(seed))
                 fds.append(fd_judge(x, real_b))
                 if name == c.guidance_variant:
-                    for w in c.guidance_scales:
-                        xg, yg = draw(
-                            module, int(c.guidance_samples), c.sampler, int(c.sample_seed) + int(seed), w
-                        )
-                        guided[f"w={float(w)}"].append(judge_accuracy(xg, yg))
-                        guided_fd[f"w={float(w)}"].append(fd_judge(xg, real_b))
+                    guided.add(module, seed)
                 if seed == c.seeds[0] and name == c.guidance_variant:
                     save_image_grid(
                         x[:100], Path(cfg.run_dir) / f"samples_{size_name}{patch}.png", nrow=10, scale=2
@@ -220,8 +245,8 @@ def run_scaling(cfg: DictConfig) -> dict:
         [per_seed_fd[hi][i] / per_seed_fd[lo][i] for i in range(len(c.seeds))]
     )
     metrics["least_gflops_variant"], metrics["most_gflops_variant"] = lo, hi
-    metrics["judge_accuracy"] = {k: summarise(v) for k, v in guided.items()}
-    metrics["fd_judge_guided"] = {k: summarise(v) for k, v in guided_fd.items()}
+    metrics["judge_accuracy"] = guided.accuracy()
+    metrics["fd_judge_guided"] = guided.fd_judge()
     plot_scaling(Path(cfg.run_dir) / "fd_vs_gflops.png", rows, floor)
     return finish(
         cfg,
@@ -246,24 +271,16 @@ def run_guidance(cfg: DictConfig) -> dict:
         torch.set_num_threads(int(c.num_threads))
     real_a, real_b = real_splits(size=int(cfg.data.size))
     size_name, patch = str(c.variant).split("/")
-    acc = {f"w={float(w)}": [] for w in c.guidance_scales}
-    fd = {f"w={float(w)}": [] for w in c.guidance_scales}
+    guided = GuidanceScores(c, real_b)
     times = []
     for seed in c.seeds:
         ts = time.time()
         module = fit_variant(cfg, f"{size_name}{patch}_seed{seed}", variant_overrides(c.sizes[size_name], patch), seed)
         times.append(time.time() - ts)
-        for w in c.guidance_scales:
-            x, y = draw(module, int(c.guidance_samples), c.sampler, int(c.sample_seed) + int(seed), w)
-            acc[f"w={float(w)}"].append(judge_accuracy(x, y))
-            fd[f"w={float(w)}"].append(fd_judge(x, real_b))
-            if seed == c.seeds[0]:
-                save_image_grid(x[:100], Path(cfg.run_dir) / f"samples_w{float(w)}.png", nrow=10, scale=2)
+        guided.add(module, seed, grid_dir=Path(cfg.run_dir) if seed == c.seeds[0] else None)
     metrics = {"fd_judge_real_floor": fd_judge(real_a, real_b), "variant": str(c.variant),
-               "judge_accuracy": {k: summarise(v) for k, v in acc.items()},
-               "fd_judge": {k: summarise(v) for k, v in fd.items()}, "train_time_s": summarise(times)}
-    lo, hi = f"w={float(min(c.guidance_scales))}", f"w={float(max(c.guidance_scales))}"
-    metrics["accuracy_gain_max_vs_no_guidance"] = summarise([b - a for a, b in zip(acc[lo], acc[hi])])
+               "judge_accuracy": guided.accuracy(), "fd_judge": guided.fd_judge(), "train_time_s": summarise(times),
+               "accuracy_gain_max_vs_no_guidance": guided.accuracy_gain()}
     return finish(cfg, metrics, paper="dit", claim=str(c.name), t0=t0,
                   extra={"nfe": int(c.sampler.steps), "num_samples": int(c.guidance_samples)})
 
@@ -280,8 +297,7 @@ def run_latent(cfg: DictConfig) -> dict:
     real_a, real_b = real_splits(size=int(cfg.data.size))
     ae_cfg = OmegaConf.to_container(c.autoencoder_module, resolve=True)
     fds, rec_fds, rec_l1, scales, times = [], [], [], [], {"autoencoder": [], "dit": []}
-    acc = {f"w={float(w)}": [] for w in c.guidance_scales}
-    fd_g = {f"w={float(w)}": [] for w in c.guidance_scales}
+    guided = GuidanceScores(c, real_b)
     for seed in c.seeds:
         ts = time.time()
         ae = fit_variant(cfg, f"autoencoder_seed{seed}",
@@ -300,14 +316,7 @@ def run_latent(cfg: DictConfig) -> dict:
         scales.append(float(module.latent.scale_factor))
         x, _ = draw(module, int(c.num_samples), c.sampler, int(c.sample_seed) + int(seed))
         fds.append(fd_judge(x.clamp(-1, 1), real_b))
-        for w in c.guidance_scales:
-            xg, yg = draw(module, int(c.guidance_samples), c.sampler, int(c.sample_seed) + int(seed), w)
-            xg = xg.clamp(-1, 1)
-            acc[f"w={float(w)}"].append(judge_accuracy(xg, yg))
-            fd_g[f"w={float(w)}"].append(fd_judge(xg, real_b))
-            if seed == c.seeds[0]:
-                save_image_grid(xg[:100], Path(cfg.run_dir) / f"samples_w{float(w)}.png", nrow=10, scale=2)
-    lo, hi = f"w={float(min(c.guidance_scales))}", f"w={float(max(c.guidance_scales))}"
+        guided.add(module, seed, grid_dir=Path(cfg.run_dir) if seed == c.seeds[0] else None, clamp=True)
     metrics = {
         "fd_judge_real_floor": fd_judge(real_a, real_b),
         "variant": str(c.variant),
@@ -315,9 +324,9 @@ def run_latent(cfg: DictConfig) -> dict:
         "fd_judge_reconstruction": summarise(rec_fds),
         "reconstruction_l1": summarise(rec_l1),
         "latent_scale_factor": summarise(scales),
-        "judge_accuracy": {k: summarise(v) for k, v in acc.items()},
-        "fd_judge_guided": {k: summarise(v) for k, v in fd_g.items()},
-        "accuracy_gain_max_vs_no_guidance": summarise([b - a for a, b in zip(acc[lo], acc[hi])]),
+        "judge_accuracy": guided.accuracy(),
+        "fd_judge_guided": guided.fd_judge(),
+        "accuracy_gain_max_vs_no_guidance": guided.accuracy_gain(),
         "gflops": net_gflops(module)["gmacs"],
         "params": sum(p.numel() for p in module.net.parameters()),
         "train_time_s": {k: summarise(v) for k, v in times.items()},
