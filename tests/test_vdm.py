@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import run_claim
+from conftest import compose, run_claim
 
 from papers.vdm.module import VDM
 from shared.diffusion.conditioning import (
@@ -122,6 +122,17 @@ def test_vdm_extend_keeps_the_given_frames_for_both_methods():
         assert torch.equal(out[:, :, :2], x[:, :, :2])
     with pytest.raises(ValueError, match="method must be"):
         module.extend(x, known, method="inpaint")
+
+
+def test_unknown_claim_variant_is_a_clear_error(tmp_path):
+    from omegaconf import OmegaConf
+
+    from papers.vdm.claim import seed_job
+
+    cfg = compose(["experiment=vdm/moving_digits_extension16", "claim.variants=[jiont]", f"run_dir={tmp_path}",
+                   "claim.num_samples=2", "claim.num_extensions=2"])
+    with pytest.raises(ValueError, match=r"claim.variants: unknown \['jiont'\]"):
+        seed_job(OmegaConf.to_container(cfg, resolve=False), 0)
 
 
 @pytest.mark.claims

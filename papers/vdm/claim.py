@@ -61,8 +61,11 @@ def seed_job(cfg_dict: dict, seed: int) -> dict:
     known = frames_mask(ctx.shape, list(c.known_frames))
     unknown_t = [t for t in range(ctx.shape[2]) if t not in set(c.known_frames)]
     run_dir, out = Path(cfg.run_dir), {}
-    variants = {"video_only": 0, "joint": int(c.extra_images)}
-    variants = {k: v for k, v in variants.items() if k in (c.get("variants") or variants)}
+    extra_images = {"video_only": 0, "joint": int(c.extra_images)}
+    wanted = list(c.get("variants") or extra_images)
+    if unknown := [v for v in wanted if v not in extra_images]:
+        raise ValueError(f"claim.variants: unknown {unknown}; choose from {list(extra_images)}")
+    variants = {k: extra_images[k] for k in wanted}
     for variant, extra in variants.items():
         module = fit_variant(cfg, f"{variant}_seed{seed}", {"data.extra_images": extra}, seed)
         g = torch.Generator().manual_seed(int(c.sample_seed) + int(seed))
