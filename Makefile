@@ -11,7 +11,7 @@ export WANDB_MODE := offline
 export PYTHONHASHSEED := 0
 
 .DEFAULT_GOAL := help
-.PHONY: help install test claims lint demo report bench clean \
+.PHONY: help install test claims lint demo report bench bench-gpu clean \
         ddpm ddim rectified_flow instaflow knowledge_distillation progressive_distillation \
         consistency_models few_step_table dit vdm pvdm video_ldm animatediff judges
 
@@ -43,6 +43,9 @@ report: $(STAMP)  ## regenerate the paper READMEs' results tables and RESULTS.md
 
 bench: $(STAMP)  ## time our blocks against diffusers' at the same configuration
 	$(PY) -m shared.engine.bench
+
+bench-gpu: $(STAMP)  ## the GPU rows (bf16 eager + torch.compile, DiT-B/2 MFU), time-boxed: BUDGET seconds
+	tests/bench/gpu_bench.sh outputs/bench/gpu $(or $(BUDGET),540) $(PY)
 
 judges: $(STAMP)  ## re-train the committed judge networks (digits, moving digits)
 	$(PY) -m shared.metrics.train_judge

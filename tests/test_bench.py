@@ -109,3 +109,29 @@ def test_dit_mfu_counts_forward_plus_backward_flops():
     assert 2.8 < ratio <= 3.0, ratio
     assert out["mfu"] == pytest.approx(out["train_flops_per_step"] / out["step_s"] / 1e12)
     assert out["images_per_s"] == pytest.approx(case.config["batch"] / out["step_s"])
+
+
+def test_main_with_nothing_to_do_is_a_one_line_error(tmp_path):
+    with pytest.raises(SystemExit, match="nothing to do"):
+        bench.main(["--cases", "--out", str(tmp_path / "b.json")])
+
+
+def test_mfu_only_run_writes_its_record(tmp_path):
+    """``--cases`` with no family and ``--mfu``: only the MFU record (the GPU script's compiled-MFU phase)."""
+    import json
+
+    out = tmp_path / "mfu.json"
+    bench.main(["--cases", "--mfu", "--mfu-size", "tiny", "--repeats", "1", "--warmup", "0", "--peak-tflops", "1",
+                "--out", str(out)])
+    rec = json.loads(out.read_text())
+    assert rec["rows"] == [] and rec["mfu"]["train_flops_per_step"] > 0 and rec["mfu"]["mfu"] > 0
+
+
+def test_git_revision_without_git_names_the_sent_revision(tmp_path, monkeypatch):
+    from shared.engine.results import git_revision
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no git on the path: as on a copied tree without .git
+    monkeypatch.setenv("VDP_GIT_REVISION", "abc123")
+    assert git_revision(tmp_path) == {"revision": "abc123", "dirty": True, "source": "VDP_GIT_REVISION"}
+    monkeypatch.delenv("VDP_GIT_REVISION")
+    assert git_revision(tmp_path) == {"revision": "unknown", "dirty": True}

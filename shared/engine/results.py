@@ -26,7 +26,9 @@ def git_revision(cwd: str | os.PathLike | None = None) -> dict:
         dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
                                     capture_output=True, text=True, timeout=10).stdout.strip())
     except (OSError, subprocess.SubprocessError):
-        rev, dirty = "unknown", True
+        # a copy of the tree without .git (a remote GPU machine, say): the revision its sender names, marked so
+        sent = os.environ.get("VDP_GIT_REVISION")
+        return {"revision": sent or "unknown", "dirty": True, **({"source": "VDP_GIT_REVISION"} if sent else {})}
     return {"revision": rev, "dirty": dirty}
 
 
