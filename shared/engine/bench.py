@@ -791,7 +791,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16: autocast on both sides")
     ap.add_argument("--compile", action="store_true", help="torch.compile both sides")
     ap.add_argument("--mfu", action="store_true", help="also: our DiT's training MFU (--mfu-size, default B/2)")
-    ap.add_argument("--mfu-size", default="b2", choices=["tiny", "small", "b2"])
+    ap.add_argument("--mfu-size", default="b2", choices=["tiny", "small", "b2", "gpu"])
     ap.add_argument("--mfu-batch", type=int, default=None)
     ap.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (default: by name)")
     ap.add_argument("--no-memory", action="store_true")
