@@ -100,3 +100,28 @@ def test_ema_pairs_parameters_by_name_and_refuses_a_changed_model():
     net.append(torch.nn.Linear(2, 2))
     with pytest.raises(RuntimeError, match="different parameters"):
         ema.update(net)
+
+
+def test_decoder_block_frees_its_skip_concat_after_the_first_layer():
+    """``CtxSequential(..., skip=s)`` concatenates inside the block: same output as a caller-made concat, but the
+    concat (an argument of a module call is held for the whole call) is gone while the later layers run."""
+    from torch import nn
+
+    from shared.engine.bench import live_tensor_peak
+    from shared.nn.layers import CtxSequential
+
+    class Half(nn.Module):  # first layer: a new tensor half the concat's size
+        def forward(self, x):
+            return x[:, : x.shape[1] // 2] * 2
+
+    class Big(nn.Module):  # a later layer allocating 4x its input
+        def forward(self, x):
+            return x.repeat(1, 4, 1, 1).sum(1, keepdim=True).expand_as(x) + x
+
+    block = CtxSequential(Half(), Big())
+    h, skip = torch.randn(2, 8, 4, 4), torch.randn(2, 8, 4, 4)
+    assert torch.equal(block(h, skip=skip), block(torch.cat([h, skip], 1)))
+    unit = h.numel() * h.element_size()
+    held = live_tensor_peak(lambda: block(torch.cat([h, skip], 1)))["peak_bytes"]
+    freed = live_tensor_peak(lambda: block(h, skip=skip))["peak_bytes"]
+    assert held - freed == 2 * unit  # the concat (two inputs' worth) is no longer alive at the peak

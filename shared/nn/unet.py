@@ -131,7 +131,7 @@ class UNet(nn.Module):
             skips.append(h)
         h = self.middle_block(h, emb, ctx)
         for block in self.output_blocks:
-            h = block(torch.cat([h, skips.pop()], dim=1), emb, ctx)
+            h = block(h, emb, ctx, skip=skips.pop())
         return self.out_conv(F.silu(self.out_norm(h)))
 
 
