@@ -50,6 +50,14 @@ def test_live_tensor_peak_counts_storages_alive_together():
     assert peak["peak_bytes"] == 2 * mib and "empty" in peak["peak_op"]
 
 
+def test_live_tensor_peak_ignores_views_and_in_place_updates_of_older_storages():
+    """A linear layer's weight is reached through a transposed view and an optimiser updates weights in place:
+    neither is memory the step allocates."""
+    weight, x = torch.randn(512, 512), torch.randn(4, 512)  # 1 MiB weight, made before the mode
+    peak = bench.live_tensor_peak(lambda: (torch.nn.functional.linear(x, weight), weight.t(), weight.add_(0)))
+    assert peak["peak_bytes"] == 4 * 512 * 4  # the output only
+
+
 def test_tiny_unet2d_runs_end_to_end():
     pytest.importorskip("diffusers")
     threads = torch.get_num_threads()

@@ -658,7 +658,8 @@ def bench_case(
 class LiveTensorPeak(TorchDispatchMode):
     """Peak bytes of the tensor storages alive while the ops under it run, and the op at the peak.
 
-    Only storages created under the mode count (weights, buffers and inputs made before do not): the memory of
+    Only storages created under the mode count (weights, buffers and inputs made before do not, views of them
+    and in-place updates of them neither): the memory of
     a step as the program holds it, independent of the allocator — the RSS measure above also sees freed
     buffers the allocator keeps. Storages are counted once (views share them) and leave when Python frees them.
     """
@@ -675,7 +676,10 @@ class LiveTensorPeak(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
+        # an op whose outputs alias an input (views, in-place ops) creates no storage: counting it would add a
+        # storage made before the mode (a weight behind the transposed view a linear layer makes) as new bytes
+        aliasing = any(r.alias_info is not None for r in func._schema.returns)
+        for t in [] if aliasing else tree_flatten(out)[0]:
             if not isinstance(t, torch.Tensor):
                 continue
             st = t.untyped_storage()
