@@ -31,12 +31,13 @@ class CtxSequential(nn.Sequential):
 
     run_order: list[int] | None = None
 
-    def forward(self, x, emb=None, ctx=None, skip=None):
-        # ``skip``: a U-Net decoder block's skip connection, concatenated here rather than by the caller so the
-        # concatenation is freed once the first layer has used it (an argument of a module call stays alive for
-        # the whole call: a caller-made concat would be held through every later layer of the block)
-        if skip is not None:
-            x = torch.cat([x, skip], dim=1)
+    def forward(self, x, emb=None, ctx=None, skips: list | None = None):
+        # ``skips``: a U-Net decoder's stack of skip connections; the block pops its own and concatenates it here
+        # rather than the caller, so neither the concat nor the skip outlives the first layer (an argument of a
+        # module call stays alive for the whole call: a caller-made concat would be held through every later
+        # layer of the block, a skip passed as an argument likewise)
+        if skips is not None:
+            x = torch.cat([x, skips.pop()], dim=1)
         layers = self if self.run_order is None else [self[i] for i in self.run_order]
         for layer in layers:
             x = layer(x, emb, ctx) if isinstance(layer, CtxBlock) else layer(x)

@@ -131,7 +131,7 @@ class UNet(nn.Module):
             skips.append(h)
         h = self.middle_block(h, emb, ctx)
         for block in self.output_blocks:
-            h = block(h, emb, ctx, skip=skips.pop())
+            h = block(h, emb, ctx, skips=skips)  # pops its skip
         return self.out_conv(F.silu(self.out_norm(h)))
 
 
