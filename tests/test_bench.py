@@ -143,3 +143,21 @@ def test_git_revision_without_git_names_the_sent_revision(tmp_path, monkeypatch)
     assert git_revision(tmp_path) == {"revision": "abc123", "dirty": True, "source": "VDP_GIT_REVISION"}
     monkeypatch.delenv("VDP_GIT_REVISION")
     assert git_revision(tmp_path) == {"revision": "unknown", "dirty": True}
+
+
+def test_gpu_script_parses_and_runs_only_the_phases_named(tmp_path):
+    """tests/bench/gpu_bench.sh (``make bench-gpu``): with PHASES naming none of its phases it runs none and
+    still reports; the phases themselves need a GPU (and minutes of compilation), not a test."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent / "bench" / "gpu_bench.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    env = {**os.environ, "PHASES": "none"}
+    out = subprocess.run(["bash", str(script), str(tmp_path), "60", sys.executable], env=env, capture_output=True,
+                         text=True, timeout=120, cwd=script.parents[2])
+    assert out.returncode == 0, out.stderr
+    log = (tmp_path / "log.txt").read_text()
+    assert "== done" in log and "== eager" not in log and "torch" in log

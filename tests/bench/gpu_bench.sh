@@ -6,6 +6,9 @@
 #   2 torch.compile bf16: our DiT-B/2's MFU, then the ratio table for DiT, the 2D U-Net, the motion-module
 #     U-Net and the video U-Net, one family per invocation
 # Every phase writes its own JSON under OUT_DIR and appends its output to OUT_DIR/log.txt.
+# PHASES="compile_unet2d compile_motion" runs only the phases named (eager compile_mfu compile_dit compile_unet2d
+# compile_motion compile_unet3d): the compiled U-Net training graphs take minutes each to build, so a short lease
+# may need to pick up where an earlier run stopped.
 set -u
 out=${1:-outputs/bench/gpu}
 budget=${2:-540}
@@ -18,6 +21,9 @@ left() { echo $((budget - ($(date +%s) - start))); }
 phase() {  # phase NAME MAX_SECONDS ARGS... : run one bench invocation, cut off at min(MAX, budget left)
     local name=$1 max=$2
     shift 2
+    if [[ -n "${PHASES:-}" && " $PHASES " != *" $name "* ]]; then
+        return
+    fi
     local t
     t=$(left)
     ((t > max)) && t=$max
