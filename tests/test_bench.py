@@ -161,3 +161,36 @@ def test_gpu_script_parses_and_runs_only_the_phases_named(tmp_path):
     assert out.returncode == 0, out.stderr
     log = (tmp_path / "log.txt").read_text()
     assert "== done" in log and "== eager" not in log and "torch" in log
+
+
+def test_dit_stream_ab_patches_the_line_it_names():
+    """tests/bench/dit_stream_ab.py patches one line of DiT.forward; fail here, not in a GPU session, if it moved.
+    The patched forward keeps an fp32 run identical and makes the stream bf16 under bf16 autocast."""
+    import importlib.util
+    from pathlib import Path
+
+    from shared.nn import transformer
+
+    path = Path(__file__).resolve().parent / "bench" / "dit_stream_ab.py"
+    spec = importlib.util.spec_from_file_location("dit_stream_ab", path)
+    ab = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ab)
+    cast = ab.forward_with_cast_stream()
+    case = bench.build_case("dit", "tiny")
+    side, batch = case.ours(), case.batch()
+    seen = []
+    side.model.blocks[0].register_forward_pre_hook(lambda m, a: seen.append(a[0].dtype))
+    original = transformer.DiT.forward
+    try:
+        with torch.no_grad():
+            ref = side.forward(side.model, batch)
+            transformer.DiT.forward = cast
+            assert torch.equal(side.forward(side.model, batch), ref)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                side.forward(side.model, batch)
+            transformer.DiT.forward = original
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                side.forward(side.model, batch)
+    finally:
+        transformer.DiT.forward = original
+    assert seen == [torch.float32, torch.float32, torch.bfloat16, torch.float32]
