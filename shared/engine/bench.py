@@ -143,9 +143,8 @@ def _unet2d_case(size: str) -> Case:
         "tiny": dict(base=16, mult=(1, 2), blocks=1, attn=(8,), res=16, batch=2, in_ch=3, groups=8),
         "small": dict(base=64, mult=(1, 2, 2), blocks=2, attn=(16,), res=32, batch=8, in_ch=3, groups=32),
         "ddpm": dict(base=128, mult=(1, 2, 2, 2), blocks=2, attn=(16,), res=32, batch=8, in_ch=3, groups=32),
-        # the DDPM CIFAR-10 U-Net at the paper's batch (128): a size worth timing on a GPU
-        "gpu": dict(base=128, mult=(1, 2, 2, 2), blocks=2, attn=(16,), res=32, batch=128, in_ch=3, groups=32),
     }
+    cfgs["gpu"] = dict(cfgs["ddpm"], batch=128)  # the DDPM CIFAR-10 U-Net at the paper's batch: worth a GPU
     c = cfgs[size]
     chans = tuple(c["base"] * m for m in c["mult"])
 
@@ -216,9 +215,8 @@ def _dit_case(size: str) -> Case:
         ),  # DiT-S/2
         "ddpm": dict(hidden=384, depth=12, heads=6, res=32, patch=2, in_ch=4, classes=1000, batch=8),
         "b2": dict(hidden=768, depth=12, heads=12, res=32, patch=2, in_ch=4, classes=1000, batch=64),  # DiT-B/2
-        # DiT-B/2 on 256x256 images' 32x32x4 latents at the paper's batch (256)
-        "gpu": dict(hidden=768, depth=12, heads=12, res=32, patch=2, in_ch=4, classes=1000, batch=256),
     }
+    cfgs["gpu"] = dict(cfgs["b2"], batch=256)  # DiT-B/2 on 256² images' 32x32x4 latents at the paper's batch
     c = cfgs[size]
 
     def ours():
@@ -366,9 +364,8 @@ def _motion_case(size: str) -> Case:
                       ctx_dim=128),
         "ddpm": dict(base=64, mult=(1, 2, 2), blocks=2, res=32, frames=16, batch=2, in_ch=4, groups=32, heads=8,
                      ctx_dim=128),
-        "gpu": dict(base=64, mult=(1, 2, 2), blocks=2, res=32, frames=16, batch=4, in_ch=4, groups=32, heads=8,
-                    ctx_dim=128),
     }
+    cfgs["gpu"] = dict(cfgs["ddpm"], batch=4)  # 64 frames of 32x32x4 latents per step
     c = cfgs[size]
     chans = tuple(c["base"] * m for m in c["mult"])
 
