@@ -5,7 +5,7 @@ patching that one line of ``DiT.forward``) at one configuration and prints, for 
 error against the fp32 forward, and the live-tensor peak of a sampling and of a training step; and diffusers'
 peaks beside them. CPU autocast, so the peaks indicate, they do not stand in for the GPU's::
 
-    python tests/bench/dit_stream_ab.py [--batch 16] [--threads 2]
+    python tests/bench/dit_stream_ab.py [--batch 16] [--threads 2] [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ import argparse
 import inspect
 import json
 import textwrap
+from pathlib import Path
 
 import torch
 
 from shared.engine import bench
+from shared.engine.results import provenance
 from shared.nn import transformer
 
 EMBED = "h = self.x_embedder(x).contiguous() + self.pos_embed"
@@ -38,6 +40,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--size", default="gpu", help="a bench DiT size (gpu = DiT-B/2)")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=None, help="also write the figures (with provenance) as JSON here")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     rt = bench.Runtime(precision="bf16")
@@ -53,10 +56,19 @@ def main(argv: list[str] | None = None) -> dict:
                 torch.nn.init.normal_(p, std=0.02)
         return side, case.batch()
 
+    def peaks(side_fn) -> dict:
+        """Live-tensor peak (MiB) of a sampling and of a training step, each on a fresh model."""
+        row = {}
+        for mode, make in (("sample", bench.make_sample_step), ("train", bench.make_train_step)):
+            side, b = fresh(side_fn)
+            step = make(side, b, rt)
+            step()
+            row[f"{mode}_peak_mib"] = bench.live_tensor_peak(step)["peak_bytes"] / 2**20
+        return row
+
     out = {"config": case.config, "weights": "N(0, 0.02) on every matrix, seed 0", "autocast": "cpu bf16"}
     try:
         for name, fwd in (("ours_fp32_stream", original), ("ours_bf16_stream", cast)):
-            transformer.DiT.forward = fwd
             side, b = fresh(case.ours)
             with torch.no_grad():
                 transformer.DiT.forward = original
@@ -64,24 +76,16 @@ def main(argv: list[str] | None = None) -> dict:
                 transformer.DiT.forward = fwd
                 with rt.autocast():
                     y = side.forward(side.model, b).float()
-            row = {"rel_error_vs_fp32": ((y - ref).norm() / ref.norm()).item()}
-            for mode, make in (("sample", bench.make_sample_step), ("train", bench.make_train_step)):
-                side, b = fresh(case.ours)
-                step = make(side, b, rt)
-                step()
-                row[f"{mode}_peak_mib"] = bench.live_tensor_peak(step)["peak_bytes"] / 2**20
-            out[name] = row
-            print(name, json.dumps(row), flush=True)
+            out[name] = {"rel_error_vs_fp32": ((y - ref).norm() / ref.norm()).item(), **peaks(case.ours)}
+            print(name, json.dumps(out[name]), flush=True)
     finally:
         transformer.DiT.forward = original
-    theirs = {}
-    for mode, make in (("sample", bench.make_sample_step), ("train", bench.make_train_step)):
-        side, b = fresh(case.theirs)
-        step = make(side, b, rt)
-        step()
-        theirs[f"{mode}_peak_mib"] = bench.live_tensor_peak(step)["peak_bytes"] / 2**20
-    out["diffusers"] = theirs
-    print("diffusers", json.dumps(theirs))
+    out["diffusers"] = peaks(case.theirs)
+    print("diffusers", json.dumps(out["diffusers"]))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({**out, **provenance()}, indent=2) + "\n")
+        print(f"wrote {args.out}")
     return out
 
 
