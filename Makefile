@@ -36,13 +36,13 @@ lint: $(STAMP)  ## ruff over the project
 	$(VENV)/bin/ruff check papers shared tests
 
 demo: $(STAMP)  ## the seminar showcase: a few minutes on a laptop CPU; prints where the pictures are
-	$(PY) -m shared.engine.demo
+	$(PY) -m tools.demo
 
 report: $(STAMP)  ## regenerate the paper READMEs' results tables and RESULTS.md from committed results
-	$(PY) -m shared.engine.report
+	$(PY) -m tools.report
 
 bench: $(STAMP)  ## time our blocks against diffusers' at the same configuration
-	$(PY) -m shared.engine.bench
+	$(PY) -m tools.bench
 
 bench-gpu: $(STAMP)  ## the GPU rows (bf16 eager + torch.compile, DiT-B/2 MFU), time-boxed: BUDGET seconds
 	tests/bench/gpu_bench.sh outputs/bench/gpu $(or $(BUDGET),540) $(PY)
@@ -53,68 +53,68 @@ judges: $(STAMP)  ## re-train the committed judge networks (digits, moving digit
 
 ddpm: $(STAMP)  ## DDPM claim check: L_simple vs VLB on digits, 1000-step ancestral sampling
 	$(TRAIN) experiment=ddpm/digits_claim
-	$(PY) -m shared.engine.report --paper ddpm
+	$(PY) -m tools.report --paper ddpm
 
 ddim: $(STAMP)  ## DDIM claim check: FD vs steps x eta, inversion, interpolation
 	$(TRAIN) experiment=ddim/digits_claim
-	$(PY) -m shared.engine.report --paper ddim
+	$(PY) -m tools.report --paper ddim
 
 rectified_flow: $(STAMP)  ## Rectified flow: 2D toys and digits, reflow and distillation
 	$(TRAIN) experiment=rectified_flow/toy2d_claim
 	$(TRAIN) experiment=rectified_flow/digits_claim
-	$(PY) -m shared.engine.report --paper rectified_flow
+	$(PY) -m tools.report --paper rectified_flow
 
 instaflow: $(STAMP)  ## InstaFlow: class-conditional reflow + distillation vs direct distillation
 	$(TRAIN) experiment=instaflow/digits_claim
-	$(PY) -m shared.engine.report --paper instaflow
+	$(PY) -m tools.report --paper instaflow
 
 knowledge_distillation: $(STAMP)  ## one-step student of a DDIM teacher
 	$(TRAIN) experiment=knowledge_distillation/digits_claim
-	$(PY) -m shared.engine.report --paper knowledge_distillation
+	$(PY) -m tools.report --paper knowledge_distillation
 
 progressive_distillation: $(STAMP)  ## halving rounds 8 -> 4 -> 2 -> 1 steps
 	$(TRAIN) experiment=progressive_distillation/digits_claim
 	$(TRAIN) experiment=progressive_distillation/digits_claim_budget
-	$(PY) -m shared.engine.report --paper progressive_distillation
+	$(PY) -m tools.report --paper progressive_distillation
 
 consistency_models: $(STAMP)  ## consistency distillation and consistency training
 	$(TRAIN) experiment=consistency_models/digits_claim
 	$(TRAIN) experiment=consistency_models/digits_claim_budget
-	$(PY) -m shared.engine.report --paper consistency_models
+	$(PY) -m tools.report --paper consistency_models
 
 few_step_table: $(STAMP)  ## FD_judge vs NFE for every few-step method (from committed results)
-	$(PY) -m shared.engine.few_step_table
+	$(PY) -m tools.few_step_table
 
 dit: $(STAMP)  ## DiT: FD vs Gflops over sizes x patches, conditioning ablation, CFG class accuracy
 	$(TRAIN) experiment=dit/digits_scaling
 	$(TRAIN) experiment=dit/digits_conditioning
 	$(TRAIN) experiment=dit/digits_guidance
 	$(TRAIN) experiment=dit/gflops_table
-	$(PY) -m shared.engine.report --paper dit
+	$(PY) -m tools.report --paper dit
 
 vdm: $(STAMP)  ## Video Diffusion Models: joint image-video training, reconstruction-guided extension
 	$(TRAIN) experiment=vdm/moving_digits_claim
-	$(PY) -m shared.engine.report --paper vdm
+	$(PY) -m tools.report --paper vdm
 
 pvdm: $(STAMP)  ## PVDM: triplane-projected video autoencoder + 2D U-Net vs the pixel 3D U-Net (FVD, step time, memory)
 	$(TRAIN) experiment=pvdm/moving_digits_claim
-	$(PY) -m shared.engine.report --paper pvdm
+	$(PY) -m tools.report --paper pvdm
 
 video_ldm: $(STAMP)  ## Align Your Latents: temporal layers on a frozen image LDM, style transfer, temporal decoder
 	$(TRAIN) experiment=video_ldm/moving_digits_claim
-	$(PY) -m shared.engine.report --paper video_ldm
+	$(PY) -m tools.report --paper video_ldm
 
 animatediff: $(STAMP)  ## AnimateDiff: a motion module plugged into personalised (LoRA / fine-tuned) image models; MotionLoRA
 	$(TRAIN) experiment=animatediff/moving_digits_claim
-	$(PY) -m shared.engine.report --paper animatediff
+	$(PY) -m tools.report --paper animatediff
 
 clean:  ## remove outputs (keeps .venv)
 	rm -rf outputs reports
 
 .PHONY: gallery sweep_report
 gallery: $(STAMP)  ## build the HTML gallery reports/index.html (tables, plots, sample grids, GIF/MP4 videos)
-	$(PY) -m shared.engine.report --gallery
+	$(PY) -m tools.report --gallery
 	@echo "open reports/index.html (or: cd reports && python3 -m http.server 8000)"
 
 sweep_report: $(STAMP)  ## aggregate a Hydra multirun into one table + plot: make sweep_report DIR=outputs/multirun/<name>/<time>
-	$(PY) -m shared.engine.report --multirun $(DIR)
+	$(PY) -m tools.report --multirun $(DIR)

@@ -16,13 +16,9 @@ CONF_DIR = str(ROOT / "conf")
 
 def compose(overrides=(), config_name="train"):
     """Compose the root config exactly as ``python -m shared.engine.train`` would."""
-    from hydra import compose as _compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    from shared.engine.compose import compose as _compose
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return _compose(config_name=config_name, overrides=list(overrides))
+    return _compose(overrides, config_name)
 
 
 @pytest.fixture

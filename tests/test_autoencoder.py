@@ -8,7 +8,6 @@ import pytest
 import torch
 from conftest import compose
 
-from shared.engine.checkpoint import CheckpointError
 from shared.nn.autoencoder import (
     AutoencoderKL,
     DiagonalGaussian,
@@ -17,6 +16,7 @@ from shared.nn.autoencoder import (
     load_sd_vae,
 )
 from shared.nn.autoencoder_loss import LPIPS, AutoencoderLoss, hinge_d_loss, kl_loss, psnr
+from shared.nn.weights import CheckpointError
 
 diffusers = pytest.importorskip("diffusers")
 

@@ -1,4 +1,4 @@
-"""``make bench`` (shared/engine/bench.py): the parameter-count helper, and one tiny configuration end to
+"""``make bench`` (tools/bench.py): the parameter-count helper, and one tiny configuration end to
 end. No timing is asserted — timings belong to ``make bench`` on a quiet machine, not to a test."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from shared.engine import bench
+from tools import bench
 
 
 def test_param_match_counts_and_tolerance():

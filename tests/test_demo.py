@@ -16,7 +16,7 @@ def test_demo_fast_runs_every_act_and_writes_pictures(tmp_path):
     out = tmp_path / "demo"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(
-        [sys.executable, "-m", "shared.engine.demo", "--fast", "--out", str(out)],
+        [sys.executable, "-m", "tools.demo", "--fast", "--out", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -37,7 +37,7 @@ def test_demo_fast_runs_every_act_and_writes_pictures(tmp_path):
 
 def test_unknown_act_is_a_clear_error(tmp_path):
     r = subprocess.run(
-        [sys.executable, "-m", "shared.engine.demo", "--acts", "nope", "--out", str(tmp_path)],
+        [sys.executable, "-m", "tools.demo", "--acts", "nope", "--out", str(tmp_path)],
         cwd=ROOT,
         capture_output=True,
         text=True,

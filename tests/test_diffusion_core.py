@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from shared.diffusion.guidance import cfg_net, drop_labels
+from shared.diffusion.guidance import cfg_kwargs_net
+from shared.methods.conditions import LabelCondition
 from shared.diffusion.losses import diffusion_loss, vlb_weights
 from shared.diffusion.parameterization import PREDICTIONS, from_x0_eps, make_denoiser, to_x0_eps
 from shared.diffusion.samplers import (
@@ -214,10 +215,12 @@ def test_cfg_scales_and_label_dropout():
         return x * 0 + y.float().view(-1, 1)
     y = torch.tensor([3, 4])
     x, t = torch.zeros(2, 1), torch.zeros(2)
-    assert torch.equal(cfg_net(net, y, 10, 1.0)(x, t), torch.tensor([[3.0], [4.0]]))
-    assert torch.equal(cfg_net(net, y, 10, 0.0)(x, t), torch.tensor([[10.0], [10.0]]))
-    assert torch.equal(cfg_net(net, y, 10, 2.0)(x, t), torch.tensor([[-4.0], [-2.0]]))
-    d = drop_labels(torch.zeros(10000, dtype=torch.long), 0.1, 10, torch.Generator().manual_seed(0))
+    null = {"y": torch.full_like(y, 10)}
+    assert torch.equal(cfg_kwargs_net(net, {"y": y}, null, 1.0)(x, t), torch.tensor([[3.0], [4.0]]))
+    assert torch.equal(cfg_kwargs_net(net, {"y": y}, null, 0.0)(x, t), torch.tensor([[10.0], [10.0]]))
+    assert torch.equal(cfg_kwargs_net(net, {"y": y}, null, 2.0)(x, t), torch.tensor([[-4.0], [-2.0]]))
+    cond = LabelCondition(drop_prob=0.1, null_label=10)
+    d = cond.network_value(torch.zeros(10000, dtype=torch.long), torch.Generator().manual_seed(0), drop=True)
     assert 0.08 < float((d == 10).float().mean()) < 0.12
 
 

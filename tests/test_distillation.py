@@ -218,7 +218,7 @@ def test_claim_progressive_distillation(experiment, tmp_path):
 
 
 def test_few_step_table_reads_results(tmp_path):
-    from shared.engine.few_step_table import main
+    from tools.few_step_table import main
     for paper, method in (("a", "X"), ("b", "Y")):
         d = tmp_path / "papers" / paper / "results"
         d.mkdir(parents=True)

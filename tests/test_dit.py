@@ -283,7 +283,7 @@ def test_hybrid_loss_trains_both_heads_and_cfg_samples():
     g = torch.Generator().manual_seed(0)
     for name in ("ddpm", "ddim"):
         out = m.sample(
-            4, sampler={"name": name, "steps": 3}, generator=g, y=torch.arange(4), guidance_scale=1.5
+            4, sampler={"name": name, "steps": 3, "guidance_scale": 1.5}, generator=g, cond={"y": torch.arange(4)}
         )
         assert out.shape == (4, 1, 8, 8) and torch.isfinite(out).all()
 
@@ -291,7 +291,8 @@ def test_hybrid_loss_trains_both_heads_and_cfg_samples():
 def test_latent_dit_through_the_shared_latent_wrapper():
     """Latent DiT = DiTModule inside shared.diffusion.latent: batches are encoded (scale x posterior) before
     the hybrid loss, samples decoded after the learned-variance sampler; the autoencoder stays frozen."""
-    from shared.diffusion.latent import LatentSpace, latent_diffusion
+    from shared.diffusion.latent import LatentSpace
+    from shared.methods.latent_module import latent_diffusion
     from shared.nn.autoencoder import AutoencoderKL
 
     torch.manual_seed(0)
@@ -312,9 +313,9 @@ def test_latent_dit_through_the_shared_latent_wrapper():
     assert torch.isfinite(loss)
     loss.backward()
     assert not any(p.requires_grad for p in m.latent.parameters())
-    out = m.sample(2, y=torch.tensor([1, 2]), generator=torch.Generator().manual_seed(0))
+    out = m.sample(2, cond={"y": torch.tensor([1, 2])}, generator=torch.Generator().manual_seed(0))
     assert out.shape == (2, 1, 8, 8) and torch.isfinite(out).all()
-    lat = m.sample(2, y=torch.tensor([1, 2]), generator=torch.Generator().manual_seed(0), decode=False)
+    lat = m.sample(2, cond={"y": torch.tensor([1, 2])}, generator=torch.Generator().manual_seed(0), decode=False)
     assert torch.allclose(out, m.latent.decode(lat), atol=1e-6)
 
 
@@ -374,7 +375,7 @@ def test_experiment_tiny_fast_dev_run(name, tmp_path):
         cfg.trainer.pop("strategy", None)
     module, _, trainer = fit(cfg, run_dir=tmp_path / "run")
     assert trainer.global_step == 1
-    x = module.sample(2, y=torch.tensor([0, 1]), sampler={"steps": 2})
+    x = module.sample(2, cond={"y": torch.tensor([0, 1])}, sampler={"steps": 2})
     assert torch.isfinite(x).all()
 
 

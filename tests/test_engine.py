@@ -14,11 +14,12 @@ import torch
 from conftest import ROOT, compose
 from omegaconf import OmegaConf, open_dict
 
-from shared.engine.checkpoint import CheckpointError, load_checkpoint_file, module_from_checkpoint
-from shared.engine.report import fmt, lookup
+from shared.engine.checkpoint import CheckpointError, load_checkpoint_file
 from shared.engine.results import write_results
 from shared.engine.run import ConfigError, fit
 from shared.engine.train import run
+from shared.methods.registry import module_from_checkpoint
+from tools.report import fmt, lookup
 
 EXPERIMENTS = sorted(p.relative_to(ROOT / "experiments").with_suffix("").as_posix()
                      for p in (ROOT / "experiments").glob("*/*.yaml"))
@@ -122,7 +123,7 @@ def test_missing_data_path_fails_before_training(tmp_path):
 
 
 def test_non_finite_loss_stops_with_the_step(tmp_path):
-    from shared.engine.module import NonFiniteLossError
+    from shared.methods.base import NonFiniteLossError
     cfg = small_cfg(tmp_path, "module.optimizer.lr=1e30", "trainer.max_steps=200")
     with pytest.raises(NonFiniteLossError, match="at step"):
         fit(cfg)

@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 
 from shared.diffusion.flow import CouplingDataset
 from shared.diffusion.schedules import FlowSchedule
-from shared.engine.flow_module import save_reflow_pairs
+from shared.engine.stages import save_reflow_pairs
 from shared.engine.train import run
 from shared.nn.mlp import TimeMLP
 
@@ -50,8 +50,8 @@ def test_guided_pairs_keep_their_labels_and_follow_the_guided_ode(tmp_path):
     assert torch.equal(ds.y, y) and torch.equal(ds.noise, z)
     from shared.diffusion.flow import solve_ode
 
-    x_g, _ = solve_ode(m.denoiser(True, y[:16], 2.0), z[:16], m.schedule, "rk45", rtol=1e-5, atol=1e-5)
-    x_c, _ = solve_ode(m.denoiser(True, y[:16], 1.0), z[:16], m.schedule, "rk45", rtol=1e-5, atol=1e-5)
+    x_g, _ = solve_ode(m.denoiser(True, {"y": y[:16]}, 2.0), z[:16], m.schedule, "rk45", rtol=1e-5, atol=1e-5)
+    x_c, _ = solve_ode(m.denoiser(True, {"y": y[:16]}, 1.0), z[:16], m.schedule, "rk45", rtol=1e-5, atol=1e-5)
     assert torch.allclose(ds.x[:16], x_g, atol=1e-5)
     assert not torch.allclose(x_g, x_c, atol=1e-3)
 

@@ -11,8 +11,9 @@ from torch.utils.data import Subset
 from shared.data.datamodule import ImageDataModule
 from shared.data.digits import DigitsDataset
 from shared.data.video_worlds import MovingDigits
-from shared.diffusion.latent import LatentCache, LatentSpace, latent_module_class
+from shared.diffusion.latent import LatentCache, LatentSpace
 from shared.diffusion.schedules import FlowSchedule
+from shared.methods.latent_module import latent_module_class
 from shared.nn.autoencoder import AutoencoderKL
 from shared.nn.unet import UNet
 
@@ -146,8 +147,8 @@ def test_cached_latents_and_other_base_modules(tmp_path):
         module.to_latent({"x": torch.randn(2, 2, 4, 4)})
     assert torch.isfinite(module.training_loss(batch, torch.Generator().manual_seed(0)))
     # any DiffusionModule subclass: rectified flow in the latent space
-    cls = latent_module_class("shared.engine.flow_module.RectifiedFlowModule")
-    assert cls is latent_module_class("shared.engine.flow_module.RectifiedFlowModule")
+    cls = latent_module_class("shared.methods.flow_module.RectifiedFlowModule")
+    assert cls is latent_module_class("shared.methods.flow_module.RectifiedFlowModule")
     flow = cls(
         net=UNet(
             in_channels=2,

@@ -6,7 +6,6 @@ import pytest
 import torch
 from torch import nn
 
-from shared.engine.checkpoint import CheckpointError
 from shared.nn.lora import (
     LoRAConv2d,
     LoRALinear,
@@ -22,6 +21,7 @@ from shared.nn.lora import (
     unmerge_lora,
 )
 from shared.nn.unet import UNet
+from shared.nn.weights import CheckpointError
 
 
 class Toy(nn.Module):

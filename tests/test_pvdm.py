@@ -8,8 +8,9 @@ from conftest import run_claim
 
 from papers.pvdm.autoencoder import TriplaneAutoencoder
 from papers.pvdm.module import VideoAutoencoderModule
-from shared.diffusion.latent import LatentSpace, latent_diffusion
+from shared.diffusion.latent import LatentSpace
 from shared.diffusion.schedules import CosineVP
+from shared.methods.latent_module import latent_diffusion
 from shared.nn.triplane import AxisPool, broadcast_sum, from_canvas, to_canvas
 from shared.nn.unet import UNet
 

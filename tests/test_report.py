@@ -24,7 +24,8 @@ import pytest
 import torch
 from conftest import ROOT
 
-from shared.engine.report import (
+from shared.engine.results import write_results
+from tools.report import (
     aggregate_multirun,
     build_gallery,
     main,
@@ -32,7 +33,6 @@ from shared.engine.report import (
     results_md,
     update_readme,
 )
-from shared.engine.results import write_results
 
 REPORT_ROWS = [
     {"label": "FD 1 step", "metric": "fd.1", "paper": "12.2"},
@@ -166,7 +166,7 @@ def test_real_multirun_aggregates(tmp_path):
     )
     assert r.returncode == 0, r.stderr[-3000:]
     r = subprocess.run(
-        [sys.executable, "-m", "shared.engine.report", "--multirun", str(sweep), "--metric", "train/loss"],
+        [sys.executable, "-m", "tools.report", "--multirun", str(sweep), "--metric", "train/loss"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -18,7 +18,6 @@ from shared.nn.text_encoder import (
     CLIPTextEncoder,
     CLIPTokenizer,
     TextConditioner,
-    drop_captions,
     load_clip_text_encoder,
 )
 
@@ -95,17 +94,22 @@ def test_frozen_conditioner_has_no_gradients_and_stays_in_eval():
 
 
 def test_caption_dropout_rate_and_determinism():
-    g = torch.Generator().manual_seed(0)
-    out = drop_captions(["x"] * 4000, 0.1, g)
+    from shared.methods.conditions import TextCondition
+
+    def drop(captions, p, g=None):   # the seam's dropout, without the encoder
+        c = TextCondition(torch.nn.Identity(), drop_prob=p)
+        return c.network_value(captions, g, drop=True)
+
+    out = drop(["x"] * 4000, 0.1, torch.Generator().manual_seed(0))
     assert 0.08 < out.count("") / 4000 < 0.12
-    assert drop_captions(["x"] * 50, 0.5, torch.Generator().manual_seed(1)) == \
-        drop_captions(["x"] * 50, 0.5, torch.Generator().manual_seed(1))
-    assert drop_captions(["x", "y"], 0.0) == ["x", "y"]
+    assert drop(["x"] * 50, 0.5, torch.Generator().manual_seed(1)) == drop(["x"] * 50, 0.5,
+                                                                          torch.Generator().manual_seed(1))
+    assert drop(["x", "y"], 0.0) == ["x", "y"]
 
 
 def text_module(cond_drop_prob=0.0):
     from shared.diffusion.schedules import DiscreteVP
-    from shared.engine.module import DiffusionModule
+    from shared.methods.diffusion_module import DiffusionModule
     from shared.nn.unet import UNet
 
     torch.manual_seed(0)
@@ -131,29 +135,28 @@ def test_captions_reach_the_network_and_dropout_uses_the_empty_caption():
     with pytest.raises(ValueError, match="batch has no 'caption'"):
         m.training_loss({"x": x}, torch.Generator().manual_seed(0))
     opt = m.configure_optimizers()
+    text_encoder = m.conditions["caption"].encoder
     assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == \
-        sum(p.numel() for p in [*m.net.parameters(), *m.text_encoder.parameters()])
+        sum(p.numel() for p in [*m.net.parameters(), *text_encoder.parameters()] if p.requires_grad)
 
 
 def test_text_guided_sampling_scale_one_is_conditional_and_errors_are_clear():
     m = text_module().eval()
     x_T = torch.randn(2, 1, 8, 8)
     kw = dict(x_T=x_T, sampler={"name": "ddim", "steps": 4, "eta": 0.0}, use_ema=False)
-    cond = m.sample(captions=CAPTIONS, **kw)
-    assert not torch.allclose(cond, m.sample(captions=["", ""], **kw))
-    guided = m.sample(captions=CAPTIONS, guidance_scale=3.0, **kw)
+    cond = m.sample(cond={"caption": CAPTIONS}, **kw)
+    assert not torch.allclose(cond, m.sample(cond={"caption": ["", ""]}, **kw))
+    guided = m.sample(cond={"caption": CAPTIONS}, **{**kw, "sampler": {**kw["sampler"], "guidance_scale": 3.0}})
     assert guided.shape == cond.shape and not torch.allclose(guided, cond)
-    with pytest.raises(ValueError, match="1 captions for 2 samples"):
-        m.sample(captions=CAPTIONS[:1], **kw)
-    plain = text_module()
-    plain.text_encoder = None
-    with pytest.raises(ValueError, match="no text encoder"):
-        plain.sample(captions=CAPTIONS, **kw)
+    with pytest.raises(ValueError, match="do not match the 2 samples"):
+        m.sample(cond={"caption": CAPTIONS[:1]}, **kw)
+    with pytest.raises(ValueError, match="unknown condition"):
+        m.sample(cond={"captions": CAPTIONS}, **kw)
 
 
 def test_a_text_encoder_needs_a_network_with_matching_cross_attention():
     from shared.diffusion.schedules import DiscreteVP
-    from shared.engine.module import DiffusionModule
+    from shared.methods.diffusion_module import DiffusionModule
     from shared.nn.unet import UNet
 
     kw = dict(in_channels=1, image_size=8, base_channels=16, channel_mult=(1,), num_res_blocks=1,
@@ -192,7 +195,7 @@ def test_animatediff_on_the_sd_unet_fresh_motion_module_equals_the_image_model_w
     module = instantiate(cfg.module, net=instantiate(cfg.model))
     trainable = {n for n, p in module.named_parameters() if p.requires_grad}
     assert trainable and all(".motion_modules." in n or "temporal" in n for n in trainable), sorted(trainable)[:3]
-    assert not any(p.requires_grad for p in module.text_encoder.parameters())
+    assert not any(p.requires_grad for p in module.conditions["caption"].encoder.parameters())
 
 
 def write_tiny_sd_folder(root):
@@ -237,7 +240,7 @@ def test_paper_scale_text_to_video_configs_load_a_local_sd_folder_and_train(expe
     from safetensors.torch import load_file
 
     unet_file = load_file(str(sd / "unet" / "diffusion_pytorch_model.safetensors"))
-    assert module.text_encoder.encoder.text_model.encoder.layers[0].mlp.fc1.weight.shape == (64, 32)
+    assert module.conditions["caption"].encoder.encoder.text_model.encoder.layers[0].mlp.fc1.weight.shape == (64, 32)
     assert module.net.context_dim == 32 and sum(v.numel() for v in unet_file.values()) == sum(
         p.numel() for n, p in module.net.named_parameters() if not p.requires_grad)  # the whole SD U-Net, frozen
     datamodule.setup("fit")
@@ -264,13 +267,14 @@ def test_sample_grid_passes_captions_to_a_text_conditioned_module(tmp_path):
 
     def spy(n, **kw):
         seen.update(kw)
-        return real_sample(n, **{**kw, "sampler": {"name": "ddim", "steps": 2, "eta": 0.0}})
+        return real_sample(n, **{**kw, "sampler": {**kw["sampler"], "name": "ddim", "steps": 2, "eta": 0.0}})
 
     m.sample = spy
     trainer = SimpleNamespace(is_global_zero=True, fast_dev_run=False, default_root_dir=str(tmp_path), global_step=1)
     cb = SampleGrid(every_n_steps=1, n=3, guidance_scale=2.0)
     cb.on_train_batch_end(trainer, m, None, {"x": torch.zeros(2, 1, 8, 8), "caption": CAPTIONS}, 0)
-    assert seen["captions"] == [CAPTIONS[0], CAPTIONS[1], CAPTIONS[0]] and seen["guidance_scale"] == 2.0
+    assert seen["cond"]["caption"] == [CAPTIONS[0], CAPTIONS[1], CAPTIONS[0]]
+    assert seen["sampler"]["guidance_scale"] == 2.0
     assert (tmp_path / "samples" / "step0000001.png").exists()
     SampleGrid(n=2, captions=["a cat"])._save(trainer, m, "final")
-    assert seen["captions"] == ["a cat", "a cat"]
+    assert seen["cond"]["caption"] == ["a cat", "a cat"]

@@ -108,8 +108,8 @@ def test_decoder_block_frees_its_skip_concat_after_the_first_layer():
     alive while the later layers run."""
     from torch import nn
 
-    from shared.engine.bench import live_tensor_peak
     from shared.nn.layers import CtxSequential
+    from tools.bench import live_tensor_peak
 
     class Half(nn.Module):  # first layer: a new tensor half the concat's size
         def forward(self, x):

@@ -12,7 +12,6 @@ from conftest import compose, run_claim
 from papers.video_ldm.data import DigitSubsetMovingDigits
 from papers.video_ldm.module import VideoLDM, swap_spatial_weights, video_net
 from shared.diffusion.schedules import DiscreteVP
-from shared.engine.checkpoint import save_weights
 from shared.nn.autoencoder import AutoencoderKL
 from shared.nn.layers import ResBlock
 from shared.nn.temporal_mix import (
@@ -25,6 +24,7 @@ from shared.nn.temporal_mix import (
 )
 from shared.nn.unet import UNet
 from shared.nn.video import TemporalConv, spatial_parameters, temporal_parameters, temporal_state_dict
+from shared.nn.weights import save_weights
 
 B, T = 2, 4
 

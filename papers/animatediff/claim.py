@@ -33,10 +33,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from papers.animatediff.data import MovingDigitsSubset, stack_items
 from shared.diffusion.parameterization import make_denoiser
-from shared.diffusion.samplers import sample as run_sampler
+from shared.diffusion.samplers import SAMPLERS
 from shared.engine.claims import finish, fit_variant, summarise
-from shared.engine.module import sampler_kwargs
 from shared.engine.video_io import save_video_grid
+from shared.methods.sampling import resolve_sampler_config, run_sampler, split_sampler_config
 from shared.metrics.frechet import gaussian_stats
 from shared.metrics.video import frame_consistency
 from shared.metrics.video_judge import (
@@ -95,9 +95,8 @@ def draw(cfg: DictConfig, net, n: int, shape, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(int(seed))
     x_T = torch.randn((n, *shape), generator=g)
     den = make_denoiser(net, schedule, str(cfg.module.prediction), clip_x0=1.0)
-    s = dict(c.sampler)
-    name, steps = s.pop("name"), s.pop("steps")
-    return run_sampler(name, den, x_T, schedule, int(steps), **sampler_kwargs(name, {**s, "generator": g}))
+    name, steps, opts, _ = split_sampler_config(resolve_sampler_config(SAMPLERS, {}, dict(c.sampler)))
+    return run_sampler(SAMPLERS[name], den, x_T, schedule, steps, g, opts)
 
 
 def consistency(videos: torch.Tensor) -> float:

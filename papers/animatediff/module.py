@@ -4,7 +4,7 @@ Every stage trains with the base diffusion objective (AnimateDiff Eq. 2/4: the e
 diffusion, here in pixel space at CPU scale) on whatever the stage's network leaves trainable
 (:mod:`papers.animatediff.nets`): the image model, a personalised copy (full or LoRA), the motion modules with the
 image model frozen (Sec. 4.2), or MotionLoRA (Sec. 4.3). The optimiser of
-:class:`~shared.engine.module.DiffusionModule` takes only ``requires_grad`` parameters, so the frozen weights
+:class:`~shared.methods.diffusion_module.DiffusionModule` takes only ``requires_grad`` parameters, so the frozen weights
 stay bit-identical. :meth:`AnimateDiff.export_weights` writes just the stage's trained part (the motion modules
 alone, the LoRA factors alone, or the full image model) from the EMA copy.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from shared.engine.module import DiffusionModule
+from shared.methods.diffusion_module import DiffusionModule
 from shared.nn.lora import lora_state_dict
 from shared.nn.motion_module import motion_module_state_dict
 

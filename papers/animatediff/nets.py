@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 
 from torch import nn
 
+from shared.nn.build import buildable
 from shared.nn.lora import inject_lora, load_lora_state_dict, remove_lora
 from shared.nn.motion_module import from_image_model, from_official, inject_motion_lora, load_motion_module_state_dict
 
@@ -67,6 +68,7 @@ def apply_personalisation(image: nn.Module, personal: dict, lora: dict) -> nn.Mo
     return image
 
 
+@buildable
 def animatediff_net(image: nn.Module, stage: str = "image", image_weights: str | None = None,
                     personal: dict | None = None, motion_module: Callable[[int], nn.Module] | dict | None = None,
                     motion_weights: str | None = None, motion_lora_weights: str | None = None,

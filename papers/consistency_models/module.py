@@ -14,7 +14,8 @@ discretisation ``eps = t_1 < ... < t_N = T`` against a target network ``theta^-`
 
 ``d`` is named by the config: ``l2`` (squared), ``pseudo_huber`` (improved CT), ``judge`` (squared distance of
 the digits judge's features — the metric's own network, so only for ablations) or ``lpips`` (weights from a
-local path; clear error when missing). Sampling is multistep consistency sampling (Algorithm 1).
+local path; clear error when missing). Sampling is multistep consistency sampling (Algorithm 1), the
+``consistency`` sampler of the shared sampling loop.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from shared.diffusion.consistency import (
     pseudo_huber,
 )
 from shared.diffusion.edm import karras_boundaries
-from shared.engine.edm_module import EDMModule, TeacherMixin, init_from_checkpoint
+from shared.methods.edm_module import EDMModule, TeacherMixin, init_from_checkpoint
 
 DISTANCES = ("l2", "pseudo_huber", "judge", "lpips")
 
@@ -88,6 +89,9 @@ class ConsistencyModel(TeacherMixin, EDMModule):
         self.s0, self.s1, self.mu0, self.total_steps = int(s0), int(s1), float(mu0), int(total_steps)
         self.distance, self.huber_c = distance, huber_c
         self.sample_times = [float(t) for t in (sample_times or [schedule.t_max])]
+        # sampling is multistep consistency sampling at ``sample_times`` unless a caller names another sampler (the
+        # ``sampler`` of the module config is the teacher recipe's, not the consistency model's)
+        self.sampler_cfg = {"name": "consistency", "times": self.sample_times}
         if teacher_ckpt and init_from_teacher:
             init_from_checkpoint(self, teacher_ckpt)
         self.target = copy.deepcopy(self.net).requires_grad_(False)   # theta^- (saved with checkpoints)
@@ -119,8 +123,7 @@ class ConsistencyModel(TeacherMixin, EDMModule):
             return ((judge.features(a) - judge.features(b)) ** 2).mean(1)
         return self._dist(a, b)
 
-    def training_loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
-        x = batch["x"]
+    def objective(self, x: torch.Tensor, generator: torch.Generator, **kw) -> torch.Tensor:
         b = x.shape[0]
         bounds = karras_boundaries(self.schedule, self.current_scales()).to(x.device)
         n = torch.randint(0, len(bounds) - 1, (b,), generator=generator).to(x.device)
@@ -132,14 +135,14 @@ class ConsistencyModel(TeacherMixin, EDMModule):
                 teacher = self.teacher
                 d_fn = teacher.denoise_sigma
                 if self.solver == "heun":
-                    x_cur = heun_between(d_fn, x_next, t_next, t_cur)
+                    x_cur = heun_between(lambda a, s: d_fn(a, s, **kw), x_next, t_next, t_cur)
                 else:
-                    x_cur = x_next + (t_cur - t_next)[:, None, None, None] * (x_next - d_fn(x_next, t_next)) \
+                    x_cur = x_next + (t_cur - t_next)[:, None, None, None] * (x_next - d_fn(x_next, t_next, **kw)) \
                         / t_next[:, None, None, None]
             else:
                 x_cur = x + t_cur[:, None, None, None] * z
-            target = self.target.denoise_sigma(x_cur, t_cur)
-        pred = self.net.denoise_sigma(x_next, t_next)
+            target = self.target.denoise_sigma(x_cur, t_cur, **kw)
+        pred = self.net.denoise_sigma(x_next, t_next, **kw)
         return self.dist(pred, target).mean()   # lambda(t_n) = 1 as in the paper
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
@@ -150,15 +153,15 @@ class ConsistencyModel(TeacherMixin, EDMModule):
                                  1.0 - mu)
 
     # ------------------------------------------------------------------ sampling
-    @torch.no_grad()
-    def sample(self, n: int | None = None, x_T: torch.Tensor | None = None, sampler: dict | None = None,
-               generator: torch.Generator | None = None, use_ema: bool = True, batch_size: int = 500, **_):
-        """Multistep consistency sampling; ``sampler={"times": [...]}`` overrides ``sample_times``
-        (``[T]`` is one-step generation)."""
-        times = list((sampler or {}).get("times") or self.sample_times)
-        if x_T is None:
-            x_T = self.noise(n, generator)
-        x_T = x_T * (times[0] / self.schedule.t_max)          # noise() draws at sigma_max
-        den = self.denoiser(use_ema)
-        return torch.cat([multistep_consistency_sample(den, x_T[i:i + batch_size], times, self.schedule.t_min,
-                                                       generator) for i in range(0, x_T.shape[0], batch_size)])
+    def samplers(self) -> dict:
+        return {**super().samplers(), "consistency": consistency_sampler}
+
+
+def consistency_sampler(denoise, x_T: torch.Tensor, schedule, steps: int | None = None, times=None,
+                        generator: torch.Generator | None = None) -> torch.Tensor:
+    """Multistep consistency sampling (Algorithm 1) at ``times`` (``[T]`` is one-step generation); ``x_T`` is the
+    module's noise at ``sigma_max``, rescaled to ``times[0]``."""
+    if times is None:
+        raise ValueError("the consistency sampler needs times (sampler.times)")
+    times = [float(t) for t in torch.as_tensor(times).flatten()]
+    return multistep_consistency_sample(denoise, x_T * (times[0] / schedule.t_max), times, schedule.t_min, generator)

@@ -19,10 +19,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from shared.data.digits import real_splits
-from shared.engine.checkpoint import load_checkpoint_file, load_state_dict_strict
 from shared.engine.claims import cached, finish, fit_variant, summarise
 from shared.engine.video_io import save_image_grid
 from shared.metrics.judge import fd_judge
+from shared.nn.weights import load_state_dict_strict, read_checkpoint
 
 
 def _plot(results: dict, steps: list, path: str) -> None:
@@ -48,7 +48,7 @@ def run(cfg: DictConfig) -> dict:
     c = cfg.claim
     if c.get("teacher_ckpt"):  # any DDPM-trained checkpoint: DDIM only changes the sampler
         module = instantiate(cfg.module)
-        load_state_dict_strict(module, load_checkpoint_file(c.teacher_ckpt)["state_dict"], what=str(c.teacher_ckpt))
+        load_state_dict_strict(module, read_checkpoint(c.teacher_ckpt)["state_dict"], what=str(c.teacher_ckpt))
         module.eval()
     else:
         module = fit_variant(cfg, "ddpm_model", seed=int(c.train_seed))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from shared.diffusion.samplers import ddim_invert, ddim_sample
-from shared.engine.module import DiffusionModule
+from shared.methods.diffusion_module import DiffusionModule
 
 
 def slerp(z0: torch.Tensor, z1: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:

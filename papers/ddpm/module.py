@@ -13,7 +13,7 @@ only names the paper's choices, which live in ``experiments/ddpm/*.yaml``.
 """
 from __future__ import annotations
 
-from shared.engine.module import DiffusionModule
+from shared.methods.diffusion_module import DiffusionModule
 
 
 class DDPM(DiffusionModule):

@@ -28,12 +28,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from shared.data.digits import real_splits
-from shared.engine.checkpoint import save_weights
 from shared.engine.claims import finish, fit_variant, summarise, variant_config
 from shared.engine.run import fit
 from shared.engine.video_io import save_image_grid
 from shared.metrics.judge import fd_judge, judge_accuracy
 from shared.nn.flops import dit_inputs, gflops
+from shared.nn.weights import save_weights
 
 
 # ------------------------------------------------------------------ evaluation helpers
@@ -43,7 +43,8 @@ def draw(module, n: int, sampler: dict, seed: int, guidance_scale: float = 1.0, 
     g = torch.Generator().manual_seed(int(seed))
     was_training = module.training
     module.eval()
-    x = module.sample(n, sampler=dict(sampler), generator=g, y=y, guidance_scale=float(guidance_scale))
+    x = module.sample(n, cond={"y": y}, sampler={**dict(sampler), "guidance_scale": float(guidance_scale)},
+                      generator=g)
     module.train(was_training)
     return x, y
 

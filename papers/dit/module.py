@@ -15,7 +15,7 @@ around it (Sec. 3.1 and 4, "Training" / "Diffusion"):
   through
   :func:`shared.diffusion.samplers.ddpm_learned_variance_sample`, or any shared sampler on the eps channels;
   CFG (Sec. 3.1, "Classifier-free guidance") guides the eps channels and keeps the conditional ``v``;
-* latent space: the shared wrapper ``shared.diffusion.latent.latent_diffusion(base=DiTModule)`` encodes
+* latent space: the shared wrapper ``shared.methods.latent_module.latent_diffusion(base=DiTModule)`` encodes
   batches with a frozen KL autoencoder (the Stable Diffusion VAE from a local file at paper scale, a small one
   trained on the digits in ``experiments/dit/digits_latent.yaml``) and decodes samples; without it DiT runs
   in pixel space (the digits scaling / ablation / guidance checks).
@@ -27,12 +27,11 @@ import math
 
 import torch
 
-from shared.diffusion.guidance import drop_labels
-from shared.diffusion.losses import diffusion_loss
+from shared.diffusion.guidance import guidance_weight, is_unit_guidance
 from shared.diffusion.parameterization import make_denoiser
 from shared.diffusion.samplers import ddpm_learned_variance_sample
 from shared.diffusion.schedules import DiscreteVP, _bcast
-from shared.engine.module import DiffusionModule
+from shared.methods.diffusion_module import DiffusionModule
 
 
 # ------------------------------------------------------------------ Gaussian terms of the VLB (IDDPM / DDPM
@@ -115,7 +114,7 @@ class DiTModule(DiffusionModule):
         learned_variance_sampling: sample ``ddpm`` with the learned variance (else the fixed ``variance``
         option).
 
-    Latent DiT = this module inside the shared latent wrapper (``shared.diffusion.latent.latent_diffusion``
+    Latent DiT = this module inside the shared latent wrapper (``shared.methods.latent_module.latent_diffusion``
     with ``base: papers.dit.module.DiTModule``): batches are encoded before :meth:`training_loss`, samples
     decoded after :meth:`sample`. On its own the module works on whatever tensors it is given (pixels).
     """
@@ -136,15 +135,9 @@ class DiTModule(DiffusionModule):
         self.vlb = LearnedVarianceTerms(self.schedule) if self.learn_sigma else None
 
     # ------------------------------------------------------------------ training
-    def training_loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
-        x0 = batch["x"]
-        kw = {}
-        if "y" in batch and getattr(self.net, "num_classes", None):
-            kw["y"] = drop_labels(batch["y"], self.cond_drop_prob, self.net.null_label, generator)
+    def objective(self, x0: torch.Tensor, generator: torch.Generator, **kw):
         if not self.learn_sigma:
-            return diffusion_loss(
-                self.net, x0, self.schedule, self.prediction, self.loss_weighting, generator=generator, **kw
-            )
+            return super().objective(x0, generator, **kw)
         t = self.schedule.sample_t(x0.shape[0], generator=generator, device=x0.device)
         eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         alpha, sigma = self.schedule.alpha_sigma(t)
@@ -154,45 +147,42 @@ class DiTModule(DiffusionModule):
         # stop-gradient on the mean: L_vlb only trains Sigma (IDDPM Sec. 3.1)
         x0_hat = (x_t - _bcast(sigma, x0) * eps_hat.detach()) / _bcast(alpha, x0)
         vb = vlb_terms_bits(self.vlb, x0, x_t, t, x0_hat, v)
-        self.log("train/mse", mse.mean(), on_step=True, on_epoch=False, batch_size=x0.shape[0])
-        self.log("train/vb", vb.mean(), on_step=True, on_epoch=False, batch_size=x0.shape[0])
+        self.note(mse=mse.mean(), vb=vb.mean())
         return (mse + self.vlb_weight * vb).mean()
 
     # ------------------------------------------------------------------ sampling
-    def guided_net(self, use_ema: bool = True, y: torch.Tensor | None = None, guidance_scale: float = 1.0):
-        """``f(x, t_net) -> output`` with CFG on the eps channels; with ``learn_sigma`` the conditional
-        ``v`` is kept (the official ``forward_with_cfg`` guides only the first 3 of 4 latent channels — a
-        quirk we do not copy)."""
+    def guided_network(self, cond_kw: dict, uncond_kw: dict, guidance_scale, use_ema: bool = True):
+        """``f(x, t_net) -> output`` with CFG on the eps channels; with ``learn_sigma`` the conditional ``v`` is
+        kept (the official ``forward_with_cfg`` guides only the first 3 of 4 latent channels — a quirk we do not
+        copy)."""
+        if not self.learn_sigma or not cond_kw or is_unit_guidance(guidance_scale):
+            return super().guided_network(cond_kw, uncond_kw, guidance_scale, use_ema)
         net = self.sampling_net(use_ema)
-        null = getattr(net, "null_label", None)
 
         def f(x: torch.Tensor, t_net: torch.Tensor, **kw) -> torch.Tensor:
-            if y is None:
-                return net(x, t_net, **kw)
-            if guidance_scale == 1.0:
-                return net(x, t_net, y=y, **kw)
-            out = net(
-                torch.cat([x, x]), torch.cat([t_net, t_net]), y=torch.cat([y, torch.full_like(y, null)]), **kw
-            )
-            cond, uncond = out.chunk(2)
-            if not self.learn_sigma:
-                return uncond + guidance_scale * (cond - uncond)
-            (eps_c, v_c), (eps_u, _) = cond.chunk(2, dim=1), uncond.chunk(2, dim=1)
-            return torch.cat([eps_u + guidance_scale * (eps_c - eps_u), v_c], dim=1)
+            both = {k: torch.cat([cond_kw[k], uncond_kw[k]]) for k in cond_kw}
+            out = net(torch.cat([x, x]), torch.cat([t_net, t_net]), **both, **kw)
+            (eps_c, v_c), (eps_u, _) = (o.chunk(2, dim=1) for o in out.chunk(2))
+            return torch.cat([eps_u + guidance_weight(guidance_scale, x) * (eps_c - eps_u), v_c], dim=1)
 
         return f
 
-    def denoiser(
-        self, use_ema: bool = True, y: torch.Tensor | None = None, guidance_scale: float = 1.0, **net_kwargs
-    ):
+    def denoiser(self, use_ema: bool = True, cond=None, guidance_scale=1.0, clip: bool = True, **net_kwargs):
         """``denoise(x_t, t) -> (x0, eps)`` on the eps channels (what every shared sampler takes)."""
-        f = self.guided_net(use_ema, y, guidance_scale)
-        eps_only = (lambda x, t, **kw: f(x, t, **kw).chunk(2, dim=1)[0]) if self.learn_sigma else f
-        return make_denoiser(eps_only, self.schedule, self.prediction, clip_x0=self.clip_x0, **net_kwargs)
+        if not self.learn_sigma:
+            return super().denoiser(use_ema, cond, guidance_scale, clip, **net_kwargs)
+        f = self._guided(use_ema, cond, guidance_scale)
+        return make_denoiser(lambda x, t, **kw: f(x, t, **kw).chunk(2, dim=1)[0], self.schedule, self.prediction,
+                             clip_x0=self.clip_x0 if clip else None, **net_kwargs)
 
-    def denoiser_v(self, use_ema: bool = True, y: torch.Tensor | None = None, guidance_scale: float = 1.0):
+    def _guided(self, use_ema, cond, guidance_scale):
+        guided = not is_unit_guidance(guidance_scale)
+        cond_kw, uncond_kw = self.conditions.guidance_pair(self.prepare_cond(cond or {}), self.device, guided)
+        return self.guided_network(cond_kw, uncond_kw, guidance_scale, use_ema)
+
+    def denoiser_v(self, use_ema: bool = True, cond=None, guidance_scale=1.0):
         """``denoise_v(x_t, t) -> (x0, eps, v)`` for :func:`ddpm_learned_variance_sample`."""
-        f = self.guided_net(use_ema, y, guidance_scale)
+        f = self._guided(use_ema, cond, guidance_scale)
 
         def denoise_v(x_t, t):
             t = torch.as_tensor(t, device=x_t.device, dtype=torch.float32).expand(x_t.shape[0])
@@ -206,30 +196,8 @@ class DiTModule(DiffusionModule):
 
         return denoise_v
 
-    @torch.no_grad()
-    def sample(
-        self,
-        n: int | None = None,
-        x_T: torch.Tensor | None = None,
-        sampler: dict | None = None,
-        generator: torch.Generator | None = None,
-        y: torch.Tensor | None = None,
-        guidance_scale: float = 1.0,
-        use_ema: bool = True,
-        batch_size: int = 500,
-    ) -> torch.Tensor:
-        cfg = {**self.sampler_cfg, **(sampler or {})}
-        if not (self.learn_sigma and self.learned_variance_sampling and cfg["name"] == "ddpm"):
-            return super().sample(n, x_T, sampler, generator, y, guidance_scale, use_ema, batch_size)
-        if x_T is None:
-            x_T = self.noise(n, generator)
-        outs = []
-        for i in range(0, x_T.shape[0], batch_size):
-            yb = None if y is None else y[i : i + batch_size]
-            den = self.denoiser_v(use_ema, yb, guidance_scale)
-            outs.append(
-                ddpm_learned_variance_sample(
-                    den, x_T[i : i + batch_size], self.schedule, cfg["steps"], generator=generator
-                )
-            )
-        return torch.cat(outs)
+    def sample_batch(self, x_T, cond, sampler, generator, use_ema=True):
+        if not (self.learn_sigma and self.learned_variance_sampling and sampler["name"] == "ddpm"):
+            return super().sample_batch(x_T, cond, sampler, generator, use_ema)
+        den = self.denoiser_v(use_ema, cond, sampler.get("guidance_scale", 1.0))
+        return ddpm_learned_variance_sample(den, x_T, self.schedule, sampler["steps"], generator=generator)

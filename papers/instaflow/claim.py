@@ -25,8 +25,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from shared.diffusion.flow import solve_ode
 from shared.engine.claims import finish, summarise
-from shared.engine.flow_module import fit_stage, pair_data, save_reflow_pairs
 from shared.engine.parallel import map_jobs
+from shared.engine.stages import fit_stage, pair_data, save_reflow_pairs
 
 SMOKE = {
     "base_steps": 2,
@@ -117,20 +117,20 @@ def _seed(cfg_c: dict, seed: int) -> dict:
 
     one = {"name": "euler", "steps": 1}
     xr, nfe = solve_ode(
-        teacher.denoiser(True, y, w), x_T, teacher.schedule, "rk45", rtol=b["eval_rtol"], atol=b["eval_rtol"]
+        teacher.denoiser(True, {"y": y}, w), x_T, teacher.schedule, "rk45", rtol=b["eval_rtol"], atol=b["eval_rtol"]
     )
     score("teacher_guided_rk45", xr, int(nfe))
-    score("teacher_guided_1step", teacher.sample(x_T=x_T, y=y, guidance_scale=w, sampler=one), 1)
-    score("2rf_1step", rf2.sample(x_T=x_T, y=y, sampler=one), 1)
-    score("distill_2rf", d2.sample(x_T=x_T, y=y, sampler=one), 1)
-    score("distill_1rf", d1.sample(x_T=x_T, y=y, sampler=one), 1)
+    score("teacher_guided_1step", teacher.sample(x_T=x_T, cond={"y": y}, sampler={**one, "guidance_scale": w}), 1)
+    score("2rf_1step", rf2.sample(x_T=x_T, cond={"y": y}, sampler=one), 1)
+    score("distill_2rf", d2.sample(x_T=x_T, cond={"y": y}, sampler=one), 1)
+    score("distill_1rf", d1.sample(x_T=x_T, cond={"y": y}, sampler=one), 1)
     grids = None
     if seed == int(b["seeds"][0]):  # rows = requested class, columns = shared noise
         cols = int(b["grid_cols"])
         zg = gen(cols, 500).repeat(k, 1, 1, 1)
         yg = torch.arange(k).repeat_interleave(cols)
         grids = {
-            lab: mod.sample(x_T=zg, y=yg, sampler=one).clamp(-1, 1).tolist()
+            lab: mod.sample(x_T=zg, cond={"y": yg}, sampler=one).clamp(-1, 1).tolist()
             for lab, mod in (("distill_2rf", d2), ("distill_1rf", d1))
         }
     res["pair_nfe"] = {"teacher_guided": nfe_t, "2rf": nfe_2}

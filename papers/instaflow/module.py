@@ -7,12 +7,12 @@ on them; the 2-RF's own pairs are then *distilled* into a one-step model. The pa
 the 2-RF is far better than distilling the teacher's pairs directly ("distill(1-RF)").
 
 Here the condition is a digit class label (with a null label for guidance); the module is the shared
-rectified-flow module (``shared.engine.flow_module``) with ``num_classes`` on the network.
+rectified-flow module (``shared.methods.flow_module``) with ``num_classes`` on the network.
 """
 
 from __future__ import annotations
 
-from shared.engine.flow_module import RectifiedFlowModule
+from shared.methods.flow_module import RectifiedFlowModule
 
 
 class InstaFlow(RectifiedFlowModule):

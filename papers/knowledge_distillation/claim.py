@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from shared.data.digits import real_splits
 from shared.engine.claims import finish, fit_variant, module_config, summarise
-from shared.engine.edm_module import teacher_ddim_fd, teacher_for_seed
+from shared.engine.teachers import teacher_ddim_fd, teacher_for_seed
 from shared.engine.video_io import save_image_grid
 from shared.metrics.judge import fd_judge
 

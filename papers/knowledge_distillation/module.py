@@ -5,7 +5,7 @@ The deterministic DDIM sampler of a trained diffusion model is a map ``x_T -> x_
 dataset of teacher pairs ``{(x_T, DDIM_teacher(x_T))}`` drawn once before training (Sec. 3, Algorithm 1); the
 distillation loss reduces to the mean-squared error ``E ||F_student(x_T) - DDIM_teacher(x_T)||^2`` (Eq. 6-7).
 
-Here the teacher is the EDM-preconditioned model of :mod:`shared.engine.edm_module` and the student is the same
+Here the teacher is the EDM-preconditioned model of :mod:`shared.methods.edm_module` and the student is the same
 preconditioned network evaluated at ``sigma_max`` (``x_T = sigma_max z``), so one-step sampling is the ordinary
 ``ddim`` sampler with ``steps = 1``.
 """
@@ -15,7 +15,7 @@ import torch
 
 from shared.diffusion.edm import nested_grid
 from shared.diffusion.samplers import ddim_sample
-from shared.engine.edm_module import EDMModule, TeacherMixin, init_from_checkpoint
+from shared.methods.edm_module import EDMModule, TeacherMixin, init_from_checkpoint
 
 
 class KnowledgeDistillation(TeacherMixin, EDMModule):

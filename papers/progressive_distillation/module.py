@@ -23,7 +23,7 @@ import torch
 
 from shared.diffusion.edm import nested_grid
 from shared.diffusion.schedules import Schedule, _bcast
-from shared.engine.edm_module import EDMModule, TeacherMixin, init_from_checkpoint
+from shared.methods.edm_module import EDMModule, TeacherMixin, init_from_checkpoint
 
 WEIGHTINGS = ("snr_trunc", "snr_plus_one", "edm")
 

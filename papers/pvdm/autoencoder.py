@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared.engine.checkpoint import load_state_dict_strict
-from shared.nn.autoencoder import DiagonalGaussian, read_state_dict
+from shared.nn.autoencoder import DiagonalGaussian
 from shared.nn.triplane import PLANES, AxisPool, broadcast_sum, canvas_shape, from_canvas, to_canvas
+from shared.nn.weights import load_state_dict_strict, read_state_dict
 
 REGULARIZATIONS = ("kl", "tanh")
 

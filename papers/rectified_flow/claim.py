@@ -27,8 +27,8 @@ from omegaconf import DictConfig, OmegaConf
 from shared.diffusion.flow import solve_ode
 from shared.diffusion.samplers import euler_sample
 from shared.engine.claims import finish, summarise
-from shared.engine.flow_module import fit_stage, pair_data, save_reflow_pairs
 from shared.engine.parallel import map_jobs
+from shared.engine.stages import fit_stage, pair_data, save_reflow_pairs
 from shared.metrics.straightness import straightness
 
 SMOKE = {

@@ -2,7 +2,7 @@
 
 A 1-rectified flow is trained on the 2D eight-Gaussians toy, its ODE couples noise to data (reflow pairs,
 RK45), and a 2-rectified flow is trained on those pairs from the 1-RF's weights — the claim pipeline's stages
-(``shared.engine.flow_module.fit_stage``) at demo budget. The act plots both flows' Euler trajectories (the
+(``shared.engine.stages.fit_stage``) at demo budget. The act plots both flows' Euler trajectories (the
 crossing, curved 1-RF paths become straight) and reports the straightness ``S(Z)`` and the one-step sliced
 Wasserstein distance to the target.
 """
@@ -19,22 +19,12 @@ FAST = {"base_steps": 10, "reflow_steps": 10, "n_pairs": 256, "n_eval": 256, "pa
 
 
 def _compose(run_dir: Path, overrides=()):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from omegaconf import open_dict
 
-    GlobalHydra.instance().clear()
-    conf = Path(__file__).resolve().parents[2] / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        cfg = compose(
-            config_name="train",
-            overrides=[
-                "experiment=rectified_flow/toy2d_claim",
-                "pipeline=null",
-                "trainer.enable_progress_bar=true",
-                *overrides,
-            ],
-        )
+    from shared.engine.compose import compose
+
+    cfg = compose(["experiment=rectified_flow/toy2d_claim", "pipeline=null", "trainer.enable_progress_bar=true",
+                   *overrides])
     with open_dict(cfg):
         cfg.run_dir = str(run_dir)
     return cfg
@@ -64,7 +54,7 @@ def _plot(trajs: dict, path: Path) -> None:
 def demo_act(out: Path, fast: bool) -> list[tuple[str, str]]:
     from shared.data.toys import sample_toy
     from shared.diffusion.samplers import euler_sample
-    from shared.engine.flow_module import fit_stage, pair_data, save_reflow_pairs
+    from shared.engine.stages import fit_stage, pair_data, save_reflow_pairs
     from shared.metrics.sliced_wasserstein import sliced_wasserstein
     from shared.metrics.straightness import straightness
 

@@ -9,12 +9,12 @@ A velocity field ``v`` is regressed on straight interpolations ``X_t = t X_1 + (
 samples of a second distribution (transfer, ``batch["source"]``).
 
 Everything lives in the shared core: the objective and pairs in ``shared.diffusion.flow``, the stages in
-``shared.engine.flow_module.RectifiedFlowModule``; this class only names the paper.
+``shared.methods.flow_module.RectifiedFlowModule``; this class only names the paper.
 """
 
 from __future__ import annotations
 
-from shared.engine.flow_module import RectifiedFlowModule
+from shared.methods.flow_module import RectifiedFlowModule
 
 
 class RectifiedFlow(RectifiedFlowModule):

@@ -14,7 +14,7 @@ from shared.metrics.video import psnr
 
 def demo_act(out: Path, fast: bool) -> list[tuple[str, str]]:
     from papers.vdm.claim import real_videos
-    from shared.engine.demo import _compose
+    from shared.engine.compose import compose as _compose
     from shared.engine.run import fit
 
     steps = 3 if fast else 150

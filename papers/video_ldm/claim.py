@@ -40,7 +40,6 @@ from omegaconf import DictConfig, OmegaConf
 from papers.video_ldm.data import DigitSubsetMovingDigits
 from papers.video_ldm.module import swap_spatial_weights
 from shared.data.video_worlds import MovingDigits
-from shared.engine.checkpoint import save_weights
 from shared.engine.claims import finish, fit_variant, summarise
 from shared.engine.parallel import map_jobs
 from shared.engine.video_io import save_video_grid
@@ -54,6 +53,7 @@ from shared.metrics.video_judge import (
     video_judge_logits,
 )
 from shared.nn.temporal_mix import merge_alphas
+from shared.nn.weights import save_weights
 
 
 def judge_sha(path) -> str:

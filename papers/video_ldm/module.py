@@ -21,18 +21,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from einops import rearrange
 from torch import nn
 
-from shared.engine.checkpoint import load_state_dict_strict
-from shared.engine.module import DiffusionModule, NonFiniteLossError
-from shared.nn.autoencoder import read_state_dict
+from shared.methods.base import RunModule
+from shared.methods.diffusion_module import DiffusionModule
+from shared.nn.build import buildable
 from shared.nn.temporal_mix import TemporalDecoder
 from shared.nn.video import load_temporal_state_dict, temporal_state_dict, video_from_image
+from shared.nn.weights import load_state_dict_strict, read_state_dict
 
 
 class VideoLDM(DiffusionModule):
@@ -64,6 +63,7 @@ def load_image_net(net: nn.Module, weights: str | Path | None) -> nn.Module:
     return net
 
 
+@buildable
 def video_net(image: nn.Module, temporal: Callable[[int], nn.Module], image_weights: str | None = None,
               insert: str = "resblock", where: Sequence[str] = ("input", "middle", "output"),
               freeze: bool = True, temporal_weights: str | None = None) -> nn.Module:
@@ -90,6 +90,7 @@ def swap_spatial_weights(video: nn.Module, image_state: dict[str, torch.Tensor])
     return video
 
 
+@buildable
 def temporal_decoder(autoencoder: nn.Module, make_temporal: Callable[[int], nn.Module] | None = None,
                      freeze: bool = True, weights_path: str | None = None) -> TemporalDecoder:
     """Hydra target: a :class:`TemporalDecoder` around ``autoencoder`` (optionally its saved weights)."""
@@ -99,35 +100,25 @@ def temporal_decoder(autoencoder: nn.Module, make_temporal: Callable[[int], nn.M
     return dec
 
 
-class TemporalDecoderModule(pl.LightningModule):
+class TemporalDecoderModule(RunModule):
     """Fine-tunes a :class:`TemporalDecoder` on videos (Sec. 3.1.1) with an L1 reconstruction loss of the
     posterior-mode latents (encoder frozen); only ``requires_grad`` parameters train."""
 
+    default_lr = 1e-3
+
     def __init__(self, net: TemporalDecoder, optimizer: Callable | None = None, seed: int = 0):
-        super().__init__()
-        self.net, self.optimizer_fn, self.seed = net, optimizer, seed
+        super().__init__(optimizer, None, seed)
+        self.net = net
         self.sample_shape = None
-        self.run_config: dict | None = None
 
     def reconstruction_loss(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             z = self.net.encode(x).mode()
         return (self.net.decode(z) - x).abs().mean()
 
-    def training_step(self, batch, batch_idx):
-        loss = self.reconstruction_loss(batch["x"])
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"non-finite training loss ({loss.item()}) at step {self.global_step}")
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=batch["x"].shape[0])
-        return loss
+    def training_loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
+        return self.reconstruction_loss(batch["x"])
 
     def validation_step(self, batch, batch_idx):
         loss = self.reconstruction_loss(batch["x"])
         self.log("val/rec", loss, batch_size=batch["x"].shape[0], sync_dist=True)
-
-    def configure_optimizers(self):
-        params = [p for p in self.net.parameters() if p.requires_grad]
-        return self.optimizer_fn(params) if self.optimizer_fn else torch.optim.Adam(params, lr=1e-3)
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["run_config"] = self.run_config

@@ -9,14 +9,13 @@
   slicing; outputs unchanged). Videos ``(B, C, T, H, W)`` are encoded frame by frame.
 * :class:`LatentCache` — a dataset whose items are the latents of another dataset's ``x``, encoded once
   (batched, no grad), other fields kept: ``{"x": latent, "y": ..., "is_latent": True}``.
-* :func:`latent_diffusion` / :func:`latent_module_class` — any ``DiffusionModule`` subclass (DDPM, DDIM,
-  flow, EDM, DiT, ...) trained on latents: pixel batches are encoded on the fly (cached batches, marked
-  ``is_latent``, pass through), samples are decoded (``sample(..., decode=False)`` returns latents).
+
+Modules trained in a latent space (any ``DiffusionModule`` subclass: DDPM, flow, EDM, DiT, ...) are the method
+layer's :mod:`shared.methods.latent_module` (``latent_diffusion``), built on :class:`LatentSpace`.
 """
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Iterable
 
@@ -26,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from shared.nn.autoencoder import DiagonalGaussian
 
-__all__ = ["LatentSpace", "LatentCache", "latent_module_class", "latent_diffusion", "latent_std"]
+__all__ = ["LatentSpace", "LatentCache", "latent_std"]
 
 
 def latent_std(latents: torch.Tensor) -> float:
@@ -196,60 +195,3 @@ class LatentCache(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         return {"x": self.latents[i], **{k: v[i] for k, v in self.extras.items()}, "is_latent": True}
-
-
-_CLASSES: dict[type, type] = {}
-
-
-def latent_module_class(base: type | str) -> type:
-    """``Latent<Base>``: the module class ``base`` (a ``DiffusionModule`` subclass or its dotted path) trained
-    and sampled in a :class:`LatentSpace` held as ``self.latent`` (frozen, saved with the checkpoint)."""
-    if isinstance(base, str):
-        mod, _, name = base.rpartition(".")
-        base = getattr(importlib.import_module(mod), name)
-    if base not in _CLASSES:
-        _CLASSES[base] = type(f"Latent{base.__name__}", (_LatentMixin, base), {"__module__": __name__})
-    return _CLASSES[base]
-
-
-def latent_diffusion(
-    latent: LatentSpace, base: type | str = "shared.engine.module.DiffusionModule", **kwargs
-):
-    """Build ``latent_module_class(base)(latent=latent, **kwargs)`` (the Hydra target of
-    ``conf/module/latent_diffusion.yaml``); ``kwargs`` are the base module's arguments."""
-    return latent_module_class(base)(latent=latent, **kwargs)
-
-
-class _LatentMixin:
-    """Encodes pixel batches before the base module's ``training_loss`` and decodes its samples."""
-
-    def __init__(self, *args, latent: LatentSpace, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.latent = latent
-
-    def to_latent(self, batch: dict, generator: torch.Generator | None = None) -> dict:
-        if "is_latent" in batch:
-            return batch
-        x = batch["x"]
-        want = self.latent.autoencoder.in_channels
-        if x.shape[1] != want:
-            raise ValueError(
-                f"pixel batch has {x.shape[1]} channels, the autoencoder takes {want}; cached latents "
-                "must carry the 'is_latent' key (LatentCache)"
-            )
-        return {**batch, "x": self.latent.encode(x, generator)}
-
-    def on_train_batch_start(self, batch, batch_idx):
-        if not self.latent.fitted:  # LDM's scale_by_std: 1/std of the first batch's latents, rank 0's value
-            value = self.latent.fit_scale_factor(batch["x"])
-            value = self.trainer.strategy.broadcast(value, src=0) if self._trainer is not None else value
-            self.latent.set_scale_factor(value)
-        return super().on_train_batch_start(batch, batch_idx)
-
-    def training_loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
-        return super().training_loss(self.to_latent(batch, generator), generator)
-
-    @torch.no_grad()
-    def sample(self, *args, decode: bool = True, **kwargs) -> torch.Tensor:
-        z = super().sample(*args, **kwargs)
-        return self.latent.decode(z) if decode else z

@@ -11,7 +11,7 @@ class SampleGrid(pl.Callback):
     """Every ``every_n_steps`` (and at the end of training) sample ``n`` items with the module's sampler and
     save a grid under ``<run_dir>/samples``; videos (B, C, T, H, W) are saved as GIFs.
 
-    Class-conditional networks get labels ``0, 1, ...``; a text-conditioned module (``module.text_encoder``) gets
+    Class-conditional networks get labels ``0, 1, ...``; a text-conditioned module (a ``caption`` condition) gets
     ``captions`` (cycled to ``n``) or, if none are configured, the captions of the first training batch, guided at
     ``guidance_scale``."""
 
@@ -31,16 +31,17 @@ class SampleGrid(pl.Callback):
         from shared.engine.video_io import save_image_grid, save_video_grid
 
         g = torch.Generator(device=module.device).manual_seed(self.seed)
-        sampler = {"steps": self.steps} if self.steps else None
-        kw = {}
-        if getattr(module.net, "num_classes", None):
-            kw["y"] = torch.arange(self.n, device=module.device) % module.net.num_classes
-        if getattr(module, "text_encoder", None) is not None:
-            kw["captions"] = self.sample_captions() or [""] * self.n  # no caption seen yet: unconditional
-            kw["guidance_scale"] = self.guidance_scale
+        sampler = {"steps": self.steps} if self.steps else {}
+        cond = {}
+        conditions = getattr(module, "conditions", {})
+        if "y" in conditions and getattr(module.net, "num_classes", None):
+            cond["y"] = torch.arange(self.n, device=module.device) % module.net.num_classes
+        if "caption" in conditions:
+            cond["caption"] = self.sample_captions() or [""] * self.n  # no caption seen yet: unconditional
+            sampler["guidance_scale"] = self.guidance_scale
         was_training = module.training
         module.eval()
-        x = module.sample(self.n, sampler=sampler, generator=g, **kw)
+        x = module.sample(self.n, cond=cond, sampler=sampler, generator=g)
         module.train(was_training)
         out = Path(self.out_dir or trainer.default_root_dir) / "samples"
         out.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,10 @@
-"""Checkpoint I/O: atomic writes, safe loads, and rebuilding a module from a checkpoint alone.
+"""Checkpoint files of training runs: atomic writes and safe reads for Lightning.
 
-Checkpoints are written to ``<path>.tmp`` and renamed, so a run killed while saving never leaves a
-truncated ``last.ckpt``. Loading uses ``torch.load(weights_only=True)`` (no pickle of untrusted code) and
-turns a corrupted or truncated file into a one-line error.
+Checkpoints are written to ``<path>.tmp`` and renamed, so a run killed while saving never leaves a truncated
+``last.ckpt``. Reading goes through :func:`shared.nn.weights.read_checkpoint` (``torch.load(weights_only=True)``:
+no pickle of untrusted code; a corrupt or truncated file is a one-line error) and
+:func:`shared.methods.registry.upgrade_checkpoint` (names older checkpoints stored). Rebuilding a module from a
+checkpoint alone is :func:`shared.methods.registry.module_from_checkpoint`.
 """
 from __future__ import annotations
 
@@ -13,9 +15,10 @@ import torch
 from lightning_fabric.utilities.types import _PATH
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
+from shared.methods.registry import upgrade_checkpoint
+from shared.nn.weights import CheckpointError, read_checkpoint
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read or does not fit the model."""
+__all__ = ["AtomicCheckpointIO", "CheckpointError", "load_checkpoint_file"]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -31,56 +34,5 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def load_checkpoint_file(path, map_location="cpu") -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # truncated zip, wrong format, unpickling refusal
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
-
-
-def check_state_dict(model: torch.nn.Module, state: dict, strict: bool = True, what: str = "weights") -> None:
-    """Raise :class:`CheckpointError` naming the keys when ``state`` does not fit ``model``."""
-    own = model.state_dict()
-    shape_bad = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
-    if shape_bad:
-        k = shape_bad[0]
-        raise CheckpointError(f"{what}: shape mismatch for {len(shape_bad)} key(s), e.g. {k}: "
-                              f"checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}")
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    if strict and (missing or unexpected):
-        raise CheckpointError(f"{what}: {len(missing)} missing key(s) {missing[:5]}, "
-                              f"{len(unexpected)} unexpected key(s) {unexpected[:5]}")
-
-
-def load_state_dict_strict(model: torch.nn.Module, state: dict, strict: bool = True, what: str = "weights") -> None:
-    """Load ``state`` into ``model``; on missing/unexpected keys or shape mismatches name them in one line."""
-    check_state_dict(model, state, strict, what)
-    model.load_state_dict(state, strict=False)
-
-
-def save_weights(module: torch.nn.Module, path: str | Path) -> Path:
-    """``module.state_dict()`` as a safetensors file (how one stage hands its weights to the next)."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}, str(path))
-    return path
-
-
-def module_from_checkpoint(path, map_location="cpu"):
-    """Rebuild the LightningModule a checkpoint came from, using only the config stored inside it."""
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
-    ckpt = load_checkpoint_file(path, map_location)
-    cfg = ckpt.get("run_config")
-    if not cfg or "module" not in cfg:
-        raise CheckpointError(f"{path} carries no run config; it was not written by shared.engine.train")
-    module = instantiate(OmegaConf.create(cfg)["module"])
-    load_state_dict_strict(module, ckpt["state_dict"], what=str(path))
-    module.run_config = cfg
-    return module.eval()
+    """A training checkpoint, read safely, with legacy names upgraded."""
+    return upgrade_checkpoint(read_checkpoint(path, map_location))

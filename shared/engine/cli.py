@@ -13,8 +13,8 @@ def friendly_errors():
     from omegaconf.errors import OmegaConfBaseException
 
     from shared.engine.checkpoint import CheckpointError
-    from shared.engine.module import NonFiniteLossError
     from shared.engine.run import ConfigError
+    from shared.methods.base import NonFiniteLossError
 
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
     user_errors = (HydraException, OmegaConfBaseException, CheckpointError, ConfigError, NonFiniteLossError,

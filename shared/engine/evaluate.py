@@ -31,11 +31,11 @@ def evaluate(cfg: DictConfig) -> dict:
     size = int(x.shape[-1])
     real_a, real_b = real_splits(size=size)
     metrics = {"fd_judge": fd_judge(x, real_b), "fd_judge_real_floor": fd_judge(real_a, real_b)}
-    default = Path(cfg.ckpt).parent.parent / "eval" / f"{sampler['name']}_{sampler['steps']}" / "results.json"
+    default = Path(cfg.ckpt).parent.parent / "eval" / f"{sampler['name']}_{sampler.get('steps')}" / "results.json"
     out = Path(cfg.out or default)
     return write_results(out, metrics, claim="evaluate", seeds=[int(cfg.seed)], wall_time_s=round(time.time() - t0, 1),
                          extra={"ckpt": str(cfg.ckpt), "sampler": sampler, "num_samples": int(cfg.num_samples),
-                                "nfe": int(sampler["steps"])})
+                                "nfe": sampler.get('steps')})
 
 
 @hydra.main(config_path="../../conf", config_name="evaluate", version_base="1.3")

@@ -16,8 +16,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 
-from shared.engine.checkpoint import AtomicCheckpointIO, CheckpointError, check_state_dict, load_checkpoint_file
+from shared.engine.checkpoint import AtomicCheckpointIO, CheckpointError, load_checkpoint_file
 from shared.engine.loggers import LoggerRunIds, restore_logger_ids
+from shared.nn.weights import check_state_dict
 
 log = logging.getLogger(__name__)
 

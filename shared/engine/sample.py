@@ -14,22 +14,22 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from shared.engine.checkpoint import module_from_checkpoint
 from shared.engine.cli import friendly_errors
+from shared.methods.registry import module_from_checkpoint
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def draw(cfg: DictConfig):
     module = module_from_checkpoint(cfg.ckpt)
-    sampler = {**module.sampler_cfg, **OmegaConf.to_container(cfg.sampler, resolve=True)}
+    override = {k: v for k, v in OmegaConf.to_container(cfg.sampler, resolve=True).items() if v is not None}
+    sampler = module.sampler_config(override)   # the checkpoint's sampler with the overrides, validated
     g = torch.Generator().manual_seed(int(cfg.seed))
-    kw = {}
+    cond = {}
     if cfg.get("labels") is not None:
         labels = torch.as_tensor(list(cfg.labels), dtype=torch.long)
-        kw = {"y": labels.repeat(int(cfg.n) // len(labels) + 1)[: int(cfg.n)],
-              "guidance_scale": float(cfg.guidance_scale)}
-    x = module.sample(int(cfg.n), sampler=sampler, generator=g, use_ema=bool(cfg.use_ema), **kw)
+        cond = {"y": labels.repeat(int(cfg.n) // len(labels) + 1)[: int(cfg.n)]}
+    x = module.sample(int(cfg.n), cond=cond, sampler=override, generator=g, use_ema=bool(cfg.use_ema))
     return module, sampler, x
 
 
@@ -40,7 +40,8 @@ def main(cfg: DictConfig):
 
         _, sampler, x = draw(cfg)
         ext = "gif" if x.dim() == 5 else "png"
-        out = Path(cfg.out or Path(cfg.ckpt).parent.parent / "samples" / f"{sampler['name']}_{sampler['steps']}.{ext}")
+        name = f"{sampler['name']}_{sampler.get('steps')}.{ext}"
+        out = Path(cfg.out or Path(cfg.ckpt).parent.parent / "samples" / name)
         out.parent.mkdir(parents=True, exist_ok=True)
         nrow = max(1, int(len(x) ** 0.5))
         (save_video_grid if x.dim() == 5 else save_image_grid)(x, out, nrow=nrow)

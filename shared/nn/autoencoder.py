@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from shared.engine.checkpoint import CheckpointError, load_state_dict_strict
+from shared.nn.weights import CheckpointError, load_state_dict_strict, read_state_dict
 
 __all__ = [
     "AutoencoderKL",
@@ -378,28 +378,6 @@ class AutoencoderKL(nn.Module):
 
 
 # -------------------------------------------------------------------- weights I/O
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors from ``.safetensors`` or a torch file (``weights_only=True``; ``state_dict`` is unwrapped)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"weights file not found: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path), device="cpu")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(
-            f"cannot read weights {path}: {type(e).__name__}: {str(e).splitlines()[0]}"
-        ) from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state dict")
-    return state
-
-
 # The original CompVis/LDM (and SD .ckpt ``first_stage_model.``) layout → diffusers' names. Per encoder
 # level i: ``down.i.block.j`` → ``down_blocks.i.resnets.j``,
 # ``down.i.downsample`` → ``down_blocks.i.downsamplers.0``;
@@ -464,7 +442,7 @@ def load_autoencoder_weights(model: AutoencoderKL, path: str | Path, strict: boo
     """Load diffusers-layout weights (or LDM-layout ones, renamed; or the ``net.*`` part of an
     ``AutoencoderModule`` Lightning checkpoint) strictly; one-line error naming bad keys."""
     state = read_state_dict(path)
-    if any(k.startswith("net.encoder.") for k in state):  # a checkpoint of shared.engine.autoencoder_module
+    if any(k.startswith("net.encoder.") for k in state):  # a checkpoint of shared.methods.autoencoder_module
         state = {k[4:]: v for k, v in state.items() if k.startswith("net.")}
     if is_ldm_layout(state):
         state = ldm_to_diffusers_keys(state, len(model.block_out_channels))

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from shared.engine.checkpoint import load_state_dict_strict
-from shared.nn.autoencoder import DiagonalGaussian, read_state_dict
+from shared.nn.autoencoder import DiagonalGaussian
+from shared.nn.weights import load_state_dict_strict, read_state_dict
 
 __all__ = [
     "reconstruction_loss",

@@ -280,7 +280,7 @@ def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def load_lora_state_dict(model: nn.Module, state: dict[str, torch.Tensor], strict: bool = True) -> None:
     """Load LoRA factors into an injected model; one-line error naming missing/unexpected/mismatched keys."""
-    from shared.engine.checkpoint import CheckpointError
+    from shared.nn.weights import CheckpointError
 
     own = lora_state_dict(model)
     if not own:
@@ -325,7 +325,7 @@ def load_lora(model: nn.Module, path: str | Path, strict: bool = True) -> None:
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from shared.engine.checkpoint import CheckpointError
+    from shared.nn.weights import CheckpointError
 
     with safe_open(str(path), "pt") as f:
         meta = json.loads((f.metadata() or {}).get("lora", "{}"))

@@ -39,6 +39,7 @@ from einops import rearrange
 from torch import nn
 
 from shared.nn.attention import sdpa_heads
+from shared.nn.build import buildable
 from shared.nn.layers import CtxBlock, Downsample, ResBlock, Upsample, zero_module
 from shared.nn.lora import inject_lora
 from shared.nn.spatial_transformer import GEGLU, FeedForward  # noqa: F401  (re-exported: one GEGLU feed-forward)
@@ -170,6 +171,7 @@ class MotionModule(CtxBlock):
         return self.temporal_transformer(x, frames)
 
 
+@buildable
 def motion_module(**kwargs) -> Callable[[int], MotionModule]:
     """A factory ``channels -> MotionModule(channels, **kwargs)`` for :func:`from_image_model`."""
     return partial(MotionModule, **kwargs)

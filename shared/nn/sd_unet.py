@@ -43,10 +43,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from shared.nn.autoencoder import read_state_dict
+from shared.nn.build import buildable
 from shared.nn.layers import CtxSequential, Downsample, ResBlock, Upsample
 from shared.nn.spatial_transformer import SpatialTransformer
 from shared.nn.unet import UNet
+from shared.nn.weights import read_state_dict
 
 __all__ = ["sd15_unet_kwargs", "sd15_unet", "kwargs_from_diffusers_config", "diffusers_key_map",
            "diffusers_to_ours", "compvis_to_ours", "load_sd_unet"]
@@ -62,6 +63,7 @@ def sd15_unet_kwargs(**overrides) -> dict:
     return kwargs
 
 
+@buildable
 def sd15_unet(weights: str | Path | None = None, **overrides) -> UNet:
     """SD-1.5's U-Net, randomly initialised or (``weights``) loaded with :func:`load_sd_unet`."""
     if weights is not None:

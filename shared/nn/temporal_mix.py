@@ -34,6 +34,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from shared.nn.build import buildable
 from shared.nn.layers import CtxBlock
 from shared.nn.video import TemporalAttention, TemporalConv, TemporalStack, frame_flags
 
@@ -91,6 +92,7 @@ class AlphaBlend(CtxBlock):
         return a * x + (1 - a) * z
 
 
+@buildable
 def video_ldm_temporal(channels: int, layers: Sequence[str] = ("conv", "attention"),
                        merge: str = "learned_with_images", alpha: float = 0.5, num_heads: int = 1,
                        head_channels: int = -1, norm_groups: int = 32, conv_kernel: int = 3,

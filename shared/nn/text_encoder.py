@@ -29,12 +29,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared.diffusion.guidance import drop_captions  # noqa: F401  (re-exported: caption dropout)
+from shared.nn.build import buildable
 
 SOT_ID, EOT_ID, VOCAB_SIZE = 49406, 49407, 49408
 
 __all__ = ["CLIPTokenizer", "CLIPTextEncoder", "TextConditioner", "sd15_text_encoder_kwargs",
-           "load_clip_text_encoder", "text_conditioner", "drop_captions", "SOT_ID", "EOT_ID"]
+           "load_clip_text_encoder", "text_conditioner", "SOT_ID", "EOT_ID"]
 
 
 def sd15_text_encoder_kwargs(**overrides) -> dict:
@@ -210,8 +210,8 @@ def load_clip_text_encoder(path: str | Path, **overrides) -> CLIPTextEncoder:
       sits under ``cond_stage_model.transformer.`` — SD-1.5's architecture (:func:`sd15_text_encoder_kwargs`).
 
     Keys are matched strictly: a missing or unexpected tensor, or a shape mismatch, is a one-line error."""
-    from shared.nn.autoencoder import read_state_dict
     from shared.nn.sd_unet import find_component
+    from shared.nn.weights import read_state_dict
 
     weights, config = find_component(path, "text_encoder", ("model.safetensors", "pytorch_model.bin"),
                                      "CLIP text-encoder")
@@ -238,6 +238,7 @@ def load_clip_text_encoder(path: str | Path, **overrides) -> CLIPTextEncoder:
     return encoder
 
 
+@buildable
 def text_conditioner(weights: str | None = None, trainable: bool = False, pad_id: int = EOT_ID,
                      **encoder_kwargs) -> TextConditioner:
     """Hydra target: released weights from ``weights`` (SD: frozen) or a fresh encoder of ``encoder_kwargs``."""

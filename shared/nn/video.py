@@ -39,6 +39,7 @@ from einops import rearrange
 from torch import nn
 
 from shared.nn.attention import SpatialSelfAttention, sdpa_heads
+from shared.nn.build import buildable
 from shared.nn.layers import CtxBlock, CtxSequential, Downsample, ResBlock, Upsample, group_norm, zero_module
 from shared.nn.spatial_transformer import SpatialTransformer
 from shared.nn.unet import UNet
@@ -171,6 +172,7 @@ class TemporalStack(CtxBlock):
         return x
 
 
+@buildable
 def vdm_temporal(channels: int, num_heads: int = 1, head_channels: int = -1, norm_groups: int = 32,
                  max_distance: int = 32, conv_kernel: int = 0) -> CtxBlock:
     """VDM's temporal block factory: temporal attention with relative position bias (plus, if
@@ -264,7 +266,7 @@ def spatial_parameters(unet: nn.Module) -> Iterator[nn.Parameter]:
 
 def freeze_spatial(unet: nn.Module) -> nn.Module:
     """Freeze every image-model parameter of an inflated U-Net (``requires_grad=False``), leave the temporal
-    blocks trainable; returns ``unet``. The optimiser of :class:`shared.engine.module.DiffusionModule` takes
+    blocks trainable; returns ``unet``. The optimiser of :class:`shared.methods.diffusion_module.DiffusionModule` takes
     only trainable parameters, so training then updates the temporal layers alone (Video LDM Sec. 3.1,
     AnimateDiff Sec. 4.2: "the base T2I model is frozen")."""
     if not getattr(unet, "temporal_names", None):
@@ -322,6 +324,7 @@ def load_temporal_state_dict(unet: nn.Module, state: dict[str, torch.Tensor], st
     unet.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
 
 
+@buildable
 def video_unet(temporal: Callable[[int], nn.Module] | None = None, insert: str = "attention",
                where: Sequence[str] = ("input", "middle", "output"), position: str = "end", **unet_kwargs) -> UNet:
     """A :class:`UNet` (``unet_kwargs``) inflated with ``temporal`` blocks (default :func:`vdm_temporal`

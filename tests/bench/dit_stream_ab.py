@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from shared.engine import bench
+from tools import bench
 from shared.engine.results import provenance
 from shared.nn import transformer
 

@@ -31,8 +31,8 @@ phase() {  # phase NAME MAX_SECONDS ARGS... : run one bench invocation, cut off 
         echo "== $name: skipped, ${t}s of the budget left" | tee -a "$out/log.txt"
         return
     fi
-    echo "== $name (limit ${t}s): $py -m shared.engine.bench $*" | tee -a "$out/log.txt"
-    PYTHONUNBUFFERED=1 timeout "$t" "$py" -m shared.engine.bench "$@" --out "$out/$name.json" 2>&1 |
+    echo "== $name (limit ${t}s): $py -m tools.bench $*" | tee -a "$out/log.txt"
+    PYTHONUNBUFFERED=1 timeout "$t" "$py" -m tools.bench "$@" --out "$out/$name.json" 2>&1 |
         tee -a "$out/log.txt"
     echo "== $name: exit ${PIPESTATUS[0]} after $(($(date +%s) - start))s" | tee -a "$out/log.txt"
 }

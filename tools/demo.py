@@ -4,8 +4,8 @@ Each act trains a tiny model with the same code as the claim checks (``shared.en
 paper's idea; the table printed at the end and ``outputs/demo/<time>/`` hold the results. Acts whose paper is
 not in this checkout are skipped with a note.
 
-    python -m shared.engine.demo                 # all acts
-    python -m shared.engine.demo --acts ddim     # one act
+    python -m tools.demo                 # all acts
+    python -m tools.demo --acts ddim     # one act
 """
 
 from __future__ import annotations
@@ -24,13 +24,9 @@ os.environ.setdefault("WANDB_MODE", "offline")
 
 
 def _compose(overrides):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    from shared.engine.compose import compose
 
-    GlobalHydra.instance().clear()
-    conf = Path(__file__).resolve().parents[2] / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        return compose(config_name="train", overrides=list(overrides))
+    return compose(overrides)
 
 
 def act_ddim(out: Path, fast: bool) -> list[tuple[str, str]]:

@@ -11,11 +11,11 @@ committed plots (``papers/<id>/results/*.png``) and the sample grids, GIFs and M
 claim under ``outputs/`` (copied into ``reports/assets/`` so the folder is self-contained), plus the newest
 ``make demo`` and every aggregated sweep.
 
-    python -m shared.engine.report                        # all READMEs + RESULTS.md + reports/index.html
-    python -m shared.engine.report --paper ddpm           # one paper's README
-    python -m shared.engine.report --gallery              # only the gallery
-    python -m shared.engine.report --multirun outputs/multirun/<name>/<time> [--metric LABEL]
-    python -m shared.engine.report --root <tree>          # another project tree (tests)
+    python -m tools.report                        # all READMEs + RESULTS.md + reports/index.html
+    python -m tools.report --paper ddpm           # one paper's README
+    python -m tools.report --gallery              # only the gallery
+    python -m tools.report --multirun outputs/multirun/<name>/<time> [--metric LABEL]
+    python -m tools.report --root <tree>          # another project tree (tests)
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import re
 import shutil
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 IMAGE_EXT, VIDEO_EXT = (".png", ".jpg", ".jpeg", ".gif", ".svg"), (".mp4", ".webm")
 MAX_MEDIA_BYTES = 8 * 2**20  # larger files are not copied into the gallery

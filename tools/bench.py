@@ -21,15 +21,15 @@ and the script
 
 CPU threads are set explicitly (``--threads``, default 1). Usage::
 
-    python -m shared.engine.bench                      # all families, small configs, 1 thread
-    python -m shared.engine.bench --cases unet2d --size ddpm --repeats 5
-    python -m shared.engine.bench --threads 2 --out outputs/bench/bench_2threads.json
+    python -m tools.bench                      # all families, small configs, 1 thread
+    python -m tools.bench --cases unet2d --size ddpm --repeats 5
+    python -m tools.bench --threads 2 --out outputs/bench/bench_2threads.json
 
 GPU: ``--device cuda`` times the same steps on the GPU (CUDA-synchronised; peak memory from
 ``torch.cuda.max_memory_allocated`` in-process), ``--precision bf16`` runs both sides under bf16 autocast and
 ``--compile`` wraps both models in ``torch.compile``::
 
-    python -m shared.engine.bench --device cuda --precision bf16 --compile --out outputs/bench/bench_gpu.json
+    python -m tools.bench --device cuda --precision bf16 --compile --out outputs/bench/bench_gpu.json
 
 ``--mfu`` adds the model-FLOPs utilisation of our DiT's training step (default DiT-B/2, 32×32×4 latents): FLOPs
 of one forward + backward counted by ``torch.utils.flop_counter``, divided by the median step time and by the
@@ -521,7 +521,7 @@ def measure_memory(case_name: str, size: str, which: str, mode: str, threads: in
     cmd = [
         sys.executable,
         "-m",
-        "shared.engine.bench",
+        "tools.bench",
         "--_memory",
         case_name,
         size,
@@ -530,7 +530,7 @@ def measure_memory(case_name: str, size: str, which: str, mode: str, threads: in
         "--threads",
         str(threads),
     ]
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[1]
     out = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=1800)
     if out.returncode != 0:
         raise RuntimeError(f"memory subprocess failed: {out.stderr[-2000:]}")
