@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from shared.diffusion.guidance import cfg_kwargs_net
-from shared.methods.conditions import LabelCondition
 from shared.diffusion.losses import diffusion_loss, vlb_weights
 from shared.diffusion.parameterization import PREDICTIONS, from_x0_eps, make_denoiser, to_x0_eps
 from shared.diffusion.samplers import (
@@ -21,6 +20,7 @@ from shared.diffusion.samplers import (
     sample,
 )
 from shared.diffusion.schedules import CosineVP, DiscreteVP, EDMSchedule, FlowSchedule, make_betas
+from shared.methods.conditions import LabelCondition
 
 SCHEDULES = [DiscreteVP(1000), CosineVP(), FlowSchedule(), EDMSchedule()]
 

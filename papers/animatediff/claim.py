@@ -23,7 +23,6 @@ held-out direction of base + motion module videos before vs after MotionLoRA.
 """
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 
@@ -40,8 +39,8 @@ from shared.methods.sampling import resolve_sampler_config, run_sampler, split_s
 from shared.metrics.frechet import gaussian_stats
 from shared.metrics.video import frame_consistency
 from shared.metrics.video_judge import (
-    DEFAULT_VIDEO_JUDGE_PATH,
     fvd_judge,
+    judge_sha256,
     load_video_judge,
     motion_accuracy,
     video_judge_features,
@@ -49,11 +48,6 @@ from shared.metrics.video_judge import (
 )
 
 METHODS = ("full", "lora")
-
-
-def judge_sha(path) -> str:
-    f = Path(path) if path else DEFAULT_VIDEO_JUDGE_PATH
-    return hashlib.sha256(f.read_bytes()).hexdigest()
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -218,7 +212,7 @@ def run(cfg: DictConfig) -> dict:
     for key in per_seed[0]:
         metrics[key] = summarise([r[key] for r in per_seed])
     record = finish(cfg, metrics, paper="animatediff", claim=str(c.name), t0=t0,
-                    extra={"nfe": int(c.sampler.steps), "num_samples": n, "judge_sha256": judge_sha(c.judge_path)})
+                    extra={"nfe": int(c.sampler.steps), "num_samples": n, "judge_sha256": judge_sha256(c.judge_path)})
     if c.get("publish", True):
         dest = Path(__file__).resolve().parent / "results"
         for name in ("grid.gif",):

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from shared.data.digits import real_splits
 from shared.engine.claims import finish, fit_variant, module_config, summarise
-from shared.engine.teachers import teacher_ddim_fd, teacher_for_seed
+from shared.engine.teachers import teacher_with_baseline
 from shared.engine.video_io import save_image_grid
 from shared.metrics.judge import fd_judge
 
@@ -38,14 +38,10 @@ def run(cfg: DictConfig) -> dict:
     fd = {TEACHER: {int(k): [] for k in c.ddim_steps}, "CD": {1: [], 2: []}, "CT": {1: [], 2: []}}
     teachers = {}
     for seed in c.seeds:
-        teacher, tpath, how = teacher_for_seed(cfg, int(seed))
-        teachers[str(seed)] = how
-        if c.get("teachers_only"):
+        teacher, tpath = teacher_with_baseline(cfg, seed, teachers, fd[TEACHER], real_b if evaluate else None)
+        if teacher is None:
             continue
         g0 = int(c.sample_seed) + int(seed)
-        if evaluate:
-            for steps, v in teacher_ddim_fd(cfg, teacher, seed, real_b).items():
-                fd[TEACHER][steps].append(v)
         for method in ("CD", "CT"):
             part = c[method.lower()]
             if not part.get("enabled", True):

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 from shared.data.digits import real_splits
 from shared.engine.claims import finish, fit_variant, module_config, summarise
-from shared.engine.teachers import save_module, teacher_ddim_fd, teacher_for_seed
+from shared.engine.teachers import save_module, teacher_with_baseline
 from shared.engine.video_io import save_image_grid
 from shared.metrics.judge import fd_judge
 
@@ -42,14 +42,10 @@ def run(cfg: DictConfig) -> dict:
     fd = {TEACHER: {int(k): [] for k in c.ddim_steps}, STUDENT: {k: [] for k in rounds}}
     teachers = {}
     for seed in c.seeds:
-        teacher, prev, how = teacher_for_seed(cfg, int(seed))
-        teachers[str(seed)] = how
-        if c.get("teachers_only"):
+        teacher, prev = teacher_with_baseline(cfg, seed, teachers, fd[TEACHER], real_b if evaluate else None, (1,))
+        if teacher is None:
             continue
         g0 = int(c.sample_seed) + int(seed)
-        if evaluate:
-            for steps, v in teacher_ddim_fd(cfg, teacher, seed, real_b, (1,)).items():
-                fd[TEACHER][steps].append(v)
         teacher_steps = start
         for student_steps in rounds:
             tag = f"pd_seed{seed}_{student_steps}step"

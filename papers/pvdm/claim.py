@@ -30,28 +30,17 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from shared.data.video_worlds import MovingDigits
-from shared.engine.claims import finish, fit_variant, summarise
+from shared.engine.claims import finish, fit_variant, summarise, world_items
 from shared.engine.parallel import map_jobs
 from shared.engine.video_io import save_video_grid
 from shared.metrics.video import psnr
-from shared.metrics.video_judge import DEFAULT_VIDEO_JUDGE_PATH, fvd_judge, load_video_judge
+from shared.metrics.video_judge import fvd_judge, judge_sha256, load_video_judge
 from shared.nn.unet import count_parameters
-
-
-def judge_sha(path) -> str:
-    import hashlib
-
-    f = Path(path) if path else DEFAULT_VIDEO_JUDGE_PATH
-    return hashlib.sha256(f.read_bytes()).hexdigest()
 
 
 def videos(cfg: DictConfig, n: int, seed: int, split: str = "test") -> torch.Tensor:
     """``n`` videos of the claim's world (test: digit images unseen in training)."""
-    world = MovingDigits(n=n, frames=int(cfg.data.frames), size=int(cfg.data.size),
-                         digit_size=cfg.data.train.digit_size, num_digits=int(cfg.data.train.num_digits),
-                         speeds=list(cfg.data.train.speeds), seed=seed, split=split)
-    return torch.stack([world[i]["x"] for i in range(n)])
+    return world_items(cfg, n, seed, split)
 
 
 def _step_fn(module, batch: dict):
@@ -200,7 +189,7 @@ def run(cfg: DictConfig) -> dict:
     record = finish(cfg, metrics, paper="pvdm", claim=str(c.name), t0=t0,
                     extra={"nfe": int(c.sampler.steps), "num_samples": int(c.num_samples),
                            "diffusion_steps": int(cfg.trainer.max_steps), "ae_steps": int(c.ae_steps),
-                           "judge_sha256": judge_sha(c.judge_path),
+                           "judge_sha256": judge_sha256(c.judge_path),
                            "memory_method": "params+grads+Adam moments + autograd-saved activations "
                                             "(saved_tensors_hooks), CPU"})
     if c.get("publish", True):  # small sample GIFs next to the results (finish copies PNGs only)

@@ -19,41 +19,28 @@ The real-vs-real ``FVD_judge`` floor compares two disjoint real test sets of ``n
 """
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from shared.data.video_worlds import MovingDigits
 from shared.diffusion.conditioning import frames_mask
-from shared.engine.claims import finish, fit_variant, summarise
+from shared.engine.claims import finish, fit_variant, seed_job_config, summarise, world_items
 from shared.engine.parallel import map_jobs
 from shared.engine.video_io import save_video_grid
 from shared.metrics.video import psnr
-from shared.metrics.video_judge import DEFAULT_VIDEO_JUDGE_PATH, digit_accuracy, fvd_judge, load_video_judge
-
-
-def judge_sha(path) -> str:
-    """sha256 of the judge weights used (the judge file can be re-trained; results name the one used)."""
-    f = Path(path) if path else DEFAULT_VIDEO_JUDGE_PATH
-    return hashlib.sha256(f.read_bytes()).hexdigest()
+from shared.metrics.video_judge import digit_accuracy, fvd_judge, judge_sha256, load_video_judge
 
 
 def real_videos(cfg: DictConfig, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` held-out test videos of the claim's world (digit images unseen in training) and their digits."""
-    world = MovingDigits(n=n, frames=int(cfg.data.frames), size=int(cfg.data.size),
-                         digit_size=cfg.data.train.digit_size, num_digits=int(cfg.data.train.num_digits),
-                         speeds=list(cfg.data.train.speeds), seed=seed, split="test")
-    items = [world[i] for i in range(n)]
-    return torch.stack([it["x"] for it in items]), torch.stack([it["y"] for it in items])
+    return world_items(cfg, n, seed, keys=("x", "y"))
 
 
 def seed_job(cfg_dict: dict, seed: int) -> dict:
     """Train both variants of one seed, sample, extend and score; returns that seed's metrics."""
-    torch.set_num_threads(1)
-    cfg = OmegaConf.create(cfg_dict)
+    cfg = seed_job_config(cfg_dict)
     c = cfg.claim
     judge = load_video_judge(c.judge_path) if c.judge_path else load_video_judge()
     real, _ = real_videos(cfg, int(c.num_samples), int(c.real_seed))
@@ -121,7 +108,7 @@ def run(cfg: DictConfig) -> dict:
         [r["ext_fvd_judge_reconstruction"] / r["ext_fvd_judge_replacement"] for r in per_seed])
     record = finish(cfg, metrics, paper="vdm", claim=str(c.name), t0=t0,
                     extra={"nfe": int(c.sampler.steps), "num_samples": int(c.num_samples),
-                           "num_extensions": int(c.num_extensions), "judge_sha256": judge_sha(c.judge_path)})
+                           "num_extensions": int(c.num_extensions), "judge_sha256": judge_sha256(c.judge_path)})
     if c.get("publish", True):  # small sample GIFs next to the results (finish copies PNGs only)
         dest = Path(__file__).resolve().parent / "results"
         for f in Path(cfg.run_dir).glob("*.gif"):

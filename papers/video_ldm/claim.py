@@ -30,7 +30,6 @@ The real-vs-real floors compare two disjoint real test sets of ``num_samples`` v
 from __future__ import annotations
 
 import copy
-import hashlib
 import time
 from pathlib import Path
 
@@ -39,15 +38,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from papers.video_ldm.data import DigitSubsetMovingDigits
 from papers.video_ldm.module import swap_spatial_weights
-from shared.data.video_worlds import MovingDigits
-from shared.engine.claims import finish, fit_variant, summarise
+from shared.engine.claims import finish, fit_variant, seed_job_config, summarise, world_items
 from shared.engine.parallel import map_jobs
 from shared.engine.video_io import save_video_grid
 from shared.metrics.frechet import frechet_distance, gaussian_stats
 from shared.metrics.video import frame_consistency, psnr
 from shared.metrics.video_judge import (
-    DEFAULT_VIDEO_JUDGE_PATH,
     fvd_judge,
+    judge_sha256,
     load_video_judge,
     video_judge_features,
     video_judge_logits,
@@ -56,18 +54,11 @@ from shared.nn.temporal_mix import merge_alphas
 from shared.nn.weights import save_weights
 
 
-def judge_sha(path) -> str:
-    f = Path(path) if path else DEFAULT_VIDEO_JUDGE_PATH
-    return hashlib.sha256(f.read_bytes()).hexdigest()
-
-
 def real_videos(cfg: DictConfig, n: int, seed: int, digits=None) -> torch.Tensor:
     """``n`` held-out test videos of the claim's world (only ``digits`` classes if given)."""
-    kw = dict(n=n, frames=int(cfg.data.frames), size=int(cfg.data.size), digit_size=cfg.data.train.digit_size,
-              num_digits=int(cfg.data.train.num_digits), speeds=list(cfg.data.train.speeds), seed=seed,
-              split="test")
-    world = DigitSubsetMovingDigits(digits=list(digits), **kw) if digits is not None else MovingDigits(**kw)
-    return torch.stack([world[i]["x"] for i in range(n)])
+    if digits is None:
+        return world_items(cfg, n, seed)
+    return world_items(cfg, n, seed, world=DigitSubsetMovingDigits, digits=list(digits))
 
 
 def static_clips(videos: torch.Tensor) -> torch.Tensor:
@@ -113,8 +104,7 @@ def ema_net(module):
 
 def seed_job(cfg_dict: dict, seed: int) -> dict:
     """All stages of one seed, then the scores; returns that seed's metrics."""
-    torch.set_num_threads(1)
-    cfg = OmegaConf.create(cfg_dict)
+    cfg = seed_job_config(cfg_dict)
     c = cfg.claim
     run_dir, out = Path(cfg.run_dir), {}
     weights = run_dir / f"weights_seed{seed}"
@@ -247,7 +237,7 @@ def run(cfg: DictConfig) -> dict:
     for key in per_seed[0]:
         metrics[key] = summarise([r[key] for r in per_seed])
     record = finish(cfg, metrics, paper="video_ldm", claim=str(c.name), t0=t0,
-                    extra={"nfe": int(c.sampler.steps), "num_samples": n, "judge_sha256": judge_sha(c.judge_path)})
+                    extra={"nfe": int(c.sampler.steps), "num_samples": n, "judge_sha256": judge_sha256(c.judge_path)})
     if c.get("publish", True):  # small GIFs next to the results (finish copies PNGs only)
         dest = Path(__file__).resolve().parent / "results"
         for f in Path(cfg.run_dir).glob("*.gif"):

@@ -102,6 +102,31 @@ def finish(cfg: DictConfig, metrics: dict, *, paper: str, claim: str, t0: float,
     return record
 
 
+def seed_job_config(cfg_dict: dict) -> DictConfig:
+    """The prologue of a per-seed job (possibly in a worker process): one intra-op thread, the config rebuilt from
+    the plain container the job was handed."""
+    import torch
+
+    torch.set_num_threads(1)
+    return OmegaConf.create(cfg_dict)
+
+
+def world_items(cfg: DictConfig, n: int, seed: int, split: str = "test", keys=("x",), world=None, **kwargs):
+    """The first ``n`` items of the claim's world (``cfg.data.train`` with ``seed``/``split``/``n`` replaced, or
+    the class ``world`` built with the same arguments plus ``kwargs``), stacked per key; one tensor if one key."""
+    import torch
+    from hydra.utils import get_class
+
+    spec = OmegaConf.to_container(cfg.data.train, resolve=True)
+    cls = world or get_class(spec.pop("_target_"))
+    spec.pop("_target_", None)
+    spec.update(n=int(n), seed=int(seed), split=split, **kwargs)
+    ds = cls(**spec)
+    items = [ds[i] for i in range(int(n))]
+    out = tuple(torch.stack([it[k] for it in items]) for k in keys)
+    return out[0] if len(keys) == 1 else out
+
+
 def is_finite(x: float) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 

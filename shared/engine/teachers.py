@@ -136,6 +136,21 @@ def teacher_for_seed(cfg: DictConfig, seed: int):
     return module, str(path), "trained"
 
 
+def teacher_with_baseline(cfg: DictConfig, seed: int, teachers: dict, baseline: dict[int, list],
+                          reference: torch.Tensor | None, save_steps=()):
+    """The per-seed prologue of every distillation pipeline: the teacher of ``seed`` (how it was obtained goes into
+    ``teachers``) and, when ``reference`` is given, its DDIM FD_judge at ``claim.ddim_steps`` appended to
+    ``baseline[steps]``. Returns ``(teacher, ckpt_path)``, or ``(None, ckpt_path)`` when ``claim.teachers_only``."""
+    teacher, path, how = teacher_for_seed(cfg, int(seed))
+    teachers[str(seed)] = how
+    if cfg.claim.get("teachers_only"):
+        return None, path
+    if reference is not None:
+        for steps, v in teacher_ddim_fd(cfg, teacher, seed, reference, save_steps).items():
+            baseline[steps].append(v)
+    return teacher, path
+
+
 def teacher_ddim_fd(cfg: DictConfig, teacher, seed: int, reference: torch.Tensor, save_steps=()) -> dict[int, float]:
     """FD_judge of the teacher's deterministic DDIM samples (on the nested EDM grid) at each of
     ``cfg.claim.ddim_steps``; the baseline every few-step paper's table compares against. Grids of the

@@ -198,7 +198,7 @@ class Conditions(nn.ModuleDict):
                 yield c, batch[c.key]
             elif not c.optional:
                 raise ValueError(f"{what} has no {c.key!r}, a condition this module declares "
-                                 f"(declared: {self.keys()})")
+                                 f"(declared: {list(self.keys())})")
 
     def network_kwargs(self, batch: Mapping, generator: torch.Generator | None = None, drop: bool = False,
                        device=None) -> dict[str, Any]:
@@ -206,9 +206,9 @@ class Conditions(nn.ModuleDict):
         return {c.kwarg: c.network_value(v, generator, drop, device) for c, v in self._present(batch, "the batch")}
 
     def check_keys(self, cond: Mapping) -> None:
-        unknown = sorted(set(cond) - set(self.keys()) - set(KNOWN_KEYS))
+        unknown = sorted(set(cond) - set(list(self.keys())) - set(KNOWN_KEYS))
         if unknown:
-            raise ValueError(f"unknown condition(s) {unknown}; this module declares {self.keys() or 'none'}")
+            raise ValueError(f"unknown condition(s) {unknown}; this module declares {list(self.keys()) or 'none'}")
 
     def guidance_pair(self, cond: Mapping, device=None, unconditional: bool = True
                       ) -> tuple[dict[str, Any], dict[str, Any]]:

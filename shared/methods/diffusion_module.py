@@ -152,7 +152,7 @@ class DiffusionModule(RunModule):
         cond_kw, uncond_kw = self.conditions.guidance_pair(self.prepare_cond(cond or {}), self.device, guided)
         if guided and not (set(cond_kw) & self.conditions.guided_kwargs()):
             raise ValueError(f"guidance_scale={guidance_scale} needs a guided condition in cond=...; this module "
-                             f"declares {self.conditions.keys() or 'none'}")
+                             f"declares {list(self.conditions.keys()) or 'none'}")
         fn = self.guided_network(cond_kw, uncond_kw, guidance_scale, use_ema)
         return make_denoiser(fn, self.schedule, self.prediction, clip_x0=self.clip_x0 if clip else None,
                              **net_kwargs)

@@ -45,6 +45,14 @@ DEFAULT_VIDEO_JUDGE_PATH = Path(__file__).resolve().parent / "weights" / "moving
 RETRAIN_COMMAND = "python -m shared.metrics.train_video_judge"
 
 
+def judge_sha256(path: str | Path | None = None) -> str:
+    """SHA-256 of the judge's weights file (the committed one if ``path`` is empty): results record which judge
+    scored them."""
+    import hashlib
+
+    return hashlib.sha256(Path(path or DEFAULT_VIDEO_JUDGE_PATH).read_bytes()).hexdigest()
+
+
 def _gn(c: int) -> nn.GroupNorm:
     return nn.GroupNorm(min(8, c), c)
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from tools import bench
 from shared.engine.results import provenance
 from shared.nn import transformer
+from tools import bench
 
 EMBED = "h = self.x_embedder(x).contiguous() + self.pos_embed"
 EMBED_BF16 = "e = self.x_embedder(x).contiguous(); h = (e + self.pos_embed).to(e.dtype)"
