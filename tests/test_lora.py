@@ -165,7 +165,9 @@ def test_lora_on_the_shared_unet_trains_only_adapters():
         net, lambda n, m: "attn" in n or n.endswith(("qkv", "proj_out", "conv1", "conv2")), rank=2
     )
     assert names
-    torch.testing.assert_close(net(x, t), ref, atol=0, rtol=0)
+    # identity at init (lora_B = 0); not bitwise: with 2 intra-op threads oneDNN's convolutions may reduce in
+    # another order on a second call (1.2e-7 seen), so compare to float32 rounding
+    torch.testing.assert_close(net(x, t), ref, atol=1e-6, rtol=1e-6)
     opt = torch.optim.SGD(lora_parameters(net), lr=0.1)
     for _ in range(3):
         opt.zero_grad()

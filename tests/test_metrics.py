@@ -167,7 +167,7 @@ def test_load_judge_errors(tmp_path):
     state["feature.weight"] = torch.zeros(3, 3)
     bad = tmp_path / "bad.safetensors"
     save_file(state, str(bad))
-    with pytest.raises(RuntimeError, match=r"head\.bias.*extra\.weight.*feature\.weight"):
+    with pytest.raises(RuntimeError, match=r"feature\.weight.*head\.bias.*extra\.weight"):
         load_judge(bad)
 
 

@@ -197,7 +197,7 @@ def test_video_judge_mismatched_weights_name_the_keys(tmp_path):
     bad = tmp_path / "bad.safetensors"
     save_file(state, str(bad), metadata=VideoJudge().metadata())
     with pytest.raises(
-        RuntimeError, match=r"missing keys \['digit_head.weight'\].*unexpected keys \['extra.weight'\]"
+        RuntimeError, match=r"missing key\(s\) \['digit_head.weight'\].*unexpected key\(s\) \['extra.weight'\]"
     ):
         load_video_judge(bad)
     with pytest.raises(FileNotFoundError, match="train_video_judge"):

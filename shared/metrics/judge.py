@@ -121,36 +121,21 @@ def load_judge(path: str | Path | None = None, map_location: str | torch.device 
     Raises ``FileNotFoundError`` if the file is missing and ``RuntimeError`` naming the keys if
     the tensors do not match the architecture in the file's metadata.
     """
-    from safetensors import safe_open
+    from shared.nn.weights import load_state_dict_strict, read_safetensors
 
     path = Path(path) if path is not None else DEFAULT_JUDGE_PATH
     if not path.is_file():
         raise FileNotFoundError(
             f"digits judge weights not found at '{path}'; re-train them with `{RETRAIN_COMMAND}`"
         )
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        meta = f.metadata() or {}
-        state = {k: f.get_tensor(k) for k in f.keys()}
+    state, meta = read_safetensors(path, "digits judge weights")
     judge = DigitsJudge(
         widths=tuple(int(w) for w in meta.get("widths", "32,64").split(",")),
         feature_dim=int(meta.get("feature_dim", 64)),
         num_classes=int(meta.get("num_classes", 10)),
         resolution=int(meta.get("resolution", 16)),
     )
-    expected = judge.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong_shape = sorted(
-        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and state[k].shape != v.shape
-    )
-    if missing or unexpected or wrong_shape:
-        raise RuntimeError(
-            f"judge weights '{path}' do not match DigitsJudge: missing keys {missing}, "
-            f"unexpected keys {unexpected}, shape mismatches {wrong_shape}"
-        )
-    judge.load_state_dict(state)
+    load_state_dict_strict(judge, state, what=f"digits judge weights {path}")
     return judge.to(map_location).eval().requires_grad_(False)
 
 

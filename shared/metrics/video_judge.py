@@ -161,32 +161,16 @@ def load_video_judge(path: str | Path | None = None, map_location: str | torch.d
     Raises ``FileNotFoundError`` for a missing file and ``RuntimeError`` naming the missing,
     unexpected and mis-shaped keys if the tensors do not match the architecture in the metadata.
     """
-    from safetensors import safe_open
+    from shared.nn.weights import load_state_dict_strict, read_safetensors
 
     path = Path(path) if path is not None else DEFAULT_VIDEO_JUDGE_PATH
     if not path.is_file():
         raise FileNotFoundError(
             f"video judge weights not found at '{path}'; re-train them with `{RETRAIN_COMMAND}`"
         )
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        meta = f.metadata() or {}
-        state = {k: f.get_tensor(k) for k in f.keys()}
-    kw = {k: int(meta[k]) for k in VideoJudge._ARCH_KEYS if k in meta}
-    judge = VideoJudge(**kw)
-    expected = judge.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(
-        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and state[k].shape != v.shape
-    )
-    if missing or unexpected or wrong:
-        raise RuntimeError(
-            f"video judge weights '{path}' do not match VideoJudge: missing keys {missing}, "
-            f"unexpected keys {unexpected}, shape mismatches {wrong}"
-        )
-    judge.load_state_dict(state)
+    state, meta = read_safetensors(path, "video judge weights")
+    judge = VideoJudge(**{k: int(meta[k]) for k in VideoJudge._ARCH_KEYS if k in meta})
+    load_state_dict_strict(judge, state, what=f"video judge weights {path}")
     return judge.to(map_location).eval().requires_grad_(False)
 
 

@@ -86,18 +86,22 @@ def read_state_dict(path: str | os.PathLike, what: str = "weights file") -> dict
 
 def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], strict: bool = True,
                      what: str = "weights") -> None:
-    """Raise :class:`CheckpointError` naming the keys when ``state`` does not fit ``model``."""
+    """Raise :class:`CheckpointError` naming the keys when ``state`` does not fit ``model``: mis-shaped keys always,
+    missing and unexpected ones when ``strict`` — all in one line."""
     own = model.state_dict()
+    problems = []
     shape_bad = [k for k, v in state.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
     if shape_bad:
         k = shape_bad[0]
-        raise CheckpointError(f"{what}: shape mismatch for {len(shape_bad)} key(s), e.g. {k}: "
-                              f"checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}")
+        problems.append(f"shape mismatch for {len(shape_bad)} key(s), e.g. {k}: "
+                        f"checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}")
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     if strict and (missing or unexpected):
-        raise CheckpointError(f"{what}: {len(missing)} missing key(s) {missing[:5]}, "
-                              f"{len(unexpected)} unexpected key(s) {unexpected[:5]}")
+        problems.append(f"{len(missing)} missing key(s) {missing[:5]}, {len(unexpected)} unexpected key(s) "
+                        f"{unexpected[:5]}")
+    if problems:
+        raise CheckpointError(f"{what}: " + "; ".join(problems))
 
 
 def load_state_dict_strict(model: nn.Module, state: Mapping[str, torch.Tensor], strict: bool = True,
