@@ -30,7 +30,7 @@ test: $(STAMP)  ## run the test suite (claim checks excluded; about 10 minutes o
 	$(PY) -m pytest -q --timeout=900
 
 claims: $(STAMP)  ## run every claim check (slow) and assert the papers' directions; two at a time, one thread each
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m claims -n 2 --dist loadfile --timeout=7200
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m claims -n 2 --dist loadgroup --timeout=7200
 
 lint: $(STAMP)  ## ruff over the project
 	$(VENV)/bin/ruff check papers shared tests

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import ROOT, compose, run_claim
+from conftest import compose
 from omegaconf import OmegaConf
 
 from shared.diffusion.edm import (
@@ -188,33 +188,6 @@ def test_teacher_ckpt_option_and_kd_pipeline_smoke(tmp_path):
     assert rec["budget"]["teachers"] == {"0": "teacher_ckpt"}
     assert set(rec["metrics"]["fd_vs_nfe"]["PD"]) == {"1"}
     assert json.loads((tmp_path / "pd" / "results.json").read_text())["metrics"]["fd_vs_nfe"]
-
-
-# ---------------------------------------------------------------- claims (slow)
-def _results(paper):
-    p = ROOT / "papers" / paper / "results" / "digits_claim.json"
-    return json.loads(p.read_text())
-
-
-@pytest.mark.claims
-def test_claim_knowledge_distillation(tmp_path):
-    t = run_claim("knowledge_distillation/digits_claim", tmp_path)["fd_vs_nfe"]
-    for s1, d1, d2 in zip(t["KD student"]["1"]["per_seed"], t["DDIM (EDM teacher)"]["1"]["per_seed"],
-                          t["DDIM (EDM teacher)"]["2"]["per_seed"]):
-        assert s1 < 0.5 * d1 and s1 < 0.5 * d2
-
-
-@pytest.mark.claims
-@pytest.mark.parametrize("experiment", [
-    pytest.param("progressive_distillation/digits_claim",  # budget cut for a busy CPU
-                 marks=pytest.mark.xfail(reason="committed run: 8-step PD/DDIM 0.71, 0.71, 0.67 - misses the 0.7 "
-                                                "margin on two seeds at the cut budget", strict=False)),
-    "progressive_distillation/digits_claim_budget"])  # the first committed budget: reproduces on every seed
-def test_claim_progressive_distillation(experiment, tmp_path):
-    t = run_claim(experiment, tmp_path)["fd_vs_nfe"]
-    for k in ("1", "2", "4", "8"):
-        for pd, dd in zip(t["PD"][k]["per_seed"], t["DDIM (EDM teacher)"][k]["per_seed"]):
-            assert pd < 0.7 * dd, (k, pd, dd)
 
 
 def test_few_step_table_reads_results(tmp_path):

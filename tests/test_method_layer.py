@@ -231,3 +231,19 @@ def test_papers_never_import_each_other():
             bad += [f"{f.relative_to(ROOT)}: {n}" for n in names
                     if n.startswith("papers.") and n.split(".")[1] != own]
     assert not bad, bad
+
+
+def test_expected_checks_compare_per_seed_and_against_the_run_itself():
+    from shared.engine.expectations import ExpectedError, evaluate_expected
+
+    m = {"a": {"mean": 1.0, "per_seed": [1.0, 2.0]}, "b": {"mean": 3.0, "per_seed": [3.0, 3.0]},
+         "fd": {"eta=0.0": {"10": 2.0}}, "best": "adaln_zero"}
+    block = [{"metric": "a.per_seed", "op": "<", "than": "b.per_seed", "scale": 0.5},   # 1 < 1.5, 2 < 1.5: fails
+             {"metric": "a", "op": "<", "than": "b"},                                     # means: 1 < 3
+             {"metric": "fd.eta=0.0.10", "direction": "less_than", "value": 2.5},        # dotted keys, old spelling
+             {"metric": "best", "op": "==", "value": "adaln_zero"},
+             {"metric": "FID", "value": 3.17, "source": "paper scale: a reference, not a check"}]
+    assert [r["passed"] for r in evaluate_expected(block, m)] == [False, True, True, True]
+    with pytest.raises(ExpectedError, match="no metric 'c'"):
+        evaluate_expected([{"metric": "c", "op": "<", "value": 1}], m)
+    assert evaluate_expected([{"metric": "a", "op": "<", "value": float("nan")}], m)[0]["passed"] is False

@@ -7,7 +7,6 @@ import copy
 
 import pytest
 import torch
-from conftest import compose, run_claim
 
 from papers.video_ldm.data import DigitSubsetMovingDigits
 from papers.video_ldm.module import VideoLDM, swap_spatial_weights, video_net
@@ -199,22 +198,3 @@ def test_digit_subset_world_draws_only_the_subset():
     w = DigitSubsetMovingDigits(n=64, frames=4, size=16, digits=[0, 1], seed=0, split="test")
     assert {int(w[i]["y"]) for i in range(64)} <= {0, 1}
     assert w[3]["x"].shape == (1, 4, 16, 16)
-
-
-@pytest.mark.claims
-def test_claim_video_ldm(tmp_path):
-    """The pre-fixed directions (they hold: papers/video_ldm/README.md). Not asserted, because it was added after
-    the first run: digit identity across frames stays at chance (0.13 vs 0.97 real) - no coherent videos yet."""
-    m = run_claim("video_ldm/moving_digits_claim", tmp_path)
-    c = compose(["experiment=video_ldm/moving_digits_claim"]).claim  # the thresholds fixed in the config
-    mean = {k: v["mean"] for k, v in m.items() if isinstance(v, dict)}
-    # (1) temporal layers on the frozen image LDM: lower FVD_judge, higher frame-to-frame consistency
-    assert mean["ratio_fvd_video_to_per_frame"] < 1.0
-    assert mean["consistency_video"] > mean["consistency_per_frame"]
-    # ... while per-frame quality stays close
-    assert mean["fd_static_video"] <= c.per_frame_fd_margin * mean["fd_static_per_frame"]
-    # (2) the same temporal layers on the fine-tuned backbone: coherent video in the fine-tuned domain
-    assert mean["consistency_transfer"] > mean["consistency_style_per_frame"]
-    assert mean["domain_transfer"] >= mean["domain_style_per_frame"] - c.domain_margin
-    # (3) the temporal decoder reduces flicker of reconstructions
-    assert mean["flicker_rec_temporal"] < mean["flicker_rec_frame"]
