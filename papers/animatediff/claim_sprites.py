@@ -131,7 +131,8 @@ def run(cfg: DictConfig) -> dict:
             labels = [("base_per_frame", "base model,\nframe by frame"), ("base_mm", "base +\nmotion module"),
                       ("full_perframe", f"full fine-tune\n({c.new_identity}),\nframe by frame"),
                       ("full_mm", "full fine-tune +\nmotion module"),
-                      ("lora_perframe", "LoRA fine-tune,\nframe by frame"), ("lora_mm", "LoRA fine-tune +\nmotion module"),
+                      ("lora_perframe", "LoRA fine-tune,\nframe by frame"),
+                      ("lora_mm", "LoRA fine-tune +\nmotion module"),
                       ("motion_lora", "base + motion module\n+ MotionLoRA (left)")]
             rows = [("real test clips", real[:k])] + [(label, gifs[key][:k]) for key, label in labels if key in gifs]
             save_labelled_video_grid(rows, Path(cfg.run_dir) / "grid.gif", fps=4, scale=3)

@@ -108,7 +108,8 @@ def seed_job(cfg_dict: dict, seed: int) -> dict:
             method = "replacement" if w_r is None else "reconstruction"
             xe = module.extend(ctx, known, method=method, w_r=w_r or 1.0, sampler=dict(c.sampler), generator=g)
             out[f"ext_time_s_{name}"] = time.time() - ts
-            out.update({f"ext_{k}_{name}": v for k, v in extension_scores(judge, xe, ctx, ctx_y, pos, unknown_t).items()})
+            scores = extension_scores(judge, xe, ctx, ctx_y, pos, unknown_t)
+            out.update({f"ext_{k}_{name}": v for k, v in scores.items()})
             samples[f"ext_{name}"] = xe
         samples["ext_real"] = ctx
     if seed == c.seeds[0] and int(c.gif_videos) > 0:
