@@ -18,8 +18,7 @@ from shared.diffusion.consistency import (
     multistep_consistency_sample,
     pseudo_huber,
 )
-from shared.diffusion.edm import karras_boundaries
-from shared.diffusion.edm import EDMPrecond, consistency_scalings
+from shared.diffusion.edm import EDMPrecond, consistency_scalings, karras_boundaries
 from shared.diffusion.parameterization import make_denoiser
 from shared.diffusion.schedules import EDMSchedule
 
