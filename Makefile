@@ -11,7 +11,7 @@ export WANDB_MODE := offline
 export PYTHONHASHSEED := 0
 
 .DEFAULT_GOAL := help
-.PHONY: help install test claims lint demo report bench bench-gpu clean \
+.PHONY: help install test claims claims-long lint demo report bench bench-gpu clean \
         ddpm ddim rectified_flow instaflow knowledge_distillation progressive_distillation \
         consistency_models few_step_table dit vdm pvdm video_ldm animatediff judges
 
@@ -30,7 +30,10 @@ test: $(STAMP)  ## run the test suite (claim checks excluded; about 10 minutes o
 	$(PY) -m pytest -q --timeout=900
 
 claims: $(STAMP)  ## run every claim check (slow) and assert the papers' directions; two at a time, one thread each
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m claims -n 2 --dist loadgroup --timeout=7200
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "claims and not claims_long" -n 2 --dist loadgroup --timeout=7200
+
+claims-long: $(STAMP)  ## the longer CPU tier of claim checks (claim.tier: long, up to 30 min each on one core)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m claims_long -n 2 --dist loadgroup --timeout=7200
 
 lint: $(STAMP)  ## ruff over the project
 	$(VENV)/bin/ruff check papers shared tests
