@@ -11,7 +11,7 @@ export WANDB_MODE := offline
 export PYTHONHASHSEED := 0
 
 .DEFAULT_GOAL := help
-.PHONY: help install test claims claims-long lint demo report bench bench-gpu clean \
+.PHONY: help install test claims claims-long claims-gpu lint demo report bench bench-gpu clean \
         ddpm ddim rectified_flow instaflow knowledge_distillation progressive_distillation \
         consistency_models few_step_table dit vdm pvdm video_ldm animatediff judges
 
@@ -34,6 +34,11 @@ claims: $(STAMP)  ## run every claim check (slow) and assert the papers' directi
 
 claims-long: $(STAMP)  ## the longer CPU tier of claim checks (claim.tier: long, up to 30 min each on one core)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m claims_long -n 2 --dist loadgroup --timeout=7200
+
+GPU_CLAIMS := video_ldm/sprites_claim_gpu vdm/sprites_joint_claim_gpu vdm/sprites_extension_claim_gpu \
+              animatediff/sprites_claim_gpu pvdm/sprites_claim_gpu
+claims-gpu: $(STAMP)  ## the GPU tier of the video claims (one GPU, ~10 min each; not yet run), published
+	for e in $(GPU_CLAIMS); do $(PY) -m shared.engine.train experiment=$$e ++claim.publish=true || exit 1; done
 
 lint: $(STAMP)  ## ruff over the project
 	$(VENV)/bin/ruff check papers shared tests
