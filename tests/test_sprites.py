@@ -69,7 +69,7 @@ def test_judge_reads_real_clips_exactly():
     for k in ("frame_validity", "identity_consistent", "motion_coherent", "coherent", "identity_accuracy",
               "direction_accuracy"):
         assert s[k] == 1.0, (k, s)
-    assert s["residual_median"] < 0.1 and s["identity_coverage"] > 0.9
+    assert s["identity_coverage"] > 0.9
     clips = judge.clips(c["x"])
     assert torch.allclose(clips["velocity"], c["velocity"], atol=0.05)
     assert torch.allclose(clips["frames"]["centroid"], c["positions"], atol=0.2)   # anti-aliased corners
@@ -101,7 +101,8 @@ def test_judge_rejects_blends_and_empty_frames_but_tolerates_faint_noise():
     judge = SpriteJudge(ds.identities)
     blend = (x + x.roll(1, 0)) / 2
     assert judge.scores(blend)["frame_validity"] < 0.2
-    assert judge.scores(torch.full_like(x, -1.0))["frame_validity"] == 0.0
+    empty = judge.scores(torch.full_like(x, -1.0), identity=torch.zeros(64), direction=torch.zeros(64), domain=[0])
+    assert empty["frame_validity"] == 0.0 and all(math.isfinite(v) for v in empty.values())   # summaries need finite
     noisy = (x + 0.05 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(-1, 1)
     assert judge.scores(noisy)["coherent"] == 1.0
     with pytest.raises(ValueError, match="RGB videos"):

@@ -21,12 +21,11 @@ Extension (VDM Sec. 3.1; with ``claim.extension_model``): ``num_extensions`` rea
 ``known_frames`` are completed by the replacement method and by reconstruction guidance (``w_r``, and each weight of
 ``w_r_sweep``), same noise: ``ext_coherent_*`` (the whole completed clip coherent: the generated frames keep the
 given identity and continue the given straight-line motion), ``ext_identity_kept_*`` (every generated frame valid and
-of the given identity), ``ext_position_error_*`` (px, centroid of the generated frames against the world's true
-continuation, clips whose generated frames are all valid), ``ext_psnr_*`` (generated frames vs the truth).
+of the given identity), ``ext_position_error_*`` (px, ink centroid of every generated frame against the world's true
+continuation), ``ext_psnr_*`` (generated frames vs the truth). Every score is finite (summaries need finite values).
 """
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
@@ -68,9 +67,9 @@ def extension_scores(judge: SpriteJudge, xe: torch.Tensor, ctx: torch.Tensor, ct
     f = clips["frames"]
     gen_valid = f["valid"][:, unknown].all(dim=1)
     kept = gen_valid & (f["identity"][:, unknown] == ctx_y[:, None]).all(dim=1)
-    err = (f["centroid"][:, unknown] - positions[:, unknown]).norm(dim=-1).mean(dim=1)
+    err = (f["centroid"][:, unknown] - positions[:, unknown]).norm(dim=-1).mean(dim=1)   # every generated frame
     return {"coherent": float(clips["coherent"].float().mean()), "identity_kept": float(kept.float().mean()),
-            "position_error": float(err[gen_valid].mean()) if gen_valid.any() else math.inf,
+            "position_error": float(err.mean()),
             "psnr": psnr(xe[:, :, unknown], ctx[:, :, unknown])}
 
 

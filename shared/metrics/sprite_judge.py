@@ -127,10 +127,9 @@ class SpriteJudge:
 
     @torch.no_grad()
     def scores(self, x: torch.Tensor, identity=None, direction=None, domain: Sequence[int] | None = None) -> dict:
-        """Means over the clips (floats): ``frame_validity``, ``identity_consistent``, ``identity_agreement``
-        (consecutive frame pairs both valid and alike), ``motion_coherent``, ``coherent``, ``residual_median`` (over
-        all-valid clips; inf if none), ``identity_coverage`` (normalised entropy of the identities of the valid
-        frames: 1 = every candidate equally often); with targets: ``identity_accuracy`` (every frame valid and the
+        """Means over the clips (finite floats): ``frame_validity``, ``identity_consistent``, ``identity_agreement``
+        (consecutive frame pairs both valid and alike), ``motion_coherent``, ``coherent``, ``identity_coverage``
+        (normalised entropy of the identities of the valid frames: 1 = every candidate equally often); with targets: ``identity_accuracy`` (every frame valid and the
         target identity), ``direction_accuracy``; with ``domain`` (identity indices): ``domain_accuracy`` (fraction
         of valid frames whose identity lies in it)."""
         c = self.clips(x)
@@ -143,8 +142,6 @@ class SpriteJudge:
         if valid.shape[1] > 1:
             pair = valid[:, 1:] & valid[:, :-1] & (ident[:, 1:] == ident[:, :-1])
             out["identity_agreement"] = float(pair.float().mean())
-        finite = c["residual"][torch.isfinite(c["residual"])]
-        out["residual_median"] = float(finite.median()) if len(finite) else math.inf
         k = len(self.identities)
         ids = ident[valid]
         if len(ids) and k > 1:
