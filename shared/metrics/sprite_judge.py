@@ -129,9 +129,9 @@ class SpriteJudge:
     def scores(self, x: torch.Tensor, identity=None, direction=None, domain: Sequence[int] | None = None) -> dict:
         """Means over the clips (finite floats): ``frame_validity``, ``identity_consistent``, ``identity_agreement``
         (consecutive frame pairs both valid and alike), ``motion_coherent``, ``coherent``, ``identity_coverage``
-        (normalised entropy of the identities of the valid frames: 1 = every candidate equally often); with targets: ``identity_accuracy`` (every frame valid and the
-        target identity), ``direction_accuracy``; with ``domain`` (identity indices): ``domain_accuracy`` (fraction
-        of valid frames whose identity lies in it)."""
+        (normalised entropy of the identities of the valid frames: 1 = every candidate equally often); with
+        targets: ``identity_accuracy`` (every frame valid and the target identity), ``direction_accuracy``; with
+        ``domain`` (identity indices): ``domain_accuracy`` (fraction of valid frames whose identity lies in it)."""
         c = self.clips(x)
         f = c["frames"]
         valid, ident = f["valid"], f["identity"]
