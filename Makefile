@@ -85,9 +85,9 @@ progressive_distillation: $(STAMP)  ## halving rounds 8 -> 4 -> 2 -> 1 steps
 	$(TRAIN) experiment=progressive_distillation/digits_claim_budget
 	$(PY) -m tools.report --paper progressive_distillation
 
-consistency_models: $(STAMP)  ## consistency distillation and consistency training
-	$(TRAIN) experiment=consistency_models/digits_claim
+consistency_models: $(STAMP)  ## consistency distillation, consistency training and improved consistency training
 	$(TRAIN) experiment=consistency_models/digits_claim_budget
+	$(TRAIN) experiment=consistency_models/digits_ict_claim
 	$(PY) -m tools.report --paper consistency_models
 
 few_step_table: $(STAMP)  ## FD_judge vs NFE for every few-step method (from committed results)
