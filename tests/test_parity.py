@@ -105,9 +105,9 @@ def ddpm_from_diffusers(theirs: dict[str, torch.Tensor], unet: UNet) -> dict[str
 
 
 def test_ddpm_unet_matches_diffusers_unet2dmodel():
-    """The U-Net ``make bench`` times against ``UNet2DModel`` (shared/engine/bench.py, unet2d[tiny]) is the same
+    """The U-Net ``make bench`` times against ``UNet2DModel`` (tools/bench.py, unet2d[tiny]) is the same
     function: diffusers' weights mapped onto ours (every tensor used), one output."""
-    from shared.engine import bench
+    from tools import bench
 
     case = bench.build_case("unet2d", "tiny")
     torch.manual_seed(0)
@@ -150,7 +150,7 @@ def dit_to_diffusers(ours: dict[str, torch.Tensor], depth: int) -> dict[str, tor
 
 
 def test_dit_matches_diffusers_with_the_official_timestep_frequencies():
-    from shared.engine import bench
+    from tools import bench
 
     case = bench.build_case("dit", "tiny")
     ours = randomise(case.ours().model, std=0.1, seed=1).eval()
