@@ -78,25 +78,55 @@ def _count_frames(path: str) -> int:
 
 
 def _decode_frames(path: str, indices: Sequence[int]) -> tuple[dict[int, np.ndarray], dict]:
-    """Decode the frames ``indices`` of a video (uint8 (H, W, 3)), stopping after the last one; also the
-    video stream's rate and first timestamp."""
+    """Decode the frames ``indices`` of a video (uint8 (H, W, 3)); also the stream's rate and first time.
+
+    Runs of wanted frames more than a second apart are reached by seeking (to the keyframe before the
+    run, then decoding forward); a frame's index is read from its timestamp, ``round((pts - start) *
+    fps)``, so the stream must have a constant rate. Without timestamps the video is decoded from the
+    start, counting frames."""
     import av
 
-    want, last = set(int(i) for i in indices), max(indices)
+    want = sorted(set(int(i) for i in indices))
     out: dict[int, np.ndarray] = {}
     with av.open(path) as c:
         s = c.streams.video[0]
         s.thread_type = "AUTO"
-        info = {
-            "fps": float(s.average_rate) if s.average_rate else float("nan"),
-            "t0": float(s.start_time * s.time_base) if s.start_time is not None else 0.0,
-        }
-        for i, frame in enumerate(c.decode(s)):
-            if i in want:
-                out[i] = frame.to_ndarray(format="rgb24")
-            if i >= last:
-                break
-    missing = want - out.keys()
+        fps = float(s.average_rate) if s.average_rate else float("nan")
+        tb = float(s.time_base) if s.time_base else float("nan")
+        start = s.start_time if s.start_time is not None else 0
+        info = {"fps": fps, "t0": start * tb if tb == tb else 0.0}
+        gap = max(1, int(fps)) if fps == fps else len(want) + max(want)
+        runs = [[want[0]]]
+        for i in want[1:]:
+            if i - runs[-1][-1] <= gap:
+                runs[-1].append(i)
+            else:
+                runs.append([i])
+        timed = fps == fps and tb == tb
+        if timed:
+            for run in runs:
+                if run[0] > 0:
+                    c.seek(start + int(run[0] / fps / tb), stream=s, backward=True, any_frame=False)
+                for frame in c.decode(s):
+                    if frame.pts is None:
+                        timed = False
+                        break
+                    i = round((frame.pts - start) * tb * fps)
+                    if i in run:
+                        out[i] = frame.to_ndarray(format="rgb24")
+                    if i >= run[-1]:
+                        break
+                if not timed:
+                    break
+        if not timed:  # count frames from the start instead
+            out.clear()
+            c.seek(0)
+            for i, frame in enumerate(c.decode(s)):
+                if i in want:
+                    out[i] = frame.to_ndarray(format="rgb24")
+                if i >= want[-1]:
+                    break
+    missing = set(want) - out.keys()
     if missing:
         raise ClipError(f"the video ended before frame {min(missing)}")
     return out, info
@@ -254,8 +284,10 @@ class PoseVideoDataset(_ClipDataset):
         }
 
 
-def _decode_audio(path: str, sample_rate: int) -> tuple[np.ndarray, float]:
-    """The first audio stream as mono float32 at ``sample_rate``, and the time of its first sample."""
+def _decode_audio(path: str, sample_rate: int, t_lo: float, t_hi: float) -> tuple[np.ndarray, float]:
+    """The first audio stream around ``[t_lo, t_hi]`` seconds, mono float32 at ``sample_rate``, and the time
+    of its first sample. Seeks to half a second before ``t_lo`` (the decoder's first frames after a seek
+    may lack their overlap) and stops a little after ``t_hi``."""
     import av
 
     chunks, t_first = [], None
@@ -263,12 +295,16 @@ def _decode_audio(path: str, sample_rate: int) -> tuple[np.ndarray, float]:
         if not c.streams.audio:
             raise ClipError("no audio stream")
         s = c.streams.audio[0]
+        if t_lo > 1.0 and s.time_base:
+            c.seek(int((t_lo - 0.5) / float(s.time_base)), stream=s, backward=True)
         resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
         for frame in c.decode(s):
             if t_first is None:
                 t_first = float(frame.time) if frame.time is not None else 0.0
             for o in resampler.resample(frame):
                 chunks.append(o.to_ndarray().reshape(-1))
+            if frame.time is not None and frame.time > t_hi + 0.25:
+                break
         for o in resampler.resample(None):
             chunks.append(o.to_ndarray().reshape(-1))
     if not chunks:
@@ -337,10 +373,11 @@ class TalkingHeadDataset(_ClipDataset):
         got, info = _decode_frames(path, ids + [ref])
         if not abs(info["fps"] - self.fps) <= 0.002 * self.fps:
             raise ClipError(f"frame rate {info['fps']:.3f}, expected {self.fps} (the dataset's fps)")
-        wave, t_audio = _decode_audio(path, self.sample_rate)
         spf = self.samples_per_frame
-        # Sample of the clip's first frame: its timestamp on the audio stream's clock.
-        start = int(round((info["t0"] + first / info["fps"] - t_audio) * self.sample_rate))
+        t_clip = info["t0"] + first / info["fps"]  # the clip's first frame on the common clock
+        margin = (self.features.context + 1) / self.fps + self.features.n_fft / self.sample_rate
+        wave, t_audio = _decode_audio(path, self.sample_rate, t_clip - margin, t_clip + self.frames / self.fps + margin)
+        start = int(round((t_clip - t_audio) * self.sample_rate))  # the clip's first sample in `wave`
         audio = padded_slice(torch.from_numpy(wave), start, start + self.frames * spf)
         features = self.features(torch.from_numpy(wave), start, self.frames)
         clip = _resize_crop(torch.from_numpy(np.stack([got[i] for i in ids + [ref]])), self.size)
