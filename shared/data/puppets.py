@@ -193,8 +193,8 @@ def _limb(a: np.ndarray, f: np.ndarray, side: float) -> np.ndarray:
     return np.stack([side * np.sin(a) * np.cos(f), -np.cos(a) * np.cos(f), np.sin(f)], axis=-1)
 
 
-def _motion_angles(name: str, u: np.ndarray, rng: np.random.Generator) -> dict:
-    """Joint angles (radians, arrays over frames) of one motion at phases ``u`` (radians).
+def _motion_angles(name: str, u: np.ndarray, rng: np.random.Generator, u0: float = 0.0) -> dict:
+    """Joint angles (radians, arrays over frames) of one motion at phases ``u`` (radians; ``u0`` at frame 0).
 
     Keys: yaw, lean, head_roll, head_pitch; arm_{r,l}_{a,f,a2,f2}; leg_{r,l}_{a,f,f2}; dx, dy (body
     units: horizontal drift, jump height). Missing keys are a neutral stance."""
@@ -232,7 +232,7 @@ def _motion_angles(name: str, u: np.ndarray, rng: np.random.Generator) -> dict:
         A.update(leg_r_f=1.2 * v, leg_l_f=1.2 * v, leg_r_f2=-0.5 * v, leg_l_f2=-0.5 * v, lean=0.45 * v)
         arms(0.1 + z, 1.3 * v, 0.1 + z, 1.4 * v)
     elif name == "turn":
-        A["yaw"] = rng.uniform(0, 2 * np.pi) + facing * (u - u[0])
+        A["yaw"] = rng.uniform(0, 2 * np.pi) + facing * (u - u0)
         arms(0.35 + z, z, 0.3 + z, 0.2 + z)
         A.update(leg_r_a=0.08 + z, leg_l_a=0.08 + z)
     elif name == "dance":
@@ -403,7 +403,8 @@ class Puppets(_World):
     def pose(
         self, motion: int, body: PuppetIdentity, times: np.ndarray, rng: np.random.Generator, scale: float = 1.0
     ) -> dict:
-        """Keypoints of ``body`` doing ``motion`` at frame times ``times`` (array of frame numbers).
+        """Keypoints of ``body`` doing ``motion`` at frame times ``times`` (array of frame numbers). The
+        draws from ``rng`` do not depend on ``times``: any subset of a clip's frames gives the same poses.
 
         Returns ``keypoints`` (T, K, 2) in pixels (x, y), ``depth`` (T, K) toward the viewer in pixels,
         ``yaw`` (T,) and ``tempo``."""
@@ -411,7 +412,7 @@ class Puppets(_World):
         tempo = rng.uniform(*self.tempo)
         phase0 = rng.uniform(0, 1)
         u = 2 * np.pi * (tempo * times + phase0)
-        A = _motion_angles(MOTIONS[motion], u, rng)
+        A = _motion_angles(MOTIONS[motion], u, rng, u0=2 * np.pi * phase0)
         T = len(times)
         dirs = _bone_directions(A, T)
         yaw = np.broadcast_to(np.asarray(A.get("yaw", 0.0), dtype=np.float64), (T,)).copy()
@@ -425,7 +426,7 @@ class Puppets(_World):
         dy = np.broadcast_to(np.asarray(A.get("dy", 0.0)), (T,)) * self.unit * scale
         centre = self.size / 2 + rng.uniform(-0.08, 0.08) * self.size
         if MOTIONS[motion] == "walk":  # a slow drift along the facing direction
-            dx = dx + np.sign(np.sin(yaw)) * 0.004 * self.unit * (times - times.mean())
+            dx = dx + np.sign(np.sin(yaw)) * 0.004 * self.unit * (times - (self.frames - 1) / 2)
         feet = np.maximum(y[:, 10], y[:, 13])  # lower ankle (image y grows downward)
         root_y = self.ground - feet - dy
         kp = np.stack([x + centre + dx[:, None], y + root_y[:, None]], axis=-1)
@@ -526,12 +527,14 @@ class Puppets(_World):
         """Rest bone lengths (B,) of ``identity`` in normalised canvas units (``retarget_pose`` lengths)."""
         return torch.tensor(self.identities[identity].lengths * scale * self.unit / self.size, dtype=torch.float32)
 
-    def video(self, index: int) -> dict:
+    def video(self, index: int, only: int | None = None) -> dict:
+        """Item ``index``; with ``only`` = t, frame t alone (per-frame keys with T = 1), the same pixels."""
         rng = self._rng(index)
         k, m = self.assignment(index)
         body = self.identities[k]
         scale = 1.0 + rng.uniform(-1, 1) * self.scale_jitter
-        pose = self.pose(m, body, np.arange(self.frames), rng, scale)
+        times = np.arange(self.frames) if only is None else np.array([only])
+        pose = self.pose(m, body, times, rng, scale)
         x, part_mask = self.render(pose, body, scale)
         kp = (pose["keypoints"] / self.size).astype(np.float32)
         # Reference: the same identity in another motion of the pool, at a random time and place.
@@ -564,7 +567,10 @@ class Puppets(_World):
             return super().__getitem__(index)
         if not 0 <= index < self.n:
             raise IndexError(f"index {index} out of range for {type(self).__name__} of length {self.n}")
-        return frame_of(self.video(index), int(self._rng(index, stream=1).integers(self.frames)), self)
+        t = int(self._rng(index, stream=1).integers(self.frames))
+        out = frame_of(self.video(index, only=t), 0, self)  # renders frame t only
+        out["frame_index"] = torch.tensor(t, dtype=torch.long)
+        return out
 
 
 def frame_of(item: dict, t: int, world) -> dict:

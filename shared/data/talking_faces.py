@@ -333,7 +333,9 @@ class TalkingFaces(_World):
         }
 
     # -- items ----------------------------------------------------------------------------------------------------
-    def video(self, index: int) -> dict:
+    def video(self, index: int, only: int | None = None) -> dict:
+        """Item ``index``; with ``only`` = t, frame t alone (per-frame keys with T = 1, its audio samples and
+        features, and ``face_box`` that frame's box), the same values."""
         rng = self._rng(index)
         k = self.identity_pool[index % len(self.identity_pool)]
         who = self.identities[k]
@@ -356,19 +358,24 @@ class TalkingFaces(_World):
                     eye_open[t0 + dt] = v
         speed = float(rng.uniform(*self.speed))
         pose = self.head_poses(rng, speed, T)
-        out = self.render(who, pose, mouth_open, mouth_width, eye_open, brow_raise)
+        sel = slice(None) if only is None else slice(only, only + 1)
+        gt = [v[sel] for v in (pose, mouth_open, mouth_width, eye_open, brow_raise)]
+        pose, mouth_open, mouth_width, eye_open, brow_raise = gt
+        centres = centres[sel]
+        out = self.render(who, *gt)
         # Reference: another pose on the curve, a random mouth, eyes open.
         ref_pose = self.head_poses(rng, 0.0, 1)
         ref = self.render(who, ref_pose, [rng.uniform(0, 0.6)], [0.7], [1.0], [0.3])["x"][:, 0]
         wave = torch.from_numpy(speech["wave"])
-        features = self.features(wave, P * spf, T)
+        first, count = (P, T) if only is None else (P + only, 1)
+        features = self.features(wave, first * spf, count)
         mask = out["face_mask"]
         cols, rows = np.nonzero(mask.any(axis=(0, 1)))[0], np.nonzero(mask.any(axis=(0, 2)))[0]
         box = [cols.min(), rows.min(), cols.max() + 1, rows.max() + 1] if len(cols) else [0, 0, self.size, self.size]
         return {
             "x": torch.from_numpy(out["x"]),
             "reference": torch.from_numpy(ref),
-            "audio": wave[P * spf : (P + T) * spf].clone(),
+            "audio": wave[first * spf : (first + count) * spf].clone(),
             "audio_features": features,
             "mouth_open": torch.tensor(mouth_open, dtype=torch.float32),
             "mouth_width": torch.tensor(mouth_width, dtype=torch.float32),
@@ -390,4 +397,7 @@ class TalkingFaces(_World):
             return super().__getitem__(index)
         if not 0 <= index < self.n:
             raise IndexError(f"index {index} out of range for {type(self).__name__} of length {self.n}")
-        return frame_of(self.video(index), int(self._rng(index, stream=1).integers(self.frames)), self)
+        t = int(self._rng(index, stream=1).integers(self.frames))
+        out = frame_of(self.video(index, only=t), 0, self)  # renders frame t only
+        out["frame_index"] = torch.tensor(t, dtype=torch.long)
+        return out
