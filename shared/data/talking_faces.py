@@ -44,7 +44,9 @@ samples_per_frame / hop):
     ``[t spf, (t + 1) spf)``); audio_features (T, D, W); mouth_open, mouth_width, eye_open, brow_raise,
     audio_envelope (T,) in [0, 1]; head_pose (T, 3); speed (); face_mask (T, H, W) bool; face_box (4,)
     normalised (x0, y0, x1, y1), the union of the face's boxes over the clip (EMO's face locator
-    region); mouth_center (T, 2) normalised (x, y); identity (long); caption "person 3 talking".
+    region); mouth_center (T, 2) normalised (x, y); identity (long); caption "person 3 talking". With
+    ``frames_only=True``: one frame (renders only that frame), its ``spf`` audio samples, its feature
+    window, the per-frame keys at that frame, and ``face_box`` that frame's box.
 """
 
 from __future__ import annotations
