@@ -89,6 +89,7 @@ class _ClipDataset(Dataset):
         self.size = None if size is None else int(size)
         self.train, self.seed, self.epoch = bool(train), int(seed), 0
         self.skipped: set[str] = set()
+        self.skip_reasons: dict[str, str] = {}  # source -> "name: error", in the order they failed
 
     # -- per-layout hooks -------------------------------------------------------------------
     def _source(self, index: int) -> str:  # pragma: no cover - abstract
@@ -146,12 +147,21 @@ class _ClipDataset(Dataset):
                 return self._load(j)
             except Exception as e:  # noqa: BLE001 - any decoder failure means: skip this file
                 self._skip(src, e)
-        raise RuntimeError(
-            f"{type(self).__name__}: no decodable clip among {n} items ({self.num_skipped} skipped)"
+        raise RuntimeError(self._none_left(n))
+
+    def _none_left(self, n: int) -> str:
+        """One line for a dataset whose every item failed: where, how many, and the first reason."""
+        where = getattr(self, "root", None) or getattr(self, "video_root", None)
+        first = next(iter(self.skip_reasons.values()), "")
+        return (
+            f"{type(self).__name__}: no decodable clip among {n} items"
+            + (f" under '{where}'" if where is not None else "")
+            + f" ({self.num_skipped} skipped" + (f"; first: {first}" if first else "") + ")"
         )
 
     def _skip(self, src: str, err: Exception) -> None:
         self.skipped.add(src)
+        self.skip_reasons.setdefault(src, f"{Path(src).name}: {type(err).__name__}: {err}".replace("\n", " "))
         msg = f"skipping {src}: {type(err).__name__}: {err} ({self.num_skipped} skipped so far)"
         log.warning(msg)
         warnings.warn(msg, RuntimeWarning, stacklevel=3)
