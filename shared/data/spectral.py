@@ -83,12 +83,13 @@ def trajectories(volume: torch.Tensor, period: int, times: int | Iterable[float]
     K = volume.shape[-4]
     period = int(period)
     _check_freqs(K, period)
+    dev = volume.device
     if isinstance(times, int):
-        t = torch.arange(times, dtype=torch.float64)
+        t = torch.arange(times, dtype=torch.float64, device=dev)
     else:
-        t = torch.as_tensor(times if isinstance(times, torch.Tensor) else list(times), dtype=torch.float64)
-    k = torch.arange(K, dtype=torch.float64)
-    w = torch.full((K,), 2.0, dtype=torch.float64)
+        t = torch.as_tensor(times if isinstance(times, torch.Tensor) else list(times), dtype=torch.float64).to(dev)
+    k = torch.arange(K, dtype=torch.float64, device=dev)
+    w = torch.full((K,), 2.0, dtype=torch.float64, device=dev)
     w[0] = 1.0
     if period % 2 == 0 and K - 1 == period // 2:
         w[-1] = 1.0  # the Nyquist bin is its own conjugate
