@@ -54,7 +54,7 @@ def test_every_experiment_composes_and_runs_fast_dev_run(experiment, tmp_path):
     first = (ROOT / "experiments" / f"{experiment}.yaml").read_text().splitlines()
     assert first[0].strip() == "# @package _global_" and first[1].startswith("# "), \
         "first comment line names the table or figure it reproduces"
-    overrides = [f"experiment={experiment}", *list(cfg.get("smoke_overrides") or []), *TINY,
+    overrides = [f"experiment={experiment}", *list(cfg.get("quick_overrides") or []), *TINY,
                  "trainer.fast_dev_run=true", f"run_dir={tmp_path / 'run'}"]
     if cfg.get("pipeline"):
         overrides.append("+claim.publish=false" if "publish" not in cfg.claim else "claim.publish=false")

@@ -28,6 +28,9 @@ import re
 import shutil
 from pathlib import Path
 
+from shared.engine.console import format_value as fmt
+from shared.engine.console import lookup_metric as lookup
+
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 IMAGE_EXT, VIDEO_EXT = (".png", ".jpg", ".jpeg", ".gif", ".svg"), (".mp4", ".webm")
@@ -37,34 +40,6 @@ MAX_MEDIA_PER_RUN = 24
 
 def _root(root) -> Path:
     return Path(root) if root is not None else ROOT
-
-
-def lookup(metrics: dict, dotted: str):
-    """Follow a dotted path; keys may themselves contain dots (``fd_judge.eta=0.0.10``), so match greedily."""
-    node, rest = metrics, dotted
-    while rest:
-        if not isinstance(node, dict):
-            raise KeyError(dotted)
-        for k in sorted(node, key=len, reverse=True):
-            if rest == k or rest.startswith(k + "."):
-                node, rest = node[k], rest[len(k) + 1 :]
-                break
-        else:
-            raise KeyError(dotted)
-    return node
-
-
-def fmt(v) -> str:
-    if isinstance(v, dict) and "mean" in v:
-        n = len(v.get("per_seed", [])) or 1
-        return f"{fmt(v['mean'])} ± {fmt(v.get('std', 0.0))} (n={n})" if n > 1 else fmt(v["mean"])
-    if isinstance(v, bool):
-        return str(v)
-    if isinstance(v, (int, float)):
-        if v == 0:
-            return "0"
-        return f"{v:.3g}" if abs(v) < 1e4 else f"{v:.4g}"
-    return str(v)
 
 
 def rows_of(result: dict) -> list[dict]:
