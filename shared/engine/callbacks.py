@@ -224,6 +224,12 @@ class StepCheckpoint(ModelCheckpoint):
                          save_top_k=int(keep_last), every_n_train_steps=int(every_n_train_steps),
                          save_last=save_last, auto_insert_metric_name=False)
 
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        due = self._every_n_train_steps >= 1 and trainer.global_step % self._every_n_train_steps == 0
+        if due and not self._should_skip_saving_checkpoint(trainer):
+            _module_batch_end_now(pl_module, outputs, batch, batch_idx)
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
     def on_train_end(self, trainer, pl_module) -> None:
         if not self._should_skip_saving_checkpoint(trainer):
             candidates = self._monitor_candidates(trainer)
@@ -231,6 +237,19 @@ class StepCheckpoint(ModelCheckpoint):
             self._save_last_checkpoint(trainer, candidates)
         else:
             super().on_train_end(trainer, pl_module)
+
+
+def _module_batch_end_now(module, outputs, batch, batch_idx) -> None:
+    """Run the module's ``on_train_batch_end`` now (its EMA / target-network update of this step) and skip the call
+    Lightning makes right after the callbacks', so a checkpoint written at this step holds the state after the
+    whole step — a run resumed from it equals the uninterrupted one. Lightning calls callbacks' batch-end hooks
+    before the module's, and checkpoint callbacks last of the callbacks, so the order of everything else is kept."""
+    module.on_train_batch_end(outputs, batch, batch_idx)
+
+    def skip_once(*args, **kwargs):
+        del module.on_train_batch_end   # the class's hook again from the next step on
+
+    module.on_train_batch_end = skip_once
 
 
 class LRMonitor(LearningRateMonitor):

@@ -75,13 +75,15 @@ def expand(overrides: Sequence[str], config_name: str = "train") -> list[str]:
         return [*rest, "quick=false"]
     from shared.engine.compose import compose_raw
 
-    cfg = compose_raw(_first_values(rest), config_name)
-    base = cfg.get("quick_base") or {}
-    generic = [g for g in (base.get(_kind(cfg, config_name)) or []) if _has_key(cfg, override_key(g))]
-    own = list(cfg.get("quick_overrides") or [])
     typed = {override_key(o) for o in rest}
-    quick = [o for o in [*generic, *own] if override_key(o) not in typed]
-    return [*quick, *rest, "quick=true"]
+    first = _first_values(rest)
+    cfg = compose_raw(first, config_name)
+    own = [o for o in (cfg.get("quick_overrides") or []) if override_key(o) not in typed]
+    shrunk = compose_raw([*own, *first], config_name) if own else cfg   # what the generic entries apply to
+    base = shrunk.get("quick_base") or {}
+    generic = [g for g in (base.get(_kind(shrunk, config_name)) or [])
+               if override_key(g) not in typed and _has_key(shrunk, override_key(g))]
+    return [*generic, *own, *rest, "quick=true"]
 
 
 def expand_argv(argv: Sequence[str], config_name: str = "train") -> list[str]:
