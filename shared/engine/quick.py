@@ -81,8 +81,8 @@ def expand(overrides: Sequence[str], config_name: str = "train") -> list[str]:
     own = [o for o in (cfg.get("quick_overrides") or []) if override_key(o) not in typed]
     shrunk = compose_raw([*own, *first], config_name) if own else cfg   # what the generic entries apply to
     base = shrunk.get("quick_base") or {}
-    generic = [g for g in (base.get(_kind(shrunk, config_name)) or [])
-               if override_key(g) not in typed and _has_key(shrunk, override_key(g))]
+    generic = [g for g in (base.get(_kind(shrunk, config_name)) or [])   # "+key=" entries add, others must exist
+               if override_key(g) not in typed and (g.startswith("+") or _has_key(shrunk, override_key(g)))]
     return [*generic, *own, *rest, "quick=true"]
 
 
