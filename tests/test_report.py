@@ -128,11 +128,11 @@ def test_aggregate_multirun_results_and_csv(tmp_path):
         (job / "logs").mkdir()
         (job / "logs" / "metrics.csv").write_text(f"epoch,step,train/loss\n0,0,1.0\n0,1,{loss}\n")
     s = aggregate_multirun(sweep)
-    assert s["swept"] == ["lr"] and s["columns"] == ["job", "lr", "step", "train/loss"]
-    assert [r[-1] for r in s["rows"]] == [0.5, 0.25]
+    assert s["swept"] == ["lr"] and s["columns"] == ["job", "lr", "train/loss", "step"]
+    assert [r[2] for r in s["rows"]] == [0.5, 0.25]
     for name in ("summary.md", "summary.csv", "summary.json", "summary.png"):
         assert (sweep / name).stat().st_size > 0, name
-    assert "| 1 | 0.2 | 1 | 0.25 |" in (sweep / "summary.md").read_text()
+    assert "| 1 | 0.2 | 0.25 | 1 |" in (sweep / "summary.md").read_text()
 
 
 @pytest.mark.slow
@@ -305,3 +305,27 @@ def test_follow_up_experiments_are_listed_but_not_held_to_the_budget(tmp_path):
     assert "| toy_paper | claim_a | 0.2 | follow-up |" in md  # not run by `make toy_paper`
     assert "| **total** | claim checks of the `make <paper>` targets | **0.0** | ok |" in md
     assert "| total | every timed result (with follow-ups) | 0.2 |" in md
+
+
+def test_sweep_report_keeps_every_metric_in_report_order_and_takes_several(tmp_path):
+    """Issue: the first 8 labels were kept silently (3-RF cut from the reflow-rounds sweep); --metric A B was an
+    argparse error. Now every report row is a column, in the config's order, wall time last."""
+    sweep = tmp_path / "sweep"
+    labels = [f"S(Z) {k}-RF" for k in (1, 2, 3)] + [f"SW {k}-RF" for k in (1, 2, 3)] + [f"m{i}" for i in range(5)]
+    rows = [{"label": lab, "metric": f"v{i}"} for i, lab in enumerate(labels)]
+    for j, rounds in enumerate((1, 2, 3)):
+        job = sweep / str(j)
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(f"- claim.reflow_rounds={rounds}\n- claim.seeds=[0]\n")
+        metrics = {f"v{i}": float(10 * j + i) for i in range(len(labels)) if i % 3 < rounds or i >= 6}
+        write_results(job / "results.json", metrics, config={"report": rows}, wall_time_s=5.0 + j)
+    s = aggregate_multirun(sweep)
+    assert s["columns"] == ["job", "claim.reflow_rounds", *labels, "wall_time_s"]   # 11 metrics, none dropped
+    assert s["rows"][2][2 + 2] == 22.0 and s["rows"][0][2 + 2] != s["rows"][0][2 + 2]   # 3-RF: measured / NaN
+    main(["--multirun", str(sweep), "--metric", "S(Z) 3-RF", "SW 3-RF"])
+    data = json.loads((sweep / "summary.json").read_text())
+    assert data["metrics"] == ["S(Z) 3-RF", "SW 3-RF"] and data["plot"]
+    main(["--multirun", str(sweep), "--metric", "S(Z) 1-RF", "--metric", "m4"])
+    assert json.loads((sweep / "summary.json").read_text())["metrics"] == ["S(Z) 1-RF", "m4"]
+    with pytest.raises(SystemExit, match="metric.*'nope'.* not in this sweep"):
+        main(["--multirun", str(sweep), "--metric", "nope"])

@@ -576,13 +576,23 @@ def _num(v):
         return None
 
 
-def aggregate_multirun(
-    folder, metrics: list[str] | None = None, plot_metric: str | None = None, max_metrics: int = 8
-) -> dict:
+def _metric_rank(name: str) -> tuple:
+    """Column order: the experiment's report rows (kept in their order), then logged losses, validation
+    values, other values, learning rates, step/epoch counters, and the wall time last."""
+    order = [("train/", 1), ("val/", 2), ("lr-", 4), ("step", 5), ("epoch", 5), ("wall_time_s", 6)]
+    for prefix, rank in order:
+        if name == prefix or name.startswith(prefix):
+            return (rank,)
+    return (3,)
+
+
+def aggregate_multirun(folder, metrics: list[str] | None = None, plot_metric: str | None = None) -> dict:
     """One table (and a plot) of a Hydra multirun folder: a row per job, its swept overrides and its metrics.
 
-    Metrics come from each job's ``results.json`` (the report rows of its config, by label, else every numeric
-    leaf) or, without one, from the last values of its ``metrics.csv``. Writes ``summary.{md,csv,json,png}``
+    Metrics come from each job's ``results.json`` (the report rows of its config, by label, in the config's
+    order, else every numeric leaf) or, without one, from the last values of its ``metrics.csv``. Every metric
+    is a column unless ``metrics`` names some (unknown names are an error listing the known ones); the first
+    of ``metrics`` (or ``plot_metric``) is plotted, up to four side by side. Writes ``summary.{md,csv,json,png}``
     in ``folder`` and returns ``{"columns", "rows", "swept", "metrics", "plot"}``."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -592,7 +602,7 @@ def aggregate_multirun(
         raise FileNotFoundError(
             f"{folder} holds no Hydra job folders (0/, 1/, ... with .hydra/ or results.json)"
         )
-    records = []
+    records, report_order = [], {}
     for job in jobs:
         res_f, values = job / "results.json", {}
         if res_f.exists():
@@ -601,6 +611,7 @@ def aggregate_multirun(
             except json.JSONDecodeError:
                 res = {}
             for row in (res.get("config") or {}).get("report") or []:
+                report_order.setdefault(row.get("label", row["metric"]), len(report_order))
                 try:
                     v = lookup(res.get("metrics", {}), row["metric"])
                 except KeyError:
@@ -618,7 +629,13 @@ def aggregate_multirun(
     keys = list(dict.fromkeys(k for r in records for k in r["overrides"]))
     swept = [k for k in keys if len({r["overrides"].get(k) for r in records}) > 1] or keys
     names = list(dict.fromkeys(k for r in records for k in r["values"]))
-    chosen = list(metrics) if metrics else names[:max_metrics]
+    names = [n for _, n in sorted(enumerate(names), key=lambda t: (
+        (0, report_order[t[1]]) if t[1] in report_order else (*_metric_rank(t[1]), t[0])))]
+    if metrics:
+        unknown = [m for m in metrics if m not in names]
+        if unknown:
+            raise KeyError(f"metric(s) {unknown} not in this sweep; it has {names}")
+    chosen = list(metrics) if metrics else names
     columns = ["job", *swept, *chosen]
     rows = [
         [
@@ -645,15 +662,16 @@ def aggregate_multirun(
     md += ["| " + " | ".join(_md_cell(fmt(c)) for c in r) + " |" for r in rows]
     (folder / "summary.md").write_text(f"# Sweep {folder}\n\n" + "\n".join(md) + "\n")
 
-    target = plot_metric or (chosen[0] if chosen else None)
-    if target is not None and target in chosen:
-        summary["plot"] = str(_plot_sweep(folder / "summary.png", records, swept, target))
+    targets = [plot_metric] if plot_metric else (list(metrics)[:4] if metrics else chosen[:1])
+    targets = [t for t in targets if t in chosen]
+    if targets:
+        summary["plot"] = str(_plot_sweep(folder / "summary.png", records, swept, targets))
     (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return summary
 
 
-def _plot_sweep(path: Path, records: list[dict], swept: list[str], metric: str) -> Path:
-    """``metric`` against the first swept key, one line per value of the other swept keys."""
+def _plot_sweep(path: Path, records: list[dict], swept: list[str], metrics: list[str]) -> Path:
+    """Each of ``metrics`` (one panel each) against the first swept key, one line per value of the others."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -663,24 +681,24 @@ def _plot_sweep(path: Path, records: list[dict], swept: list[str], metric: str) 
     xs_raw = [r["overrides"].get(x_key, r["job"]) if x_key else r["job"] for r in records]
     numeric = all(_num(v) is not None for v in xs_raw)
     cats = list(dict.fromkeys(xs_raw))
-    groups: dict[str, list[tuple[float, float]]] = {}
-    for r, xr in zip(records, xs_raw):
-        label = ", ".join(f"{k}={r['overrides'].get(k)}" for k in swept[1:]) or metric
-        x = _num(xr) if numeric else cats.index(xr)
-        y = r["values"].get(metric, float("nan"))
-        groups.setdefault(label, []).append((x, y))
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    for label, pts in groups.items():
-        pts.sort()
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
-    if not numeric:
-        ax.set_xticks(range(len(cats)), [str(c) for c in cats], rotation=20, fontsize=8)
-    ax.set_xlabel(x_key or "job")
-    ax.set_ylabel(metric)
-    ax.set_title(f"{metric} over the sweep", fontsize=9)
-    if len(groups) > 1:
-        ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.0 * len(metrics), 3.6), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        groups: dict[str, list[tuple[float, float]]] = {}
+        for r, xr in zip(records, xs_raw):
+            label = ", ".join(f"{k}={r['overrides'].get(k)}" for k in swept[1:]) or metric
+            x = _num(xr) if numeric else cats.index(xr)
+            groups.setdefault(label, []).append((x, r["values"].get(metric, float("nan"))))
+        for label, pts in groups.items():
+            pts.sort()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+        if not numeric:
+            ax.set_xticks(range(len(cats)), [str(c) for c in cats], rotation=20, fontsize=8)
+        ax.set_xlabel(x_key or "job")
+        ax.set_ylabel(metric, fontsize=8)
+        ax.set_title(f"{metric} over the sweep", fontsize=9)
+        if len(groups) > 1:
+            ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -698,17 +716,19 @@ def main(argv=None):
     )
     ap.add_argument(
         "--metric",
-        action="append",
+        nargs="+",
+        action="extend",
         default=None,
-        help="with --multirun: metric column(s) to keep; the first one is plotted",
+        help="with --multirun: metric columns to keep (--metric A B, or --metric A --metric B); "
+        "default every metric; the first ones are plotted",
     )
     args = ap.parse_args(argv)
     root = _root(args.root)
     if args.multirun:
         try:
             s = aggregate_multirun(args.multirun, metrics=args.metric)
-        except FileNotFoundError as e:
-            raise SystemExit(f"error: {e}") from None
+        except (FileNotFoundError, KeyError) as e:
+            raise SystemExit(f"error: {str(e).strip(chr(34) + chr(39))}") from None
         print((Path(args.multirun) / "summary.md").read_text())
         print(f"plot: {s['plot']}")
         return
