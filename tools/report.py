@@ -311,8 +311,9 @@ class _Assets:
         return f"assets/{name}"
 
 
-def _figure(url: str, caption: str) -> str:
+def _figure(url: str, caption: str, legend: str = "") -> str:
     cap = html.escape(caption)
+    leg = f'<div class="legend">{html.escape(legend)}</div>' if legend else ""
     if url.lower().endswith(VIDEO_EXT):
         el = (
             f'<video src="{html.escape(url)}" muted autoplay loop playsinline controls preload="auto" '
@@ -323,7 +324,7 @@ def _figure(url: str, caption: str) -> str:
             f'<img src="{html.escape(url)}" alt="{cap}" loading="eager" '
             f'onload="vdpMark(this, true)" onerror="vdpMark(this, false)">'
         )
-    return f"<figure>{el}<figcaption>{cap}</figcaption></figure>"
+    return f"<figure>{el}<figcaption>{leg}{cap}</figcaption></figure>"
 
 
 def _html_table(header: list[str], rows: list[list[str]], cls: str = "results") -> str:
@@ -338,9 +339,10 @@ h1{margin-bottom:.2em} h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margi
 nav a{margin-right:1em} .meta{color:#666;font-size:.85em} code{background:#f4f4f4;padding:0 .2em}
 table{border-collapse:collapse;margin:.6em 0} td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}
 th{background:#f0f0f0} .media{display:flex;flex-wrap:wrap;gap:1em}
-figure{margin:0;max-width:380px}
-figure img,figure video{max-width:380px;max-height:380px;min-width:160px;image-rendering:pixelated;
-border:1px solid #ddd} figcaption{font-size:.75em;color:#555;word-break:break-all}
+figure{margin:0;width:340px}
+figure img,figure video{width:340px;height:auto;image-rendering:pixelated;border:1px solid #ddd}
+figcaption{font-size:.75em;color:#555;word-break:break-all} .legend{color:#222;word-break:normal;margin:.2em 0}
+.note{background:#f7f7f0;border-left:4px solid #cc9;padding:.4em .8em;font-size:.9em}
 #media-status{color:#888;font-size:.8em}
 """
 
@@ -373,6 +375,74 @@ document.addEventListener("DOMContentLoaded", function () {
 """
 
 
+# What the rows and columns of each kind of committed figure mean (the claim pipelines' file names), shown under
+# the figure. Regex on the file name -> legend; the first match wins.
+LEGENDS = [
+    (r"samples_S(\d+)_eta=([\d.]+)", "DDIM, S={0} steps, eta={1}: 64 independent samples, 8 per row"),
+    (r"samples_S(\d+)_sigma_hat", "DDIM, S={0} steps with sigma-hat (the larger DDPM variance): 64 samples, 8 per row"),
+    (r"interpolation\.png", "each row one pair of noise tensors; columns: slerp weight 0 -> 1 in x_T, decoded by DDIM "
+                            "(eta = 0)"),
+    (r"samples_(simple|vlb)", "DDPM trained with L_{0}, 1000 ancestral steps: 64 samples, 8 per row"),
+    (r"(?:teacher_ddim|cd|ct|pd|student)_(\d+)step", "{0} network evaluation(s) per sample: 64 samples, 8 per row"),
+    (r"samples_w([\d.]+)", "guidance scale w = {0}: column k = class k (labels 0-9 cycle along each row of 10)"),
+    (r"samples_([A-Z]+\d+)", "DiT-{0} samples, column k = class k"),
+    (r"one_step_samples", "one Euler step each; rows: 1-RF, 2-RF (reflow), 2-RF + distillation, DDPM-DDIM"),
+    (r"grid_(\w+)\.png", "{0}: one sample per cell, column = class"),
+    (r"extension_(reconstruction|replacement)", "top row: the given videos (frames the model sees); bottom row: "
+                                                "extended with {0} guidance, one video per column"),
+    (r"samples_(joint|video_only|pixel|pvdm)", "{0}: one generated video per cell"),
+    (r"autoencoder_reconstruction", "top row: input videos; bottom row: their autoencoder reconstructions"),
+    (r"per_frame_vs_video", "top row: frames sampled independently (image model); bottom row: the video model"),
+    (r"style_per_frame_vs_transfer", "top row: personalised image model per frame; bottom row: with the transferred "
+                                     "temporal layers"),
+    (r"decoder_real_frame_temporal", "rows: real videos; per-frame decoder; temporal (video-finetuned) decoder"),
+    (r"moving_digits_claim(?:_long)?_grid\.gif", "first row: base model + motion module; then per domain and "
+                                                 "method per-frame vs motion-module rows; last: MotionLoRA"),
+    (r"trajectories", "Euler paths from noise (black) to samples (red) over the target (green)"),
+]
+
+
+def legend_of(name: str) -> str:
+    """The legend of a figure from its file name (``LEGENDS``), or ``""``."""
+    for pattern, text in LEGENDS:
+        m = re.search(pattern, name)
+        if m:
+            return text.format(*m.groups())
+    return ""
+
+
+def md_inline(text: str) -> str:
+    """Escape ``text`` for HTML and render its inline markdown: ``[label](url)`` links, ``code``, **bold**."""
+    out = html.escape(text)
+    out = re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)",
+                 lambda m: f'<a href="{m.group(2)}">{m.group(1)}</a>', out)
+    out = re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
+    return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", out)
+
+
+def seminar_order(root=None) -> list[str]:
+    """Papers in the order of the top README's paper table (the seminar's order); others after, by name."""
+    readme = _root(root) / "README.md"
+    listed = re.findall(r"\(papers/([\w-]+)/README\.md\)", readme.read_text()) if readme.exists() else []
+    names = papers(root)
+    ordered = [p for p in dict.fromkeys(listed) if p in names]
+    return ordered + sorted(p for p in names if p not in ordered)
+
+
+def claim_figures(folder: Path, claim: str) -> list[Path]:
+    """Committed figures of ``claim`` in a results folder: ``<claim>_*`` files that are not another, longer
+    claim's (``digits_claim_budget_*`` belongs to ``digits_claim_budget``, not to ``digits_claim``)."""
+    others = [f.stem for f in folder.glob("*.json") if f.stem != claim and f.stem.startswith(claim + "_")]
+    out = []
+    for p in sorted(folder.glob(f"{claim}_*")):
+        if p.suffix.lower() not in IMAGE_EXT + VIDEO_EXT:
+            continue
+        if any(p.name.startswith(o + "_") for o in others):
+            continue
+        out.append(p)
+    return out
+
+
 def _claim_section(
     root: Path, paper: str, f: Path | None, res: dict, run: Path | None, assets: _Assets
 ) -> str:
@@ -398,16 +468,14 @@ def _claim_section(
         f"wall {html.escape(fmt(res.get('wall_time_s')))} s · seeds {html.escape(str(res.get('seeds')))}</p>"
     )
     figures = []
-    if f is not None:  # committed plots beside the committed json: <claim>_*.png
-        for p in sorted(f.parent.glob(f"{claim}_*")):
-            if p.suffix.lower() in IMAGE_EXT + VIDEO_EXT:
-                figures.append(
-                    _figure(assets.add(p, f"{paper}_committed"), f"papers/{paper}/results/{p.name}")
-                )
+    if f is not None:  # committed plots beside the committed json: <claim>_*.png (not a follow-up's)
+        for p in claim_figures(f.parent, claim):
+            figures.append(_figure(assets.add(p, f"{paper}_committed"), f"papers/{paper}/results/{p.name}",
+                                   legend_of(p.name)))
     if run is not None:
         for p in _media_of(run):
             rel = p.relative_to(root) if p.is_relative_to(root) else p
-            figures.append(_figure(assets.add(p, f"{paper}_{claim}"), str(rel)))
+            figures.append(_figure(assets.add(p, f"{paper}_{claim}"), str(rel), legend_of(p.name)))
     if figures:
         parts.append('<div class="media">' + "".join(figures) + "</div>")
     parts.append("</section>")
@@ -460,6 +528,22 @@ def _sweeps_section(root: Path, assets: _Assets) -> str:
     return "\n".join(parts)
 
 
+def floor_note(root) -> str:
+    """The gallery's note on FD_judge's real-vs-real floor, with its sampling spread measured now
+    (:func:`shared.metrics.judge.real_floor_spread`); only for this project's own tree (it needs the judge)."""
+    if Path(root).resolve() != ROOT.resolve():
+        return ""
+    from shared.metrics.judge import real_floor_spread
+
+    s = real_floor_spread()
+    return ('<p class="note"><b>Reading FD_judge.</b> The "real vs real (floor)" rows compare two fixed halves of '
+            f"the held-out digits: {s['fixed']:.2f}. That is one draw of a noisy estimate: over {s['draws']} random "
+            f"disjoint splits of the same size (n = {s['n']}) the floor is {s['mean']:.2f} ± {s['std']:.2f} "
+            f"(5-95 %: {s['q05']:.2f}-{s['q95']:.2f}). A model's FD_judge from as many samples has the same "
+            "finite-sample error, so a value inside that band (for example 1.16, below the committed 1.43) means "
+            "<i>indistinguishable from real digits at this sample size</i>, not better than real data.</p>")
+
+
 def build_gallery(root=None, out_dir=None) -> Path:
     """Write ``<root>/reports/index.html`` (and its ``assets/``); returns the path of the page."""
     root = _root(root)
@@ -468,7 +552,7 @@ def build_gallery(root=None, out_dir=None) -> Path:
     assets = _Assets(report_dir)
     runs = latest_runs(root)
     sections, nav = [], []
-    names = sorted(set(papers(root)) | {p for p, _ in runs})
+    names = seminar_order(root) + sorted({p for p, _ in runs} - set(papers(root)))
     for paper in names:
         committed = load_results(paper, root)
         claims_done = set()
@@ -491,7 +575,7 @@ def build_gallery(root=None, out_dir=None) -> Path:
         nav.append(f'<a href="#{html.escape(paper)}">{html.escape(paper)}</a>')
         sections.append(
             f'<section class="paper" id="{html.escape(paper)}"><h2>{html.escape(paper)}</h2>'
-            + (f"<p>{html.escape(summary)}</p>" if summary else "")
+            + (f"<p>{md_inline(summary)}</p>" if summary else "")
             + "\n".join(body)
             + "</section>"
         )
@@ -509,7 +593,7 @@ def build_gallery(root=None, out_dir=None) -> Path:
         '<p class="meta">Generated by <code>make report</code> / <code>make gallery</code> from '
         "<code>papers/*/results/*.json</code> and the newest runs under <code>outputs/</code>. "
         '<span id="media-status">{}</span></p>'
-        f"<nav>{''.join(nav)}</nav>{demo}{''.join(sections)}{sweeps}</body></html>\n"
+        f"<nav>{''.join(nav)}</nav>{floor_note(root)}{demo}{''.join(sections)}{sweeps}</body></html>\n"
     )
     index = report_dir / "index.html"
     index.write_text(page)
