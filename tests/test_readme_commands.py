@@ -272,7 +272,7 @@ def _claim_commands() -> list[str]:
     out = []
     for _, cmd in ALL:
         argv = _argv(cmd)
-        if argv[:3] == ["python", "-m", "shared.engine.train"] and "-m" not in argv and \
+        if argv[:3] == ["python", "-m", "shared.engine.train"] and "-m" not in argv[3:] and \
                 any(a.startswith("experiment=") and "claim" in a for a in argv):
             key = " ".join(a for a in argv[3:] if not a.startswith(("hydra.", "'claim.teacher_ckpt")))
             out.append(key)
