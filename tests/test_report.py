@@ -329,3 +329,33 @@ def test_sweep_report_keeps_every_metric_in_report_order_and_takes_several(tmp_p
     assert json.loads((sweep / "summary.json").read_text())["metrics"] == ["S(Z) 1-RF", "m4"]
     with pytest.raises(SystemExit, match="metric.*'nope'.* not in this sweep"):
         main(["--multirun", str(sweep), "--metric", "nope"])
+
+
+def test_gallery_order_links_legends_and_follow_ups_stay_apart(tmp_path):
+    """Issue #19's gallery: papers in the seminar order of the top README, the README's markdown links rendered,
+    a follow-up claim's figures (``digits_claim_budget_*``) not shown under the base claim, figure legends."""
+    from tools.report import claim_figures, legend_of, md_inline, seminar_order
+
+    root = fake_tree(tmp_path / "tree")
+    for name in ("zeta_paper", "alpha_paper"):
+        (root / "papers" / name).mkdir()
+        (root / "papers" / name / "README.md").write_text(f"# {name}\n\nSee [arXiv](https://arxiv.org/abs/1).\n")
+    (root / "README.md").write_text("| [Z](papers/zeta_paper/README.md) |\n| [T](papers/toy_paper/README.md) |\n")
+    assert seminar_order(root) == ["zeta_paper", "toy_paper", "alpha_paper"]
+    res = root / "papers" / "toy_paper" / "results"
+    write_results(res / "claim_a_budget.json", {"fd": {"1": 1.0}}, paper="toy_paper", claim="claim_a_budget",
+                  config={"report": REPORT_ROWS})
+    from shared.engine.video_io import save_image_grid
+
+    save_image_grid(torch.zeros(4, 1, 8, 8), res / "claim_a_budget_pd_1step.png", nrow=2)
+    assert [p.name for p in claim_figures(res, "claim_a")] == ["claim_a_plot.png"]
+    assert [p.name for p in claim_figures(res, "claim_a_budget")] == ["claim_a_budget_pd_1step.png"]
+    page = build_gallery(root).read_text()
+    assert page.index('id="zeta_paper"') < page.index('id="toy_paper"') < page.index('id="alpha_paper"')
+    assert '<a href="https://arxiv.org/abs/1">arXiv</a>' in page and "[arXiv](" not in page
+    base = page[page.index('id="toy_paper--claim_a"'):page.index('id="toy_paper--claim_a_budget"')]
+    assert "claim_a_budget_pd_1step" not in base
+    assert "1 network evaluation(s) per sample" in page   # the legend of the follow-up's grid
+    assert legend_of("digits_claim_samples_S10_eta=0.0.png").startswith("DDIM, S=10 steps, eta=0.0")
+    assert legend_of("digits_guidance_samples_w1.5.png").startswith("guidance scale w = 1.5: column k = class k")
+    assert md_inline("**b** `c` <x>") == "<b>b</b> <code>c</code> &lt;x&gt;"

@@ -378,13 +378,13 @@ document.addEventListener("DOMContentLoaded", function () {
 # What the rows and columns of each kind of committed figure mean (the claim pipelines' file names), shown under
 # the figure. Regex on the file name -> legend; the first match wins.
 LEGENDS = [
-    (r"samples_S(\d+)_eta=([\d.]+)", "DDIM, S={0} steps, eta={1}: 64 independent samples, 8 per row"),
+    (r"samples_S(\d+)_eta=(\d+(?:\.\d+)?)", "DDIM, S={0} steps, eta={1}: 64 independent samples, 8 per row"),
     (r"samples_S(\d+)_sigma_hat", "DDIM, S={0} steps with sigma-hat (the larger DDPM variance): 64 samples, 8 per row"),
     (r"interpolation\.png", "each row one pair of noise tensors; columns: slerp weight 0 -> 1 in x_T, decoded by DDIM "
                             "(eta = 0)"),
     (r"samples_(simple|vlb)", "DDPM trained with L_{0}, 1000 ancestral steps: 64 samples, 8 per row"),
     (r"(?:teacher_ddim|cd|ct|pd|student)_(\d+)step", "{0} network evaluation(s) per sample: 64 samples, 8 per row"),
-    (r"samples_w([\d.]+)", "guidance scale w = {0}: column k = class k (labels 0-9 cycle along each row of 10)"),
+    (r"samples_w(\d+(?:\.\d+)?)", "guidance scale w = {0}: column k = class k (labels 0-9 cycle along each row of 10)"),
     (r"samples_([A-Z]+\d+)", "DiT-{0} samples, column k = class k"),
     (r"one_step_samples", "one Euler step each; rows: 1-RF, 2-RF (reflow), 2-RF + distillation, DDPM-DDIM"),
     (r"grid_(\w+)\.png", "{0}: one sample per cell, column = class"),
