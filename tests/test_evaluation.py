@@ -13,7 +13,7 @@ import torch
 from conftest import ROOT, compose
 
 from shared.metrics.fid import image_metrics, inception_score, read_reference, save_stats
-from shared.metrics.frechet import fd_from_features, frechet_distance, gaussian_stats
+from shared.metrics.frechet import fd_from_features, gaussian_stats
 from shared.metrics.inception import WEIGHTS_FILE, FIDInceptionV3, load_fid_inception
 from shared.metrics.video import clips16, i3d_features, video_metrics
 
@@ -80,7 +80,8 @@ def test_reference_files_stats_and_images_give_the_same_fid(inception_file, tmp_
     feats_real = net.features(real_x).double()
     stats = save_stats(tmp_path / "stats.npz", *gaussian_stats(feats_real))         # pytorch-fid --save-stats
     np.savez(tmp_path / "ref_batch.npz", arr_0=real)                                 # an ADM reference batch
-    assert set(read_reference(stats)) == {"mu", "sigma"} and set(read_reference(tmp_path / "ref_batch.npz")) == {"images"}
+    assert set(read_reference(stats)) == {"mu", "sigma"}
+    assert set(read_reference(tmp_path / "ref_batch.npz")) == {"images"}
     by_images = image_metrics(fake, tmp_path / "ref_batch.npz", net, metrics=["fid", "kid", "is"])
     pool, logits = net.features_and_logits(fake)
     by_stats = image_metrics_from_features(pool.double(), logits.double(), stats, net, ["fid", "is"])
@@ -137,7 +138,8 @@ def test_fvd_kvd_on_16_frame_clips_with_a_torchscript_i3d(tmp_path):
         clips16(torch.zeros(1, 3, 8, 4, 4))
 
 
-TINY_CLIP = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+TINY_CLIP = {"embed_dim": 16,
+             "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
              "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
 
 

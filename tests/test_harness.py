@@ -7,7 +7,6 @@ import csv
 import io
 import json
 
-import pytest
 import torch
 from conftest import compose
 

@@ -223,7 +223,8 @@ def check(cmd: str, run: Path, sweep: Path, monkeypatch, tmp_path) -> str:
         if module.startswith("tools."):
             _tool_accepts(module, args, monkeypatch)
             return "parsed"
-    raise AssertionError(f"`{cmd}`: a command form this test does not know; add a rule to tests/test_readme_commands.py")
+    raise AssertionError(f"`{cmd}`: a command form this test does not know; add a rule to "
+                         "tests/test_readme_commands.py")
 
 
 def _run_entry(entry: str, overrides: list[str], cfg, run: Path, tmp_path) -> str:

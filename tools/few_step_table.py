@@ -103,8 +103,8 @@ def markdown(curves: dict, sources: dict, floors: list, spread: dict | None = No
         lines.append(f"Real-vs-real floor (two held-out halves): {min(floors):.2f}.")
         lines.append("")
     if spread:
-        lines.append(f"That floor is one split of the held-out digits; over {spread['draws']} random disjoint splits of "
-                     f"the same size (n = {spread['n']}) it is {spread['mean']:.2f} ± {spread['std']:.2f} "
+        lines.append(f"That floor is one split of the held-out digits; over {spread['draws']} random disjoint "
+                     f"splits of the same size (n = {spread['n']}) it is {spread['mean']:.2f} ± {spread['std']:.2f} "
                      f"(5-95 %: {spread['q05']:.2f}-{spread['q95']:.2f}; `shared.metrics.judge.real_floor_spread`). "
                      "A model's FD_judge carries the same finite-sample error, so values inside that band — below "
                      "the committed 1.43 too — mean \"indistinguishable from real digits at this sample size\", "

@@ -25,7 +25,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["quiet", "start_run", "harness_callbacks", "announce", "expected_wall_time", "claim_summary", "lookup_metric",
+__all__ = ["quiet", "start_run", "harness_callbacks", "announce", "expected_wall_time", "claim_summary",
+           "lookup_metric",
            "format_value"]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]

@@ -107,8 +107,8 @@ def build(cfg: DictConfig):
                                f"stabilityai/sd-vae-ft-ema on Hugging Face ({GUIDE})")
         if int(cfg.image_size) not in (256, 512):
             raise ValueError(f"image_size must be 256 or 512 (the released DiT-XL/2 models), got {cfg.image_size}")
-        over = [f"experiment=dit/imagenet{cfg.image_size}_xl2", f"module.latent.autoencoder.weights_path={_vae_file(vae)}",
-                *extra]
+        over = [f"experiment=dit/imagenet{cfg.image_size}_xl2",
+                f"module.latent.autoencoder.weights_path={_vae_file(vae)}", *extra]
         module = instantiate(_compose(over).module)
         from shared.nn.transformer import load_official_state_dict
 

@@ -88,7 +88,8 @@ class FIDInceptionV3(nn.Module):
         own = {k for k in self.net.state_dict() if not k.endswith("num_batches_tracked")}
         missing, unexpected = sorted(own - set(state)), sorted(set(state) - own)
         if strict and (missing or unexpected):
-            raise ValueError(f"not an FID Inception state dict: missing {missing[:3]}{'...' if len(missing) > 3 else ''}"
+            more = "..." if len(missing) > 3 else ""
+            raise ValueError(f"not an FID Inception state dict: missing {missing[:3]}{more}"
                              f", unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}")
         return self.net.load_state_dict(state, strict=False, assign=assign)
 

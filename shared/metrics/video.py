@@ -290,7 +290,8 @@ def video_metrics_from_features(feats: torch.Tensor, reference, detector, metric
     if "images" in ref and ("kvd" in metrics or "mu" not in ref):
         vids = uint8_to_unit(ref["images"])   # (N, T, C, H, W)
         if vids.ndim != 5:
-            raise ValueError(f"reference arr_0 must hold videos (N, T, H, W, 3), got shape {tuple(ref['images'].shape)}")
+            raise ValueError("reference arr_0 must hold videos (N, T, H, W, 3), got shape "
+                             f"{tuple(ref['images'].shape)}")
         ref_feats = i3d_features(clips16(vids.transpose(1, 2), clip_frames), detector, batch_size).double()
     out: dict = {}
     if "fvd" in metrics:
