@@ -293,3 +293,15 @@ def test_printed_claim_commands_run_in_quick_mode(overrides, tmp_path):
         cfg.claim.publish = False
     run(cfg)
     assert (tmp_path / "results.json").is_file()
+
+
+@pytest.mark.parametrize("doc", [*DOCS, "docs/PERFORMANCE.md", "papers/README_few_step.md"])
+def test_relative_links_of_the_docs_resolve(doc):
+    path = ROOT / doc
+    missing = []
+    for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", path.read_text()):
+        if target.startswith(("http://", "https://", "mailto:")):
+            continue
+        if not (path.parent / target).exists():
+            missing.append(target)
+    assert not missing, f"{doc}: links to missing files {missing}"
