@@ -74,7 +74,7 @@ def log_media(trainer: pl.Trainer, tag: str, path: str | Path, step: int | None 
     path, step = Path(path), int(trainer.global_step if step is None else step)
     video = path.suffix.lower() in (".gif", ".mp4")
     done = []
-    for lg in trainer.loggers:
+    for lg in getattr(trainer, "loggers", None) or []:
         if isinstance(lg, TensorBoardLogger):
             _tensorboard_media(lg, tag, path, step)
             done.append("tensorboard")
