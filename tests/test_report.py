@@ -318,9 +318,12 @@ def test_sweep_report_keeps_every_metric_in_report_order_and_takes_several(tmp_p
         (job / ".hydra").mkdir(parents=True)
         (job / ".hydra" / "overrides.yaml").write_text(f"- claim.reflow_rounds={rounds}\n- claim.seeds=[0]\n")
         metrics = {f"v{i}": float(10 * j + i) for i in range(len(labels)) if i % 3 < rounds or i >= 6}
+        metrics["extra"] = {"nfe": 7.0, **({"4rf": 1.0} if rounds == 3 else {})}   # not in the report rows
         write_results(job / "results.json", metrics, config={"report": rows}, wall_time_s=5.0 + j)
     s = aggregate_multirun(sweep)
-    assert s["columns"] == ["job", "claim.reflow_rounds", *labels, "wall_time_s"]   # 11 metrics, none dropped
+    # 11 report rows, none dropped; a metric only some jobs have (4-RF) shown; the rest listed as not shown
+    assert s["columns"] == ["job", "claim.reflow_rounds", *labels, "extra.4rf", "wall_time_s"]
+    assert s["not_shown"] == ["extra.nfe"] and "extra.nfe" in (sweep / "summary.md").read_text()
     assert s["rows"][2][2 + 2] == 22.0 and s["rows"][0][2 + 2] != s["rows"][0][2 + 2]   # 3-RF: measured / NaN
     main(["--multirun", str(sweep), "--metric", "S(Z) 3-RF", "SW 3-RF"])
     data = json.loads((sweep / "summary.json").read_text())

@@ -686,7 +686,7 @@ def aggregate_multirun(folder, metrics: list[str] | None = None, plot_metric: st
         raise FileNotFoundError(
             f"{folder} holds no Hydra job folders (0/, 1/, ... with .hydra/ or results.json)"
         )
-    records, report_order = [], {}
+    records, report_order, extra_keys = [], {}, set()
     for job in jobs:
         res_f, values = job / "results.json", {}
         if res_f.exists():
@@ -694,7 +694,9 @@ def aggregate_multirun(folder, metrics: list[str] | None = None, plot_metric: st
                 res = json.loads(res_f.read_text())
             except json.JSONDecodeError:
                 res = {}
-            for row in (res.get("config") or {}).get("report") or []:
+            rows = (res.get("config") or {}).get("report") or []
+            covered = {row["metric"] for row in rows}
+            for row in rows:
                 report_order.setdefault(row.get("label", row["metric"]), len(report_order))
                 try:
                     v = lookup(res.get("metrics", {}), row["metric"])
@@ -703,8 +705,11 @@ def aggregate_multirun(folder, metrics: list[str] | None = None, plot_metric: st
                 v = v.get("mean") if isinstance(v, dict) else v
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
                     values[row.get("label", row["metric"])] = float(v)
-            if not values:
-                values = _flatten(res.get("metrics", {}))
+            # every other numeric metric too, by its dotted path (a sweep over structure, e.g. reflow rounds,
+            # adds metrics the report rows do not name: they must not vanish)
+            extra = {k: v for k, v in _flatten(res.get("metrics", {})).items() if k not in covered}
+            values.update({k: v for k, v in extra.items() if k not in values})
+            extra_keys.update(extra)
             if res.get("wall_time_s") is not None:
                 values.setdefault("wall_time_s", float(res["wall_time_s"]))
         else:
@@ -719,7 +724,12 @@ def aggregate_multirun(folder, metrics: list[str] | None = None, plot_metric: st
         unknown = [m for m in metrics if m not in names]
         if unknown:
             raise KeyError(f"metric(s) {unknown} not in this sweep; it has {names}")
-    chosen = list(metrics) if metrics else names
+    # default columns: the report rows, metrics that some jobs have and others lack, logged values, wall time;
+    # metrics outside the report rows that every job has are listed as not shown (pick them with --metric)
+    structural = {k for k in extra_keys if any(k not in r["values"] for r in records)}
+    default = [n for n in names if n not in extra_keys or n in structural or not report_order]
+    chosen = list(metrics) if metrics else default
+    not_shown = [] if metrics else [n for n in names if n not in default]
     columns = ["job", *swept, *chosen]
     rows = [
         [
@@ -735,6 +745,7 @@ def aggregate_multirun(folder, metrics: list[str] | None = None, plot_metric: st
         "rows": rows,
         "swept": swept,
         "metrics": chosen,
+        "not_shown": not_shown,
         "plot": None,
     }
 
@@ -744,7 +755,11 @@ def aggregate_multirun(folder, metrics: list[str] | None = None, plot_metric: st
         w.writerows(rows)
     md = ["| " + " | ".join(_md_cell(c) for c in columns) + " |", "|" + "---|" * len(columns)]
     md += ["| " + " | ".join(_md_cell(fmt(c)) for c in r) + " |" for r in rows]
-    (folder / "summary.md").write_text(f"# Sweep {folder}\n\n" + "\n".join(md) + "\n")
+    note = ""
+    if not_shown:
+        note = (f"\n{len(not_shown)} further metrics (in every job's results, outside the report rows) are "
+                f"not columns; `--metric NAME ...` shows any of them: {', '.join(not_shown)}\n")
+    (folder / "summary.md").write_text(f"# Sweep {folder}\n\n" + "\n".join(md) + "\n" + note)
 
     targets = [plot_metric] if plot_metric else (list(metrics)[:4] if metrics else chosen[:1])
     targets = [t for t in targets if t in chosen]
