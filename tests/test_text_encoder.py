@@ -199,7 +199,7 @@ def test_animatediff_on_the_sd_unet_fresh_motion_module_equals_the_image_model_w
     from hydra.utils import instantiate
 
     cfg = compose(["experiment=animatediff/webvid_sd15", *compose(["experiment=animatediff/webvid_sd15"])
-                   .smoke_overrides, "model.stage=image", "run_dir=/tmp/unused"])
+                   .quick_overrides, "model.stage=image", "run_dir=/tmp/unused"])
     torch.manual_seed(0)
     image = instantiate(cfg.model)
     for p in image.parameters():
@@ -215,7 +215,7 @@ def test_animatediff_on_the_sd_unet_fresh_motion_module_equals_the_image_model_w
         out = video(x, t, context=ctx)
         frames = torch.stack([image(x[:, :, f], t, context=ctx) for f in range(4)], 2)
     torch.testing.assert_close(out, frames, rtol=0, atol=1e-5)
-    cfg = compose(["experiment=animatediff/webvid_sd15", *cfg.smoke_overrides, "run_dir=/tmp/unused"])
+    cfg = compose(["experiment=animatediff/webvid_sd15", *cfg.quick_overrides, "run_dir=/tmp/unused"])
     module = instantiate(cfg.module, net=instantiate(cfg.model))
     trainable = {n for n, p in module.named_parameters() if p.requires_grad}
     assert trainable and all(".motion_modules." in n or "temporal" in n for n in trainable), sorted(trainable)[:3]

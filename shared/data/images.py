@@ -119,6 +119,9 @@ def _resize_center_crop(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
+SPLIT_NAMES = ("train", "val", "valid", "validation", "test")
+
+
 class ImageFolderDataset(Dataset):
     """Images under ``root``, resized (shorter side) and centre-cropped to ``size`` x ``size``.
 
@@ -127,7 +130,9 @@ class ImageFolderDataset(Dataset):
     ``"y"``; otherwise every image file directly in ``root`` is used, without labels.
 
     Args:
-        root: dataset path (config key ``data.root``).
+        root: dataset path (config key ``data.root``): the folder of the class folders (ImageNet: ``.../train``);
+            a root holding ``train``/``val``/``test`` folders is refused (its classes would be the splits).
+        num_classes: if given, the number of class folders required (a DiT config passes the model's).
         size: output side length.
         extensions: file suffixes to read (case-insensitive).
         channels: 3 (RGB) or 1 (greyscale).
@@ -139,10 +144,15 @@ class ImageFolderDataset(Dataset):
         size: int = 64,
         extensions: Sequence[str] = IMAGE_EXTENSIONS,
         channels: int = 3,
+        num_classes: int | None = None,
     ):
         root = Path(root).expanduser()
         if not root.is_dir():
             raise FileNotFoundError(f"image folder '{root}' not found; set the config key data.root")
+        splits = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.lower() in SPLIT_NAMES)
+        if splits:   # the dataset's root, not a split: its "classes" would be train/val
+            raise FileNotFoundError(f"data.root={root} holds the split folders {splits}, not class folders; point "
+                                    f"data.root at one split, e.g. {root / splits[0]} (<root>/<class>/<image>)")
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels}")
         exts = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
@@ -152,6 +162,9 @@ class ImageFolderDataset(Dataset):
             return sorted(p for p in files if p.is_file() and p.suffix.lower() in exts)
 
         class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if num_classes is not None and len(class_dirs) != int(num_classes):
+            raise ValueError(f"data.root={root} has {len(class_dirs)} class folders, the model expects "
+                             f"{num_classes} classes (<root>/<class>/<image>; ImageNet's train/ has 1000)")
         if class_dirs:
             self.classes: list[str] | None = [p.name for p in class_dirs]
             self.samples = [(f, k) for k, d in enumerate(class_dirs) for f in images_in(d, recursive=True)]

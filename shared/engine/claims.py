@@ -17,6 +17,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from shared.engine.console import claim_summary
 from shared.engine.results import write_results
 from shared.engine.run import fit
 
@@ -93,12 +94,14 @@ def finish(cfg: DictConfig, metrics: dict, *, paper: str, claim: str, t0: float,
         _REUSED.clear()
     record = write_results(path, metrics, paper=paper, claim=claim, seeds=seeds, config=cfg_dict,
                            wall_time_s=round(time.time() - t0, 1), extra=extra)
-    if copy_to_paper and cfg.claim.get("publish", True):
+    dest = None
+    if copy_to_paper and cfg.claim.get("publish", True) and not cfg.get("quick"):   # quick runs never publish
         dest = PROJECT_ROOT / "papers" / paper / "results" / f"{claim}.json"
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, dest)
         for f in Path(cfg.run_dir).glob("*.png"):
             shutil.copyfile(f, dest.parent / f"{claim}_{f.name}")
+    claim_summary(record, cfg, dest)   # results, run folder and where they went (shared/engine/console.py)
     return record
 
 

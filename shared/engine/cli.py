@@ -24,6 +24,7 @@ def friendly_errors():
     except user_errors as e:
         if os.environ.get("VDP_TRACEBACK"):
             raise
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        cause = e.__cause__ if type(e).__name__ == "InstantiationException" and e.__cause__ else e  # the real error
+        msg = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
         print(f"error: {msg}", file=sys.stderr)
         sys.exit(2)

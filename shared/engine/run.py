@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 
 from shared.engine.checkpoint import AtomicCheckpointIO, CheckpointError, load_checkpoint_file
+from shared.engine.console import harness_callbacks
 from shared.engine.loggers import LoggerRunIds, restore_logger_ids
 from shared.nn.weights import check_state_dict
 
@@ -85,6 +86,7 @@ def resolve_ckpt(cfg: DictConfig, run_dir: Path) -> str | None:
 def build_trainer(cfg: DictConfig, run_dir: Path, extra_callbacks=()) -> pl.Trainer:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     callbacks += [*extra_callbacks, LoggerRunIds()]   # the loggers' run ids go into every checkpoint
+    callbacks += harness_callbacks(cfg)               # step progress bar, quiet console (shared/engine/console.py)
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_cfg.pop("_target_", None)

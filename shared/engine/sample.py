@@ -8,6 +8,7 @@ GIF (videos).
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import hydra
@@ -29,15 +30,20 @@ def draw(cfg: DictConfig):
     if cfg.get("labels") is not None:
         labels = torch.as_tensor(list(cfg.labels), dtype=torch.long)
         cond = {"y": labels.repeat(int(cfg.n) // len(labels) + 1)[: int(cfg.n)]}
+    if cfg.get("captions"):
+        caps = [cfg.captions] if isinstance(cfg.captions, str) else list(cfg.captions)
+        cond["caption"] = [str(caps[i % len(caps)]) for i in range(int(cfg.n))]
     x = module.sample(int(cfg.n), cond=cond, sampler=override, generator=g, use_ema=bool(cfg.use_ema))
     return module, sampler, x
 
 
 @hydra.main(config_path="../../conf", config_name="sample", version_base="1.3")
-def main(cfg: DictConfig):
+def _hydra_main(cfg: DictConfig):
     with friendly_errors():
+        from shared.engine import progress
         from shared.engine.video_io import save_image_grid, save_video_grid
 
+        progress.enable()
         _, sampler, x = draw(cfg)
         ext = "gif" if x.dim() == 5 else "png"
         name = f"{sampler['name']}_{sampler.get('steps')}.{ext}"
@@ -46,6 +52,13 @@ def main(cfg: DictConfig):
         nrow = max(1, int(len(x) ** 0.5))
         (save_video_grid if x.dim() == 5 else save_image_grid)(x, out, nrow=nrow)
         print(f"wrote {out}")
+
+
+def main():
+    from shared.engine.quick import expand_argv
+
+    sys.argv[1:] = expand_argv(sys.argv[1:], "sample")
+    return _hydra_main()
 
 
 if __name__ == "__main__":

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 import hydra
 from hydra.utils import get_method
 from omegaconf import DictConfig
 
 from shared.engine.cli import friendly_errors
+from shared.engine.console import start_run
+from shared.engine.quick import expand_argv
 from shared.engine.run import fit, set_run_dir
 from shared.engine.scaleout import prepare_argv, rank_launch_scope, remember_hydra_job
 
@@ -22,6 +25,7 @@ log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig):
+    start_run(cfg)   # quiet console, sampling progress bars, a claim's expected wall time (shared/engine/console.py)
     if cfg.get("pipeline"):
         set_run_dir(cfg)
         return get_method(cfg.pipeline)(cfg)
@@ -40,6 +44,7 @@ def _hydra_main(cfg: DictConfig):
 
 def main():
     prepare_argv()   # a DDP rank spawned by Lightning runs its parent's job (see shared.engine.scaleout)
+    sys.argv[1:] = expand_argv(sys.argv[1:])   # quick=true (shared/engine/quick.py)
     return _hydra_main()
 
 
