@@ -11,7 +11,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from shared.engine.cli import friendly_errors
+from shared.engine.cli import check_count, friendly_errors, hydra_cli
 from shared.engine.results import write_results
 from shared.engine.sample import draw
 
@@ -26,7 +26,7 @@ def evaluate(cfg: DictConfig) -> dict:
 
     t0 = time.time()
     with open_dict(cfg):
-        cfg.n = int(cfg.num_samples)
+        cfg.n = check_count(cfg.num_samples, "num_samples", 2)   # a Fréchet distance needs two samples
     module, sampler, x = draw(cfg)
     size = int(x.shape[-1])
     real_a, real_b = real_splits(size=size)
@@ -44,6 +44,8 @@ def main(cfg: DictConfig):
         rec = evaluate(cfg)
         print({k: round(v, 4) for k, v in rec["metrics"].items()})
 
+
+main = hydra_cli(main)   # Hydra's own errors (a bad override) are one line too
 
 if __name__ == "__main__":
     main()
