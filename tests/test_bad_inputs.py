@@ -12,14 +12,13 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, run_cli
 
 RUN = ["model.base_channels=8", "model.norm_groups=4", "trainer.max_steps=4", "callbacks.samples=null",
        "trainer.enable_progress_bar=false", "logger=none", "paths.output_dir={tmp}/outputs", "name=tiny"]
@@ -35,28 +34,6 @@ class Case:
     setup: str | None = None         # name of a function below that writes files; returns {placeholder: path}
     tiny: bool | str = True          # prepend TINY (train only); "run": only the model/trainer part (other data)
     marks: list = field(default_factory=list)
-
-
-def run_cli(entry: str, args: list[str], capsys) -> tuple[int, str]:
-    """``python -m shared.engine.<entry> *args`` in this process (the module run as ``__main__``, as ``-m`` does,
-    so Hydra finds ``conf/`` the same way): (exit status, stderr)."""
-    import runpy
-
-    from hydra.core.global_hydra import GlobalHydra
-
-    GlobalHydra.instance().clear()
-    argv = sys.argv
-    sys.argv = [str(ROOT / "shared" / "engine" / f"{entry}.py"), *args]
-    capsys.readouterr()
-    try:
-        runpy.run_module(f"shared.engine.{entry}", run_name="__main__")
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    finally:
-        sys.argv = argv
-        GlobalHydra.instance().clear()
-    return code, capsys.readouterr().err
 
 
 def tree_digest(root: Path) -> dict[str, str]:
@@ -534,6 +511,18 @@ CASES: list[Case] = [
                                   "paths.output_dir={tmp}/outputs"], "trainer.max_steps", tiny=False),
     Case("publish_smoke_flag", [E + "rectified_flow/toy2d_claim", "++claim.publish=true", "claim.smoke=true",
                                 "paths.output_dir={tmp}/outputs"], "claim.smoke", tiny=False),
+    Case("autoencoder_weights_missing", ["module=autoencoder_kl", "model=autoencoder_sd",
+                                         "model.weights_path=/no/such/sd-vae-ft-ema/vae.safetensors",
+                                         "paths.output_dir={tmp}/outputs"],
+         "/no/such/sd-vae-ft-ema/vae.safetensors", tiny=False),
+    Case("teacher_ckpt_evil", [E + "knowledge_distillation/digits_claim", "claim.teacher_ckpt={data}",
+                               "paths.output_dir={tmp}/outputs"], "shutil.copyfile", tiny=False,
+         setup="setup_evil_copyfile"),
+    Case("teacher_ckpt_missing", [E + "knowledge_distillation/digits_claim", "claim.teacher_ckpt=/no/such.ckpt",
+                                  "paths.output_dir={tmp}/outputs"], "checkpoint not found", tiny=False),
+    Case("teacher_ckpt_zero_byte", [E + "progressive_distillation/digits_claim", "claim.teacher_ckpt={data}",
+                                    "paths.output_dir={tmp}/outputs"], "empty (0 bytes)", tiny=False,
+         setup="setup_zero_byte"),
     # ---------------------------------------------------------------- sample: checkpoints and sampler values
     Case("sample_ckpt_unset", [], "ckpt", entry="sample"),
     Case("sample_ckpt_missing", ["ckpt=/no/such.ckpt"], "not found", entry="sample"),
@@ -635,3 +624,78 @@ def test_corrupt_images_are_skipped_and_counted(tmp_path):
     assert ds.num_skipped == 2 and {Path(p).name for p in ds.skipped} == {"bad.png", "nan.tif"}
     assert "non-finite" in ds.skipped[str(tmp_path / "nan.tif")]
     assert all(torch.isfinite(it["x"]).all() and it["x"].shape == (3, 8, 8) for it in items)
+
+
+# ------------------------------------------------------------------------------------------------ publishing
+def test_publishing_is_explicit_and_only_for_the_committed_protocol(tmp_path, monkeypatch):
+    """finish() writes papers/<id>/results only for a run whose publish flag passed check_publish; the make targets
+    are the ones that pass it, and no experiment turns it on by itself."""
+    import re
+
+    from conftest import compose
+    from omegaconf import open_dict
+
+    import shared.engine.claims as claims
+    from shared.engine.run import ConfigError
+
+    monkeypatch.setattr(claims, "PROJECT_ROOT", tmp_path / "project")
+    papers = tmp_path / "project" / "papers" / "ddpm" / "results"
+
+    def claim_run(*overrides, name):
+        cfg = compose(["experiment=ddpm/digits_claim", *overrides, f"run_dir={tmp_path / name}"])
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "grid.png").write_bytes(b"png")
+        (tmp_path / name / "clip.gif").write_bytes(b"gif")
+        return cfg
+
+    cfg = claim_run(name="plain")                          # no flag: the run folder only
+    claims.finish(cfg, {"m": 1.0}, paper="ddpm", claim="digits_claim", t0=0.0)
+    assert (tmp_path / "plain" / "results.json").is_file() and not papers.exists()
+
+    cfg = claim_run("++claim.publish=true", name="unchecked")   # flag set but never checked: refused, kept locally
+    with pytest.raises(ConfigError, match="not published"):
+        claims.finish(cfg, {"m": 1.0}, paper="ddpm", claim="digits_claim", t0=0.0)
+    assert (tmp_path / "unchecked" / "results.json").is_file() and not papers.exists()
+
+    cfg = claim_run("++claim.publish=true", "claim.seeds=[0]", name="smoke")
+    with pytest.raises(ConfigError, match="fewer than the protocol"):
+        claims.check_publish(cfg, "ddpm/digits_claim")
+
+    cfg = claim_run("++claim.publish=true", name="protocol")
+    claims.check_publish(cfg, "ddpm/digits_claim")
+    claims.finish(cfg, {"m": 1.0}, paper="ddpm", claim="digits_claim", t0=0.0, artifacts=("*.png", "*.gif"))
+    assert sorted(p.name for p in papers.iterdir()) == ["digits_claim.json", "digits_claim_clip.gif",
+                                                        "digits_claim_grid.png"]
+    with open_dict(cfg):
+        cfg.claim.publish = False
+
+    make = (ROOT / "Makefile").read_text()
+    trains = re.findall(r"^\t\$\(TRAIN\) experiment=.*$", make, flags=re.M)
+    assert trains and all(t.rstrip().endswith("$(PUBLISH)") for t in trains), trains
+    assert "PUBLISH := ++claim.publish=true" in make
+    on = [p.name for p in (ROOT / "experiments").rglob("*.yaml") if re.search(r"^\s+publish:\s*true", p.read_text(),
+                                                                               flags=re.M)]
+    assert not on, f"experiments that publish by themselves: {on}"
+
+
+def test_a_malicious_checkpoint_runs_nothing_through_the_teacher_loaders(world, tmp_path):
+    """The distillation teachers (claim.teacher_ckpt, the cache, a student's lazy teacher) load through the same
+    allow-listed rebuild as sample/evaluate: refused in one line, nothing run. (train resumes never instantiate
+    from a checkpoint; sample/evaluate are in the table.)"""
+    from omegaconf import OmegaConf
+
+    from shared.engine.teachers import teacher_for_seed
+    from shared.methods.edm_module import load_teacher_net, sampling_state
+    from shared.methods.registry import UnsafeCheckpointError
+
+    for setup in (setup_evil_copyfile, setup_evil_torch_load, setup_evil_system, setup_evil_nested,
+                  setup_evil_interpolation, setup_evil_project_function):
+        evil = setup(world, tmp_path)["data"]
+        with pytest.raises(UnsafeCheckpointError) as e:
+            load_teacher_net(evil)
+        assert "\n" not in str(e.value)
+        cfg = OmegaConf.create({"claim": {"teacher_ckpt": str(evil)}})
+        with pytest.raises(UnsafeCheckpointError):
+            teacher_for_seed(cfg, 0)
+        sampling_state(evil)   # a student's initialisation reads tensors only: nothing in the config is called
+    assert not Path("/tmp/vdp_pwned").exists()

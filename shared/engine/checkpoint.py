@@ -29,7 +29,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from shared.methods.registry import upgrade_checkpoint
 from shared.nn.weights import CheckpointError, read_checkpoint
 
-__all__ = ["AtomicCheckpointIO", "CheckpointError", "load_checkpoint_file", "newest_checkpoint",
+__all__ = ["AtomicCheckpointIO", "CheckpointError", "adopt_as_last", "load_checkpoint_file", "newest_checkpoint",
            "remove_partial_writes", "stale_checkpoints", "check_resumable", "checkpoint_step"]
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,25 @@ def newest_checkpoint(ckpt_dir: str | os.PathLike) -> Path | None:
         return None
     # newest first; on a tie the higher step in the name, then last.ckpt (written after the epoch file)
     return max(files, key=lambda p: (p.stat().st_mtime_ns, checkpoint_step(p) or -1, p.name.startswith("last")))
+
+
+def adopt_as_last(ckpt: Path) -> Path:
+    """A run killed between writing its epoch checkpoint and ``last.ckpt`` leaves the epoch file newer: copy it to
+    ``last.ckpt`` (atomically) and resume from that, so the epoch file stays an ordinary tracked checkpoint that the
+    next save rotates away (Lightning never deletes the file a run resumed from). Returns the file to resume."""
+    ckpt = Path(ckpt)
+    last = ckpt.with_name("last.ckpt")
+    if ckpt.name == last.name or (last.is_file() and last.stat().st_mtime_ns >= ckpt.stat().st_mtime_ns):
+        return ckpt
+    tmp = last.with_name(last.name + PARTIAL_SUFFIX)
+    with open(ckpt, "rb") as src, open(tmp, "wb") as dst:
+        while chunk := src.read(1 << 24):
+            dst.write(chunk)
+        dst.flush()
+        os.fsync(dst.fileno())
+    os.replace(tmp, last)
+    log.info("%s was newer than last.ckpt (a kill between the two writes): copied to last.ckpt", ckpt.name)
+    return last
 
 
 def remove_partial_writes(ckpt_dir: str | os.PathLike) -> list[Path]:

@@ -48,6 +48,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from shared.engine.checkpoint import (
     AtomicCheckpointIO,
     CheckpointError,
+    adopt_as_last,
     check_resumable,
     load_checkpoint_file,
     newest_checkpoint,
@@ -586,6 +587,11 @@ def fit(cfg: DictConfig, run_dir=None, extra_callbacks=()):
         saved = None
         if _rank_zero():
             remove_partial_writes(run_dir / "checkpoints")
+            if ckpt is not None and Path(ckpt).resolve().parent == (run_dir / "checkpoints").resolve() \
+                    and Path(ckpt).resolve() == (newest_checkpoint(run_dir / "checkpoints") or Path()).resolve():
+                ckpt = str(adopt_as_last(Path(ckpt)))
+                with open_dict(cfg):
+                    cfg.ckpt_path = ckpt
         if ckpt is not None:  # fail in one line, naming keys, before Lightning's long load error
             saved = _read_for_resume(Path(ckpt))
             check_resume(cfg, saved, ckpt)

@@ -41,6 +41,7 @@ def run(cfg: DictConfig, experiment: str | None = None):
             raise ConfigError("ckpt_path is for single training runs; a claim pipeline resumes its variants when "
                               "re-run in its own folder (hydra.run.dir=<that run folder>)")
         set_run_dir(cfg)
+        check_config(cfg)
         check_publish(cfg, experiment or _experiment_choice())   # refused before anything is trained
         return get_method(cfg.pipeline)(cfg)
     set_run_dir(cfg)
