@@ -699,3 +699,20 @@ def test_a_malicious_checkpoint_runs_nothing_through_the_teacher_loaders(world, 
             teacher_for_seed(cfg, 0)
         sampling_state(evil)   # a student's initialisation reads tensors only: nothing in the config is called
     assert not Path("/tmp/vdp_pwned").exists()
+
+
+def test_the_traceback_is_one_switch_away_and_bugs_are_not_called_bad_input(monkeypatch, capsys):
+    """``VDP_TRACEBACK=1`` re-raises (the whole traceback); an error no input explains (a bug) is one line too, but
+    says so and exits 1, not 2."""
+    from hydra.errors import HydraException
+
+    from shared.engine.cli import friendly_errors
+
+    monkeypatch.setenv("VDP_TRACEBACK", "1")
+    with pytest.raises(HydraException, match="max_stepz"):
+        run_cli("train", ["trainer.max_stepz=3", "hydra.run.dir=/tmp/vdp_unused"], capsys)
+    monkeypatch.delenv("VDP_TRACEBACK")
+    with pytest.raises(SystemExit) as e, friendly_errors():
+        {}["missing"]
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and err.count("\n") == 1 and "internal error (KeyError" in err and "VDP_TRACEBACK" in err

@@ -36,7 +36,8 @@ CONFIGS = {"image": IMAGE, "video": VIDEO}
 
 
 def reference(args: list[str], run_dir: Path) -> tuple[dict, set[str]]:
-    """The uninterrupted run (in this process, one thread, as the subprocesses): its weights and checkpoint names."""
+    """The uninterrupted run (in this process, one thread, as the subprocesses): its weights and checkpoint names
+    (and, in ``_TRAIN_TIME``, how long its training took: the range kill times are drawn from)."""
     from shared.engine.train import run
 
     threads = torch.get_num_threads()
@@ -46,7 +47,11 @@ def reference(args: list[str], run_dir: Path) -> tuple[dict, set[str]]:
     finally:
         torch.set_num_threads(threads)
     names = {p.name for p in (run_dir / "checkpoints").iterdir()}
+    _TRAIN_TIME[tuple(args)] = float(module.fit_wall_time_s)
     return {k: v.clone() for k, v in module.state_dict().items()}, names
+
+
+_TRAIN_TIME: dict[tuple, float] = {}
 
 
 def _env():
@@ -65,19 +70,40 @@ def _newest_complete(run: Path) -> Path | None:
     return newest_checkpoint(run / "checkpoints")
 
 
-def chaos(args: list[str], kills: int, seed: int, tmp: Path) -> dict:
-    """Kill a training run ``kills`` times at random points, resume each time with ``ckpt_path=last``, then let it
-    finish. Returns what happened (for the assertions and the README's figures)."""
+def chaos(args: list[str], kills: int, seed: int, tmp: Path, ref_state: dict, ref_names: set[str]) -> dict:
+    """``kills`` kills in all: trials of one training run each, killed 1-3 times at random points and resumed with
+    ``ckpt_path=last`` until it finishes; every trial's end is checked against the uninterrupted run."""
     rng = random.Random(seed)
+    total = {"kills": 0, "during_write": 0, "before_first_checkpoint": 0, "resumed_from_newest": 0,
+             "expected_resumes": 0, "launches": 0, "trials": 0, "bitwise_equal": 0, "log": []}
+    while total["kills"] < kills:
+        want = min(kills - total["kills"], rng.randint(1, 3))
+        stats = trial(args, want, rng, tmp / f"trial{total['trials']}")
+        check(stats, ref_state, ref_names, _max_steps(args))
+        total["trials"] += 1
+        total["bitwise_equal"] += 1
+        for k in ("kills", "during_write", "before_first_checkpoint", "resumed_from_newest", "expected_resumes",
+                  "launches"):
+            total[k] += stats[k]
+        total["log"].append(stats.get("log", []))
+    return total
+
+
+def trial(args: list[str], kills: int, rng: random.Random, tmp: Path) -> dict:
+    """Kill one training run up to ``kills`` times at random points, resume each time with ``ckpt_path=last``, then
+    let it finish. Returns what happened."""
     out = tmp / "outputs"
     cmd = [sys.executable, "-m", "shared.engine.train", *args, f"paths.output_dir={out}", "name=chaos"]
     stats = {"kills": 0, "during_write": 0, "before_first_checkpoint": 0, "resumed_from_newest": 0, "launches": 0}
     expected_from: list[tuple[str | None, int]] = []
-    train_time = 3.0   # first guess of the training part of one run; measured on the first launch
+    train_time = 1.5 * _TRAIN_TIME.get(tuple(args), 2.0)   # kill times: uniform over an uninterrupted training
     while stats["kills"] < kills:
         launch = cmd + (["ckpt_path=last"] if stats["launches"] else [])
         stats["launches"] += 1
-        p = subprocess.Popen(launch, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        err_path = tmp / f"launch{stats['launches']}.err"
+        err_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(err_path, "wb") as err_file:
+            p = subprocess.Popen(launch, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=err_file)
         t_launch, started = time.time(), None
         mode = "write" if rng.random() < 1 / 3 else "time"
         delay = rng.uniform(0.0, train_time)
@@ -103,12 +129,8 @@ def chaos(args: list[str], kills: int, seed: int, tmp: Path) -> dict:
                     break
             time.sleep(0.001 if mode == "write" else 0.01)
         if not killed:   # the run finished before its kill point: that launch was a clean finish
-            assert p.returncode == 0, p.stderr.read().decode()[-2000:]
-            if started is not None:
-                train_time = max(0.5, time.time() - started)
+            assert p.returncode == 0, err_path.read_text()[-2000:]
             break
-        if stats["launches"] == 1 and started is not None:
-            train_time = max(train_time, time.time() - started)
     # finish (resume once more; a no-op if the last launch already completed)
     done = subprocess.run(cmd + ["ckpt_path=last"], cwd=ROOT, env=_env(), capture_output=True, text=True,
                           timeout=600)
@@ -151,9 +173,9 @@ def _max_steps(args):
 def test_killed_runs_resume_bitwise_equal(kind, kills, tmp_path):
     args = CONFIGS[kind]
     ref_state, ref_names = reference(args, tmp_path / "ref")
-    stats = chaos(args, kills, seed=int(os.environ.get("VDP_CHAOS_SEED", "0")) + (kind == "video"), tmp=tmp_path)
-    assert stats["kills"] == kills
-    check(stats, ref_state, ref_names, _max_steps(args))
+    stats = chaos(args, kills, int(os.environ.get("VDP_CHAOS_SEED", "0")) + (kind == "video"), tmp_path,
+                  ref_state, ref_names)
+    assert stats["kills"] == kills and stats["bitwise_equal"] == stats["trials"]
 
 
 @pytest.mark.slow
@@ -165,9 +187,7 @@ def test_chaos_many_kills(tmp_path, capsys):
     summary = {}
     for i, (kind, args) in enumerate(CONFIGS.items()):
         ref_state, ref_names = reference(args, tmp_path / kind / "ref")
-        stats = chaos(args, kills, seed=seed * 100 + i, tmp=tmp_path / kind)
-        check(stats, ref_state, ref_names, _max_steps(args))
-        summary[kind] = {k: v for k, v in stats.items() if k != "run"}
+        summary[kind] = chaos(args, kills, seed * 100 + i, tmp_path / kind, ref_state, ref_names)
     with capsys.disabled():
         print("\nchaos:", json.dumps(summary))
     assert all(s["kills"] == kills for s in summary.values())

@@ -396,7 +396,7 @@ def _adopt_folder(cfg: DictConfig, fresh: Path, target: Path) -> None:
         return
     root = logging.getLogger()
     for h in list(root.handlers):
-        if isinstance(h, logging.FileHandler) and Path(h.baseFilename).parent == fresh.resolve():
+        if isinstance(h, logging.FileHandler) and Path(os.path.realpath(h.baseFilename)).parent == fresh.resolve():
             new_path = target / Path(h.baseFilename).name
             h.flush()
             with contextlib.suppress(OSError):
