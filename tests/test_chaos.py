@@ -219,6 +219,9 @@ def test_last_resumes_the_run_with_the_same_seed_and_overrides(tmp_path, capsys)
     assert (by_seed[1] / ".hydra").is_dir() and any((by_seed[1] / ".hydra").glob("resume-*"))
     code, err = run_cli("train", [*base, "seed=1", "ckpt_path=last", "module.optimizer.lr=0.05"], capsys)
     assert code == 2 and "module.optimizer.lr: 0.0002 there, 0.05 now" in err, err
+    code, err = run_cli("train", [*base, "seed=1", f"hydra.run.dir={by_seed[1]}"], capsys)   # a fresh start there
+    assert code == 2 and "already holds a run's checkpoints" in err, err
+    assert torch.load(by_seed[1] / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 16
 
 
 def test_concurrent_runs_of_one_name_never_share_a_folder_or_resume_each_other(tmp_path):
@@ -242,8 +245,9 @@ def test_concurrent_runs_of_one_name_never_share_a_folder_or_resume_each_other(t
             p.kill()
             p.wait()
     assert c.returncode == 2 and "still training" in c.stderr and len(c.stderr.strip().splitlines()) == 1, c.stderr
-    folders = sorted(d for d in (out / "twin").iterdir() if d.is_dir())
-    assert len(folders) == 2
+    folders = sorted(d for d in (out / "twin").iterdir() if (d / "run.json").is_file())
+    assert len(folders) == 2   # (c's own folder holds only its Hydra snapshot and log: it trained nothing)
+    assert not [d for d in (out / "twin").iterdir() if d not in folders and any(d.glob("checkpoints/*"))]
     for d in folders:
         assert (d / "train.log").is_file() and (d / "checkpoints" / "last.ckpt").is_file()
     assert len({json.loads((d / "run.json").read_text())["pid"] for d in folders}) == 2

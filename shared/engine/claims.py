@@ -128,9 +128,11 @@ def fit_variant(cfg: DictConfig, tag: str, overrides: dict | None = None, seed: 
     A claim re-run in the same folder (``hydra.run.dir=<old run>``) resumes each variant from its
     ``last.ckpt`` — a finished variant is not trained again.
     """
+    from shared.engine.checkpoint import newest_checkpoint
+
     sub = variant_config(cfg, overrides, seed)
-    last = Path(cfg.run_dir) / tag / "checkpoints" / "last.ckpt"
-    if last.exists() and not sub.get("ckpt_path"):
+    last = newest_checkpoint(Path(cfg.run_dir) / tag / "checkpoints")   # last.ckpt, or a newer epoch file
+    if last is not None and not sub.get("ckpt_path"):
         with open_dict(sub):
             sub.ckpt_path = str(last)
         _REUSED.append(f"variant:{tag}")

@@ -592,6 +592,9 @@ def fit(cfg: DictConfig, run_dir=None, extra_callbacks=()):
                 ckpt = str(adopt_as_last(Path(ckpt)))
                 with open_dict(cfg):
                     cfg.ckpt_path = ckpt
+        if ckpt is None and _rank_zero() and newest_checkpoint(run_dir / "checkpoints") is not None:
+            raise ConfigError(f"run folder {run_dir} already holds a run's checkpoints; resume it with ckpt_path=last, "
+                              "or train into a new folder")
         if ckpt is not None:  # fail in one line, naming keys, before Lightning's long load error
             saved = _read_for_resume(Path(ckpt))
             check_resume(cfg, saved, ckpt)
