@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,6 @@ class Case:
     entry: str = "train"             # train | sample | evaluate
     setup: str | None = None         # name of a function below that writes files; returns {placeholder: path}
     tiny: bool | str = True          # prepend TINY (train only); "run": only the model/trainer part (other data)
-    marks: list = field(default_factory=list)
 
 
 def tree_digest(root: Path) -> dict[str, str]:
@@ -568,6 +567,26 @@ CASES: list[Case] = [
 ]
 
 
+# `make test` runs the table without these (one or more cases of every kind of input remain, about a minute); the
+# whole table: `VDP_BAD_INPUTS=all python -m pytest -q tests/test_bad_inputs.py`.
+FULL_TABLE = os.environ.get("VDP_BAD_INPUTS") == "all"
+EXTRA = set("""
+unknown_top_key unknown_experiment bad_syntax_no_value append_existing_key delete_missing_key
+bad_target_module seed_negative seed_float max_steps_negative max_steps_text
+max_epochs_zero log_every_zero grad_clip_negative accumulate_zero accelerator_unknown
+weight_decay_negative loss_weighting_unknown schedule_betas_unknown module_sampler_eta_negative base_channels_zero
+channel_mult_empty num_res_blocks_zero dropout_above_one batch_size_negative batch_size_float
+num_workers_negative digits_split_unknown data_size_zero cifar_root_missing image_folder_missing
+image_folder_channels ucf_root_missing ucf_root_unset ucf_split_file_missing ucf_frames_zero
+webvid_csv_unset webvid_csv_missing moving_digits_n_zero joint_images_negative ckpt_missing
+ckpt_folder ckpt_not_a_dict ckpt_no_run_config pipeline_with_ckpt teacher_ckpt_missing
+teacher_ckpt_zero_byte sample_ckpt_unset sample_ckpt_missing sample_ckpt_garbage sample_pickle_payload
+sample_no_run_config sample_missing_keys sample_steps_negative sample_steps_fraction sample_n_negative
+sample_unknown_key evaluate_ckpt_missing evaluate_unknown_sampler evaluate_zero_byte
+""".split())
+PARAMS = [pytest.param(c, id=c.id) for c in CASES if FULL_TABLE or c.id not in EXTRA]
+
+
 @pytest.fixture(autouse=True)
 def _release_held_locks(world):
     yield
@@ -577,11 +596,11 @@ def _release_held_locks(world):
 
 
 def test_the_table_is_large_and_ids_unique():
-    assert len(CASES) >= 90
-    assert len({c.id for c in CASES}) == len(CASES)
+    assert len({c.id for c in CASES}) == len(CASES) >= 150
+    assert EXTRA <= {c.id for c in CASES} and len(CASES) - len(EXTRA) >= 90   # make test's share
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+@pytest.mark.parametrize("case", PARAMS)
 def test_bad_input_is_one_line_naming_its_cause(case, world, tmp_path, capsys):
     subs = {"tmp": str(world["tmp"]), "early": str(world["early"]), "ckpt": str(world["ckpt"])}
     if case.setup:
