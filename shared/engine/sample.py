@@ -21,7 +21,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def draw(cfg: DictConfig):
-    check_count(cfg.n, "n"), check_count(cfg.seed, "seed", 0)
+    check_count(cfg.n, "n")
+    check_count(cfg.seed, "seed", 0)
     module = module_from_checkpoint(cfg.ckpt)
     override = {k: v for k, v in OmegaConf.to_container(cfg.sampler, resolve=True).items() if v is not None}
     sampler = module.sampler_config(override)   # the checkpoint's sampler with the overrides, validated
