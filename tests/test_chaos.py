@@ -258,3 +258,23 @@ def test_concurrent_runs_of_one_name_never_share_a_folder_or_resume_each_other(t
     for d in folders:
         assert (d / "train.log").is_file() and (d / "checkpoints" / "last.ckpt").is_file()
     assert len({json.loads((d / "run.json").read_text())["pid"] for d in folders}) == 2
+
+
+def test_a_kill_between_the_epoch_file_and_last_ckpt_is_repaired_on_resume(tmp_path):
+    """The deterministic core of what the chaos test hits at random: killed after ``epoch=0-step=8.ckpt`` was
+    written, before ``last.ckpt`` (and with a partial write left), ``ckpt_path=last`` finds the epoch file, resumes,
+    removes the ``*.tmp``, and ends with the uninterrupted run's weights and files (no ``last-v1.ckpt``)."""
+    from shared.engine.run import fit
+
+    base = [*TINY_RUN, "seed=5"]
+    torch.set_num_threads(1)
+    ref, _, _ = fit(compose([*base, "trainer.max_steps=24", f"run_dir={tmp_path / 'ref'}"]))
+    fit(compose([*base, "trainer.max_steps=8", f"run_dir={tmp_path / 'a'}"]))
+    ckpts = tmp_path / "a" / "checkpoints"
+    (ckpts / "last.ckpt").unlink()
+    (ckpts / "last.ckpt.tmp").write_bytes(b"half a checkpoint")
+    resumed, _, _ = fit(compose([*base, "trainer.max_steps=24", f"run_dir={tmp_path / 'a'}", "ckpt_path=last"]))
+    assert sorted(p.name for p in ckpts.iterdir()) == sorted(p.name for p in (tmp_path / "ref/checkpoints").iterdir())
+    for (name, a), b in zip(ref.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert json.loads((tmp_path / "a" / "run.json").read_text())["resumes"][0]["step"] == 8

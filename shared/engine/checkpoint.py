@@ -80,21 +80,21 @@ def newest_checkpoint(ckpt_dir: str | os.PathLike) -> Path | None:
 
 
 def adopt_as_last(ckpt: Path) -> Path:
-    """A run killed between writing its epoch checkpoint and ``last.ckpt`` leaves the epoch file newer: copy it to
-    ``last.ckpt`` (atomically) and resume from that, so the epoch file stays an ordinary tracked checkpoint that the
-    next save rotates away (Lightning never deletes the file a run resumed from). Returns the file to resume."""
+    """A run killed between writing its epoch checkpoint and ``last.ckpt`` leaves the epoch file newer: write it as
+    ``last.ckpt`` (atomically; its checkpoint-callback state then names ``last.ckpt`` as the last file, so the next
+    save overwrites it instead of starting ``last-v1.ckpt``) and resume from that, so the epoch file stays an
+    ordinary tracked checkpoint that the next save rotates away (Lightning never deletes the file a run resumed
+    from). Returns the file to resume."""
     ckpt = Path(ckpt)
     last = ckpt.with_name("last.ckpt")
     if ckpt.name == last.name or (last.is_file() and last.stat().st_mtime_ns >= ckpt.stat().st_mtime_ns):
         return ckpt
-    tmp = last.with_name(last.name + PARTIAL_SUFFIX)
-    with open(ckpt, "rb") as src, open(tmp, "wb") as dst:
-        while chunk := src.read(1 << 24):
-            dst.write(chunk)
-        dst.flush()
-        os.fsync(dst.fileno())
-    os.replace(tmp, last)
-    log.info("%s was newer than last.ckpt (a kill between the two writes): copied to last.ckpt", ckpt.name)
+    state = read_checkpoint(ckpt)
+    for cb in (state.get("callbacks") or {}).values():
+        if isinstance(cb, dict) and "last_model_path" in cb and cb.get("dirpath"):
+            cb["last_model_path"] = os.path.join(str(cb["dirpath"]), last.name)
+    AtomicCheckpointIO().save_checkpoint(state, last)
+    log.info("%s was newer than last.ckpt (a kill between the two writes): written as last.ckpt", ckpt.name)
     return last
 
 
