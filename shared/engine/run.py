@@ -587,6 +587,8 @@ def fit(cfg: DictConfig, run_dir=None, extra_callbacks=()):
         saved = None
         if _rank_zero():
             remove_partial_writes(run_dir / "checkpoints")
+            for name in (CONFIG_FILE, RUN_FILE):   # a kill while writing the run's own files
+                (run_dir / (name + ".tmp")).unlink(missing_ok=True)
             if ckpt is not None and Path(ckpt).resolve().parent == (run_dir / "checkpoints").resolve() \
                     and Path(ckpt).resolve() == (newest_checkpoint(run_dir / "checkpoints") or Path()).resolve():
                 ckpt = str(adopt_as_last(Path(ckpt)))
@@ -607,7 +609,9 @@ def fit(cfg: DictConfig, run_dir=None, extra_callbacks=()):
         if _rank_zero():   # DDP ranks > 0 re-run this script: one config snapshot per run
             if saved is not None:
                 _prune_after_resume(cfg, run_dir, ckpt, saved)
-            OmegaConf.save(cfg, run_dir / CONFIG_FILE, resolve=True)
+            tmp = run_dir / (CONFIG_FILE + ".tmp")   # atomically: a kill here must not leave a truncated snapshot
+            OmegaConf.save(cfg, tmp, resolve=True)
+            os.replace(tmp, run_dir / CONFIG_FILE)
             _write_run_file(run_dir, cfg, ckpt, saved)
         t0 = time.time()
         _LOADED.clear()
