@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from shared.data import DataError
 from shared.data.audio import AudioFrameFeatures, hz_to_mel, mel_filterbank, mel_to_hz
 from shared.data.avatar_readers import PoseVideoDataset, TalkingHeadDataset
 from shared.data.pose import (
@@ -567,7 +568,7 @@ def test_pose_video_reader_skips_and_counts_bad_clips(ubc_root, tmp_path):
     for name in ("x.mp4", "y.mp4"):
         (bad / name).write_bytes(b"not a video")
     ds = PoseVideoDataset(bad, frames=2, size=8)
-    with pytest.warns(RuntimeWarning), pytest.raises(RuntimeError) as err:
+    with pytest.warns(RuntimeWarning), pytest.raises(DataError) as err:
         ds[0]
     msg = str(err.value)
     assert "\n" not in msg and str(bad) in msg and "2 skipped" in msg and "x.mp4" in msg

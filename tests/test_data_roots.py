@@ -57,4 +57,5 @@ def test_the_cli_says_it_in_one_line(tmp_path):
                         f"data.root={root}", "trainer=cpu", "data.num_workers=0", f"hydra.run.dir={tmp_path}/run"],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2
-    assert r.stderr.strip().splitlines()[-1].startswith(f"error: data.root={root} holds the split folders")
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and f"data.root={root} holds the split folders" in last

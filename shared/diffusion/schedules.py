@@ -98,6 +98,11 @@ class DiscreteVP(Schedule):
 
     def __init__(self, num_steps: int = 1000, betas: str = "linear", beta_start: float = 1e-4,
                  beta_end: float = 0.02):
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 2:
+            raise ValueError(f"schedule.num_steps must be an integer >= 2, got {num_steps!r}")
+        for key, b in (("beta_start", beta_start), ("beta_end", beta_end)):
+            if not (isinstance(b, (int, float)) and not isinstance(b, bool) and 0.0 < float(b) < 1.0):
+                raise ValueError(f"schedule.{key} must be in (0, 1), got {b!r}")
         self.num_steps = num_steps
         self.beta_kind, self.beta_start, self.beta_end = betas, beta_start, beta_end
         self.betas = make_betas(betas, num_steps, beta_start, beta_end)

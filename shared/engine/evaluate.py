@@ -32,7 +32,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from shared.engine.cli import friendly_errors
+from shared.engine.cli import check_count, friendly_errors, hydra_cli
 from shared.engine.results import write_results
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -55,7 +55,7 @@ def evaluation_config(cfg: DictConfig, module) -> dict:
     merged = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(stored), OmegaConf.create(given)),
                                     resolve=True)
     if cfg.get("num_samples") is not None:
-        merged["num_samples"] = int(cfg.num_samples)
+        merged["num_samples"] = check_count(cfg.num_samples, "num_samples", 2)   # a Fréchet distance needs two
     merged.setdefault("num_samples", DEFAULT_NUM_SAMPLES)
     merged.setdefault("batch_size", 250)
     if not merged.get("metrics"):
@@ -196,7 +196,8 @@ def evaluate(cfg: DictConfig) -> dict:
     progress.enable()
     module = module_from_checkpoint(cfg.ckpt)
     ev = evaluation_config(cfg, module)
-    n, bs, seed = int(ev["num_samples"]), int(ev["batch_size"]), int(cfg.seed)
+    n = check_count(ev["num_samples"], "evaluation.num_samples", 2)
+    bs, seed = check_count(ev["batch_size"], "evaluation.batch_size"), check_count(cfg.seed, "seed", 0)
     override = {k: v for k, v in OmegaConf.to_container(cfg.sampler, resolve=True).items() if v is not None}
     for key, value in (ev.get("sampler") or {}).items():
         override.setdefault(key, value)
@@ -258,6 +259,8 @@ def main():
     sys.argv[1:] = expand_argv(sys.argv[1:], "evaluate")
     return _hydra_main()
 
+
+main = hydra_cli(main)   # Hydra's own errors (a bad override) are one line too
 
 if __name__ == "__main__":
     main()

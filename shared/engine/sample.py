@@ -15,13 +15,15 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from shared.engine.cli import friendly_errors
+from shared.engine.cli import check_count, friendly_errors, hydra_cli
 from shared.methods.registry import module_from_checkpoint
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def draw(cfg: DictConfig):
+    check_count(cfg.n, "n")
+    check_count(cfg.seed, "seed", 0)
     module = module_from_checkpoint(cfg.ckpt)
     override = {k: v for k, v in OmegaConf.to_container(cfg.sampler, resolve=True).items() if v is not None}
     sampler = module.sampler_config(override)   # the checkpoint's sampler with the overrides, validated
@@ -60,6 +62,8 @@ def main():
     sys.argv[1:] = expand_argv(sys.argv[1:], "sample")
     return _hydra_main()
 
+
+main = hydra_cli(main)   # Hydra's own errors (a bad override) are one line too
 
 if __name__ == "__main__":
     main()

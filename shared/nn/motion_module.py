@@ -40,7 +40,7 @@ from torch import nn
 
 from shared.nn.attention import sdpa_heads
 from shared.nn.build import buildable
-from shared.nn.layers import CtxBlock, Downsample, ResBlock, Upsample, zero_module
+from shared.nn.layers import CtxBlock, Downsample, ResBlock, Upsample, norm_group_count, zero_module
 from shared.nn.lora import inject_lora
 from shared.nn.spatial_transformer import GEGLU, FeedForward  # noqa: F401  (re-exported: one GEGLU feed-forward)
 from shared.nn.video import load_temporal_state_dict, temporal_modules, temporal_state_dict, video_from_image
@@ -137,7 +137,7 @@ class TemporalTransformer(nn.Module):
             raise ValueError(f"channels={channels} not divisible by heads={heads}")
         head_dim = channels // heads // attention_dim_div
         inner = heads * head_dim
-        self.norm = nn.GroupNorm(math.gcd(norm_groups, channels), channels, eps=1e-6, affine=True)
+        self.norm = nn.GroupNorm(norm_group_count(channels, norm_groups), channels, eps=1e-6, affine=True)
         self.proj_in = nn.Linear(channels, inner)
         self.transformer_blocks = nn.ModuleList(
             [TemporalTransformerBlock(inner, heads, head_dim, attention_blocks, ff_mult, position_encoding,
