@@ -6,6 +6,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.install-stamp
 TRAIN := $(PY) -m shared.engine.train
+# A paper target publishes its claim check (results.json + figures into papers/<id>/results/); the train entry
+# point refuses to publish a run that is not the experiment's committed protocol. Nothing else writes papers/.
+PUBLISH := ++claim.publish=true
 export HF_HUB_OFFLINE := 1
 export WANDB_MODE := offline
 export PYTHONHASHSEED := 0
@@ -38,7 +41,7 @@ claims-long: $(STAMP)  ## the longer CPU tier of claim checks (claim.tier: long,
 GPU_CLAIMS := video_ldm/sprites_claim_gpu vdm/sprites_joint_claim_gpu vdm/sprites_extension_claim_gpu \
               animatediff/sprites_claim_gpu pvdm/sprites_claim_gpu
 claims-gpu: $(STAMP)  ## the GPU tier of the video claims (one GPU, ~10 min each; not yet run), published
-	for e in $(GPU_CLAIMS); do $(PY) -m shared.engine.train experiment=$$e ++claim.publish=true || exit 1; done
+	for e in $(GPU_CLAIMS); do $(PY) -m shared.engine.train experiment=$$e $(PUBLISH) || exit 1; done
 
 lint: $(STAMP)  ## ruff over the project
 	$(VENV)/bin/ruff check papers shared tests
@@ -60,60 +63,60 @@ judges: $(STAMP)  ## re-train the committed judge networks (digits, moving digit
 	$(PY) -m shared.metrics.train_video_judge
 
 ddpm: $(STAMP)  ## DDPM claim check: L_simple vs VLB on digits, 1000-step ancestral sampling
-	$(TRAIN) experiment=ddpm/digits_claim
+	$(TRAIN) experiment=ddpm/digits_claim $(PUBLISH)
 	$(PY) -m tools.report --paper ddpm
 
 ddim: $(STAMP)  ## DDIM claim check: FD vs steps x eta, inversion, interpolation
-	$(TRAIN) experiment=ddim/digits_claim
+	$(TRAIN) experiment=ddim/digits_claim $(PUBLISH)
 	$(PY) -m tools.report --paper ddim
 
 rectified_flow: $(STAMP)  ## Rectified flow: 2D toys and digits, reflow and distillation
-	$(TRAIN) experiment=rectified_flow/toy2d_claim
-	$(TRAIN) experiment=rectified_flow/digits_claim
+	$(TRAIN) experiment=rectified_flow/toy2d_claim $(PUBLISH)
+	$(TRAIN) experiment=rectified_flow/digits_claim $(PUBLISH)
 	$(PY) -m tools.report --paper rectified_flow
 
 instaflow: $(STAMP)  ## InstaFlow: class-conditional reflow + distillation vs direct distillation
-	$(TRAIN) experiment=instaflow/digits_claim
+	$(TRAIN) experiment=instaflow/digits_claim $(PUBLISH)
 	$(PY) -m tools.report --paper instaflow
 
 knowledge_distillation: $(STAMP)  ## one-step student of a DDIM teacher
-	$(TRAIN) experiment=knowledge_distillation/digits_claim
+	$(TRAIN) experiment=knowledge_distillation/digits_claim $(PUBLISH)
 	$(PY) -m tools.report --paper knowledge_distillation
 
 progressive_distillation: $(STAMP)  ## halving rounds 8 -> 4 -> 2 -> 1 steps
-	$(TRAIN) experiment=progressive_distillation/digits_claim
-	$(TRAIN) experiment=progressive_distillation/digits_claim_budget
+	$(TRAIN) experiment=progressive_distillation/digits_claim $(PUBLISH)
+	$(TRAIN) experiment=progressive_distillation/digits_claim_budget $(PUBLISH)
 	$(PY) -m tools.report --paper progressive_distillation
 
 consistency_models: $(STAMP)  ## consistency distillation, consistency training and improved consistency training
-	$(TRAIN) experiment=consistency_models/digits_claim_budget
-	$(TRAIN) experiment=consistency_models/digits_ict_claim
+	$(TRAIN) experiment=consistency_models/digits_claim_budget $(PUBLISH)
+	$(TRAIN) experiment=consistency_models/digits_ict_claim $(PUBLISH)
 	$(PY) -m tools.report --paper consistency_models
 
 few_step_table: $(STAMP)  ## FD_judge vs NFE for every few-step method (from committed results)
 	$(PY) -m tools.few_step_table
 
 dit: $(STAMP)  ## DiT: FD vs Gflops over sizes x patches, conditioning ablation, CFG class accuracy
-	$(TRAIN) experiment=dit/digits_scaling
-	$(TRAIN) experiment=dit/digits_conditioning
-	$(TRAIN) experiment=dit/digits_guidance
-	$(TRAIN) experiment=dit/gflops_table
+	$(TRAIN) experiment=dit/digits_scaling $(PUBLISH)
+	$(TRAIN) experiment=dit/digits_conditioning $(PUBLISH)
+	$(TRAIN) experiment=dit/digits_guidance $(PUBLISH)
+	$(TRAIN) experiment=dit/gflops_table $(PUBLISH)
 	$(PY) -m tools.report --paper dit
 
 vdm: $(STAMP)  ## Video Diffusion Models: joint image-video training, reconstruction-guided extension
-	$(TRAIN) experiment=vdm/moving_digits_claim
+	$(TRAIN) experiment=vdm/moving_digits_claim $(PUBLISH)
 	$(PY) -m tools.report --paper vdm
 
 pvdm: $(STAMP)  ## PVDM: triplane-projected video autoencoder + 2D U-Net vs the pixel 3D U-Net (FVD, step time, memory)
-	$(TRAIN) experiment=pvdm/moving_digits_claim
+	$(TRAIN) experiment=pvdm/moving_digits_claim $(PUBLISH)
 	$(PY) -m tools.report --paper pvdm
 
 video_ldm: $(STAMP)  ## Align Your Latents: temporal layers on a frozen image LDM, style transfer, temporal decoder
-	$(TRAIN) experiment=video_ldm/moving_digits_claim
+	$(TRAIN) experiment=video_ldm/moving_digits_claim $(PUBLISH)
 	$(PY) -m tools.report --paper video_ldm
 
 animatediff: $(STAMP)  ## AnimateDiff: a motion module plugged into personalised (LoRA / fine-tuned) image models; MotionLoRA
-	$(TRAIN) experiment=animatediff/moving_digits_claim
+	$(TRAIN) experiment=animatediff/moving_digits_claim $(PUBLISH)
 	$(PY) -m tools.report --paper animatediff
 
 clean:  ## remove outputs (keeps .venv)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,28 @@ def compose(overrides=(), config_name="train"):
 @pytest.fixture
 def compose_cfg():
     return compose
+
+
+def run_cli(entry: str, args: list[str], capsys) -> tuple[int, str]:
+    """``python -m shared.engine.<entry> *args`` in this process (the module run as ``__main__``, as ``-m`` does,
+    so Hydra finds ``conf/`` the same way): (exit status, stderr)."""
+    import runpy
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    argv = sys.argv
+    sys.argv = [str(ROOT / "shared" / "engine" / f"{entry}.py"), *args]
+    capsys.readouterr()
+    try:
+        runpy.run_module(f"shared.engine.{entry}", run_name="__main__")
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    finally:
+        sys.argv = argv
+        GlobalHydra.instance().clear()
+    return code, capsys.readouterr().err
 
 
 def run_claim(experiment: str, tmp_path, *overrides: str) -> dict:
@@ -80,15 +103,43 @@ def _write_timings() -> dict:
     return record
 
 
+def _papers_digest() -> dict[str, str]:
+    import hashlib
+
+    return {str(p.relative_to(ROOT)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted((ROOT / "papers").rglob("*")) if p.is_file() and "__pycache__" not in p.parts}
+
+
+_PAPERS_AT_START: dict[str, str] = {}
+
+
 def pytest_sessionstart(session):
     import time
 
     global _SUITE_T0, _WORKERS
     _SUITE_T0 = time.time()
     _WORKERS = getattr(session.config.option, "numprocesses", None) or 1
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        _PAPERS_AT_START.update(_papers_digest())
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """No test command may write papers/ (only an explicit publishing run does): the suite fails if one did."""
+    if os.environ.get("PYTEST_XDIST_WORKER") or not _PAPERS_AT_START:
+        return
+    now = _papers_digest()
+    changed = sorted(k for k in set(now) | set(_PAPERS_AT_START) if now.get(k) != _PAPERS_AT_START.get(k))
+    if changed:
+        session.config._vdp_papers_changed = changed
+        session.exitstatus = 1
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    changed = getattr(config, "_vdp_papers_changed", None)
+    if changed:
+        terminalreporter.section("papers/ changed during the tests", red=True)
+        terminalreporter.write_line(f"{len(changed)} file(s) under papers/ changed; only a publishing run may write "
+                                    f"there: {', '.join(changed[:10])}")
     if not _CLAIM_TIMES:
         return
     record = _write_timings()

@@ -2,6 +2,8 @@
 checkpoint layout, personalisation / MotionLoRA plumbing, the domain subsets, and the claim check."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from conftest import compose
@@ -113,10 +115,21 @@ def test_motion_module_saved_alone_and_plugged_into_another_image_model(tmp_path
         load_motion_module_state_dict(ref, dict(list(state.items())[1:]))
 
 
+def official_position_encoding(dim: int, max_len: int) -> torch.Tensor:
+    """``PositionalEncoding.pe`` as the official code computes it (guoyww/AnimateDiff, motion_module.py)."""
+    position = torch.arange(max_len).unsqueeze(1)
+    div_term = torch.exp(torch.arange(0, dim, 2) * (-math.log(10000.0) / dim))
+    pe = torch.zeros(1, max_len, dim)
+    pe[0, :, 0::2] = torch.sin(position * div_term)
+    pe[0, :, 1::2] = torch.cos(position * div_term)
+    return pe
+
+
 def official_layout(channels: dict[str, int], ff_mult: int = 2, max_len: int = 24, seed: int = 0):
     """A random motion-module state dict in the released ``mm_sd_v15*.ckpt`` layout, written from the official
     code's module names (guoyww/AnimateDiff, animatediff/models/motion_module.py), one transformer block with
-    two temporal self-attentions, no attention bias, GEGLU feed-forward."""
+    two temporal self-attentions, no attention bias, GEGLU feed-forward; the position encodings are the sinusoidal
+    buffers the released files carry."""
     g = torch.Generator().manual_seed(seed)
     out = {}
     for prefix, c in channels.items():
@@ -135,7 +148,8 @@ def official_layout(channels: dict[str, int], ff_mult: int = 2, max_len: int = 2
         shapes.update({f"{b}.ff.net.0.proj.weight": (2 * ff_mult * c, c), f"{b}.ff.net.0.proj.bias": (2 * ff_mult * c,),
                        f"{b}.ff.net.2.weight": (c, ff_mult * c), f"{b}.ff.net.2.bias": (c,),
                        f"{b}.ff_norm.weight": (c,), f"{b}.ff_norm.bias": (c,)})
-        out.update({k: torch.randn(s, generator=g) for k, s in shapes.items()})
+        out.update({k: (official_position_encoding(c, max_len) if k.endswith(".pe") else torch.randn(s, generator=g))
+                    for k, s in shapes.items()})
     return out
 
 
@@ -164,6 +178,35 @@ def test_official_checkpoint_layout_round_trip(tmp_path):
     bad[k] = torch.zeros(3)
     with pytest.raises(ValueError, match="shape mismatch"):
         load_motion_module_state_dict(vid, bad)
+
+
+def test_released_files_load_with_or_without_position_encodings():
+    """The current official code recomputes ``pos_encoder.pe`` and keeps it out of its state dict; the first released
+    files carry it. Both load to the same network; a stored encoding must be the sinusoidal one of this max_len."""
+    vid = from_image_model(image_unet(), MM)
+    channels = {v: (8 if v.endswith(("down_blocks.0.motion_modules.0", "up_blocks.1.motion_modules.0",
+                                     "up_blocks.1.motion_modules.1")) else 16) for v in official_prefixes(vid).values()}
+    official = official_layout(channels)
+    x, t, y = inputs()
+    load_motion_module_state_dict(vid, from_official(official, vid))
+    with torch.no_grad():
+        want = vid(x, t, y)
+    pe_keys = [k for k in official if k.endswith("pos_encoder.pe")]
+    assert len(pe_keys) == 14
+    without = {k: v for k, v in official.items() if k not in pe_keys}
+    half = {k: (v.half() if k in pe_keys else v) for k, v in official.items()}   # an fp16 release
+    for variant in (without, half):
+        other = from_image_model(image_unet(), MM)
+        load_motion_module_state_dict(other, from_official(variant, other))
+        with torch.no_grad():
+            torch.testing.assert_close(other(x, t, y), want, rtol=0, atol=0)
+    wrong = dict(official)
+    wrong[pe_keys[0]] = wrong[pe_keys[0]] + 1e-3
+    with pytest.raises(ValueError, match="pos_encoder.pe: the file's position encoding differs"):
+        load_motion_module_state_dict(vid, from_official(wrong, vid))
+    v2 = official_layout(channels, max_len=32)   # a v2 file into a model built with v1's max_len 24
+    with pytest.raises(ValueError, match=r"shape \(1, 32, 8\), this model's \(1, 24, 8\)"):
+        load_motion_module_state_dict(vid, from_official(v2, vid))
 
 
 def test_motion_lora_adapts_only_the_motion_attention_projections():
@@ -242,6 +285,9 @@ def test_before_resample_placement_keeps_identity_and_the_official_layout():
     img = image_unet()
     vid = from_image_model(img, MM, position="before_resample")
     assert official_prefixes(vid) == official_prefixes(from_image_model(img, MM))   # same names, other run order
+    # the middle block as in the official code (v2): ResNet -> attention -> motion module -> ResNet
+    assert [type(vid.middle_block[i]).__name__ for i in vid.middle_block.run_order] == [
+        "ResBlock", "SpatialSelfAttention", "MotionModule", "ResBlock"]
     x, t, y = inputs()
     with torch.no_grad():
         torch.testing.assert_close(vid(x, t, y), per_frame(img, x, t, y), rtol=0, atol=1e-6)

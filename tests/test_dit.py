@@ -369,7 +369,7 @@ def test_experiment_tiny_fast_dev_run(name, tmp_path):
     if name.startswith("imagenet"):
         # paper scale: same module and model code, shrunk onto the digits; the SD-VAE is a local file we lack,
         # so a random small autoencoder of the same class stands in (its config's own smoke overrides)
-        over += [o for o in composed(name).smoke_overrides if not o.startswith(("trainer=", "callbacks="))]
+        over += [o for o in composed(name).quick_overrides if not o.startswith(("trainer=", "callbacks="))]
     cfg = composed(name, over)
     with open_dict(cfg):
         cfg.trainer.pop("strategy", None)

@@ -48,24 +48,24 @@ def fake_data_root(cfg, tmp_path: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_every_experiment_composes_and_runs_fast_dev_run(experiment, tmp_path):
+def test_every_experiment_runs_in_quick_mode(experiment, tmp_path):
     cfg = compose([f"experiment={experiment}"])
     assert cfg.name and cfg.name != "default", "an experiment names its run folder"
     first = (ROOT / "experiments" / f"{experiment}.yaml").read_text().splitlines()
     assert first[0].strip() == "# @package _global_" and first[1].startswith("# "), \
         "first comment line names the table or figure it reproduces"
-    overrides = [f"experiment={experiment}", *list(cfg.get("smoke_overrides") or []), *TINY,
-                 "trainer.fast_dev_run=true", f"run_dir={tmp_path / 'run'}"]
-    if cfg.get("pipeline"):
-        overrides.append("+claim.publish=false" if "publish" not in cfg.claim else "claim.publish=false")
+    # no publish override: publishing is off unless asked for (the suite fails if papers/ changed: conftest)
+    overrides = [f"experiment={experiment}", "quick=true", *TINY, f"run_dir={tmp_path / 'run'}"]
     cfg = compose(overrides)
     cfg = compose(overrides + fake_data_root(cfg, tmp_path))
+    assert cfg.quick and (cfg.trainer.fast_dev_run if cfg.get("pipeline") else cfg.trainer.max_steps <= 10)
     run(cfg)
 
 
 def small_cfg(tmp_path, *extra):
     return compose(["data.size=8", "data.batch_size=16", "data.train.classes=[0,1]", "model.base_channels=8",
-                    "model.norm_groups=4", "trainer.max_steps=30", "callbacks.samples=null", *TINY,
+                    "model.norm_groups=4", "trainer.max_steps=30", "callbacks.samples=null",
+                    "callbacks.checkpoint.every_n_train_steps=10", *TINY,
                     f"run_dir={tmp_path}", "seed=3", *extra])
 
 
@@ -112,7 +112,7 @@ def test_corrupted_and_mismatched_checkpoints_fail_clearly(tmp_path):
         fit(small_cfg(tmp_path / "x", f"ckpt_path={tmp_path / 'nope.ckpt'}"))
     module, _, _ = fit(small_cfg(tmp_path / "a"))
     ck = tmp_path / "a" / "checkpoints" / "last.ckpt"
-    with pytest.raises(CheckpointError, match="shape mismatch"):
+    with pytest.raises(ConfigError, match=r"differs from the checkpoint's at model\.base_channels: checkpoint 8, now"):
         fit(small_cfg(tmp_path / "b", "model.base_channels=16", f"ckpt_path={ck}"))
 
 

@@ -128,11 +128,11 @@ def test_aggregate_multirun_results_and_csv(tmp_path):
         (job / "logs").mkdir()
         (job / "logs" / "metrics.csv").write_text(f"epoch,step,train/loss\n0,0,1.0\n0,1,{loss}\n")
     s = aggregate_multirun(sweep)
-    assert s["swept"] == ["lr"] and s["columns"] == ["job", "lr", "step", "train/loss"]
-    assert [r[-1] for r in s["rows"]] == [0.5, 0.25]
+    assert s["swept"] == ["lr"] and s["columns"] == ["job", "lr", "train/loss", "step"]
+    assert [r[2] for r in s["rows"]] == [0.5, 0.25]
     for name in ("summary.md", "summary.csv", "summary.json", "summary.png"):
         assert (sweep / name).stat().st_size > 0, name
-    assert "| 1 | 0.2 | 1 | 0.25 |" in (sweep / "summary.md").read_text()
+    assert "| 1 | 0.2 | 0.25 | 1 |" in (sweep / "summary.md").read_text()
 
 
 @pytest.mark.slow
@@ -305,3 +305,60 @@ def test_follow_up_experiments_are_listed_but_not_held_to_the_budget(tmp_path):
     assert "| toy_paper | claim_a | 0.2 | follow-up |" in md  # not run by `make toy_paper`
     assert "| **total** | claim checks of the `make <paper>` targets | **0.0** | ok |" in md
     assert "| total | every timed result (with follow-ups) | 0.2 |" in md
+
+
+def test_sweep_report_keeps_every_metric_in_report_order_and_takes_several(tmp_path):
+    """Issue: the first 8 labels were kept silently (3-RF cut from the reflow-rounds sweep); --metric A B was an
+    argparse error. Now every report row is a column, in the config's order, wall time last."""
+    sweep = tmp_path / "sweep"
+    labels = [f"S(Z) {k}-RF" for k in (1, 2, 3)] + [f"SW {k}-RF" for k in (1, 2, 3)] + [f"m{i}" for i in range(5)]
+    rows = [{"label": lab, "metric": f"v{i}"} for i, lab in enumerate(labels)]
+    for j, rounds in enumerate((1, 2, 3)):
+        job = sweep / str(j)
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(f"- claim.reflow_rounds={rounds}\n- claim.seeds=[0]\n")
+        metrics = {f"v{i}": float(10 * j + i) for i in range(len(labels)) if i % 3 < rounds or i >= 6}
+        metrics["extra"] = {"nfe": 7.0, **({"4rf": 1.0} if rounds == 3 else {})}   # not in the report rows
+        write_results(job / "results.json", metrics, config={"report": rows}, wall_time_s=5.0 + j)
+    s = aggregate_multirun(sweep)
+    # 11 report rows, none dropped; a metric only some jobs have (4-RF) shown; the rest listed as not shown
+    assert s["columns"] == ["job", "claim.reflow_rounds", *labels, "extra.4rf", "wall_time_s"]
+    assert s["not_shown"] == ["extra.nfe"] and "extra.nfe" in (sweep / "summary.md").read_text()
+    assert s["rows"][2][2 + 2] == 22.0 and s["rows"][0][2 + 2] != s["rows"][0][2 + 2]   # 3-RF: measured / NaN
+    main(["--multirun", str(sweep), "--metric", "S(Z) 3-RF", "SW 3-RF"])
+    data = json.loads((sweep / "summary.json").read_text())
+    assert data["metrics"] == ["S(Z) 3-RF", "SW 3-RF"] and data["plot"]
+    main(["--multirun", str(sweep), "--metric", "S(Z) 1-RF", "--metric", "m4"])
+    assert json.loads((sweep / "summary.json").read_text())["metrics"] == ["S(Z) 1-RF", "m4"]
+    with pytest.raises(SystemExit, match="metric.*'nope'.* not in this sweep"):
+        main(["--multirun", str(sweep), "--metric", "nope"])
+
+
+def test_gallery_order_links_legends_and_follow_ups_stay_apart(tmp_path):
+    """Issue #19's gallery: papers in the seminar order of the top README, the README's markdown links rendered,
+    a follow-up claim's figures (``digits_claim_budget_*``) not shown under the base claim, figure legends."""
+    from tools.report import claim_figures, legend_of, md_inline, seminar_order
+
+    root = fake_tree(tmp_path / "tree")
+    for name in ("zeta_paper", "alpha_paper"):
+        (root / "papers" / name).mkdir()
+        (root / "papers" / name / "README.md").write_text(f"# {name}\n\nSee [arXiv](https://arxiv.org/abs/1).\n")
+    (root / "README.md").write_text("| [Z](papers/zeta_paper/README.md) |\n| [T](papers/toy_paper/README.md) |\n")
+    assert seminar_order(root) == ["zeta_paper", "toy_paper", "alpha_paper"]
+    res = root / "papers" / "toy_paper" / "results"
+    write_results(res / "claim_a_budget.json", {"fd": {"1": 1.0}}, paper="toy_paper", claim="claim_a_budget",
+                  config={"report": REPORT_ROWS})
+    from shared.engine.video_io import save_image_grid
+
+    save_image_grid(torch.zeros(4, 1, 8, 8), res / "claim_a_budget_pd_1step.png", nrow=2)
+    assert [p.name for p in claim_figures(res, "claim_a")] == ["claim_a_plot.png"]
+    assert [p.name for p in claim_figures(res, "claim_a_budget")] == ["claim_a_budget_pd_1step.png"]
+    page = build_gallery(root).read_text()
+    assert page.index('id="zeta_paper"') < page.index('id="toy_paper"') < page.index('id="alpha_paper"')
+    assert '<a href="https://arxiv.org/abs/1">arXiv</a>' in page and "[arXiv](" not in page
+    base = page[page.index('id="toy_paper--claim_a"'):page.index('id="toy_paper--claim_a_budget"')]
+    assert "claim_a_budget_pd_1step" not in base
+    assert "1 network evaluation(s) per sample" in page   # the legend of the follow-up's grid
+    assert legend_of("digits_claim_samples_S10_eta=0.0.png").startswith("DDIM, S=10 steps, eta=0.0")
+    assert legend_of("digits_guidance_samples_w1.5.png").startswith("guidance scale w = 1.5: column k = class k")
+    assert md_inline("**b** `c` <x>") == "<b>b</b> <code>c</code> &lt;x&gt;"

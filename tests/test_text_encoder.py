@@ -25,12 +25,12 @@ TINY = dict(width=32, layers=2, heads=4, mlp_dim=64, max_len=16)
 CAPTIONS = ["a photo of a cat", "a red circle moving left and a blue square moving up"]
 
 
-def hf_tiny(seed=0):
+def hf_tiny(seed=0, **config):
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
     cfg = CLIPTextConfig(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=16)
+                         num_attention_heads=4, max_position_embeddings=16, **config)
     return CLIPTextModel(cfg).eval()
 
 
@@ -70,6 +70,30 @@ def test_released_layouts_load_and_match_transformers_clip_text_model(layout, tm
         got = ours(ids)
     assert got.shape == (2, 16, 32)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("act", ["quick_gelu", "gelu", "gelu_new", "gelu_pytorch_tanh"])
+def test_every_hidden_act_of_the_config_matches_transformers(act, tmp_path):
+    """The config's ``hidden_act`` is honoured: ``gelu_new`` (and ``gelu_pytorch_tanh``) is GELU's tanh approximation,
+    not the exact GELU (it used to be mapped to ``gelu``)."""
+    hf = hf_tiny(hidden_act=act)
+    with torch.no_grad():  # larger MLP pre-activations, so the activations' differences show
+        for name, module in hf.named_modules():
+            if name.endswith(("mlp.fc1", "mlp.fc2")):
+                module.weight.mul_(20)
+    hf.save_pretrained(tmp_path / "te")
+    ours = load_clip_text_encoder(tmp_path / "te")
+    assert ours.text_model.encoder.layers[0].mlp.act == act
+    ids = CLIPTokenizer(max_len=16)(CAPTIONS)
+    with torch.no_grad():
+        want, got = hf(input_ids=ids).last_hidden_state, ours(ids)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)   # measured: 0 (2.4e-7 for gelu_new)
+    if act == "gelu_new":
+        exact = load_clip_text_encoder(tmp_path / "te", act="gelu")
+        with torch.no_grad():
+            assert (exact(ids) - want).abs().max() > 2e-5   # the exact GELU is 6.7e-5 off here: the check has teeth
+    with pytest.raises(ValueError, match="unknown activation 'relu'"):
+        CLIPTextEncoder(**TINY, act="relu")
 
 
 def test_mismatched_or_missing_weights_are_one_line_errors(tmp_path):
@@ -175,7 +199,7 @@ def test_animatediff_on_the_sd_unet_fresh_motion_module_equals_the_image_model_w
     from hydra.utils import instantiate
 
     cfg = compose(["experiment=animatediff/webvid_sd15", *compose(["experiment=animatediff/webvid_sd15"])
-                   .smoke_overrides, "model.stage=image", "run_dir=/tmp/unused"])
+                   .quick_overrides, "model.stage=image", "run_dir=/tmp/unused"])
     torch.manual_seed(0)
     image = instantiate(cfg.model)
     for p in image.parameters():
@@ -191,7 +215,7 @@ def test_animatediff_on_the_sd_unet_fresh_motion_module_equals_the_image_model_w
         out = video(x, t, context=ctx)
         frames = torch.stack([image(x[:, :, f], t, context=ctx) for f in range(4)], 2)
     torch.testing.assert_close(out, frames, rtol=0, atol=1e-5)
-    cfg = compose(["experiment=animatediff/webvid_sd15", *cfg.smoke_overrides, "run_dir=/tmp/unused"])
+    cfg = compose(["experiment=animatediff/webvid_sd15", *cfg.quick_overrides, "run_dir=/tmp/unused"])
     module = instantiate(cfg.module, net=instantiate(cfg.model))
     trainable = {n for n, p in module.named_parameters() if p.requires_grad}
     assert trainable and all(".motion_modules." in n or "temporal" in n for n in trainable), sorted(trainable)[:3]

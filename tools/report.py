@@ -28,6 +28,9 @@ import re
 import shutil
 from pathlib import Path
 
+from shared.engine.console import format_value as fmt
+from shared.engine.console import lookup_metric as lookup
+
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 IMAGE_EXT, VIDEO_EXT = (".png", ".jpg", ".jpeg", ".gif", ".svg"), (".mp4", ".webm")
@@ -37,34 +40,6 @@ MAX_MEDIA_PER_RUN = 24
 
 def _root(root) -> Path:
     return Path(root) if root is not None else ROOT
-
-
-def lookup(metrics: dict, dotted: str):
-    """Follow a dotted path; keys may themselves contain dots (``fd_judge.eta=0.0.10``), so match greedily."""
-    node, rest = metrics, dotted
-    while rest:
-        if not isinstance(node, dict):
-            raise KeyError(dotted)
-        for k in sorted(node, key=len, reverse=True):
-            if rest == k or rest.startswith(k + "."):
-                node, rest = node[k], rest[len(k) + 1 :]
-                break
-        else:
-            raise KeyError(dotted)
-    return node
-
-
-def fmt(v) -> str:
-    if isinstance(v, dict) and "mean" in v:
-        n = len(v.get("per_seed", [])) or 1
-        return f"{fmt(v['mean'])} ± {fmt(v.get('std', 0.0))} (n={n})" if n > 1 else fmt(v["mean"])
-    if isinstance(v, bool):
-        return str(v)
-    if isinstance(v, (int, float)):
-        if v == 0:
-            return "0"
-        return f"{v:.3g}" if abs(v) < 1e4 else f"{v:.4g}"
-    return str(v)
 
 
 def rows_of(result: dict) -> list[dict]:
@@ -336,8 +311,9 @@ class _Assets:
         return f"assets/{name}"
 
 
-def _figure(url: str, caption: str) -> str:
+def _figure(url: str, caption: str, legend: str = "") -> str:
     cap = html.escape(caption)
+    leg = f'<div class="legend">{html.escape(legend)}</div>' if legend else ""
     if url.lower().endswith(VIDEO_EXT):
         el = (
             f'<video src="{html.escape(url)}" muted autoplay loop playsinline controls preload="auto" '
@@ -348,7 +324,7 @@ def _figure(url: str, caption: str) -> str:
             f'<img src="{html.escape(url)}" alt="{cap}" loading="eager" '
             f'onload="vdpMark(this, true)" onerror="vdpMark(this, false)">'
         )
-    return f"<figure>{el}<figcaption>{cap}</figcaption></figure>"
+    return f"<figure>{el}<figcaption>{leg}{cap}</figcaption></figure>"
 
 
 def _html_table(header: list[str], rows: list[list[str]], cls: str = "results") -> str:
@@ -363,9 +339,10 @@ h1{margin-bottom:.2em} h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margi
 nav a{margin-right:1em} .meta{color:#666;font-size:.85em} code{background:#f4f4f4;padding:0 .2em}
 table{border-collapse:collapse;margin:.6em 0} td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}
 th{background:#f0f0f0} .media{display:flex;flex-wrap:wrap;gap:1em}
-figure{margin:0;max-width:380px}
-figure img,figure video{max-width:380px;max-height:380px;min-width:160px;image-rendering:pixelated;
-border:1px solid #ddd} figcaption{font-size:.75em;color:#555;word-break:break-all}
+figure{margin:0;width:340px}
+figure img,figure video{width:340px;height:auto;image-rendering:pixelated;border:1px solid #ddd}
+figcaption{font-size:.75em;color:#555;word-break:break-all} .legend{color:#222;word-break:normal;margin:.2em 0}
+.note{background:#f7f7f0;border-left:4px solid #cc9;padding:.4em .8em;font-size:.9em}
 #media-status{color:#888;font-size:.8em}
 """
 
@@ -398,6 +375,74 @@ document.addEventListener("DOMContentLoaded", function () {
 """
 
 
+# What the rows and columns of each kind of committed figure mean (the claim pipelines' file names), shown under
+# the figure. Regex on the file name -> legend; the first match wins.
+LEGENDS = [
+    (r"samples_S(\d+)_eta=(\d+(?:\.\d+)?)", "DDIM, S={0} steps, eta={1}: 64 independent samples, 8 per row"),
+    (r"samples_S(\d+)_sigma_hat", "DDIM, S={0} steps with sigma-hat (the larger DDPM variance): 64 samples, 8 per row"),
+    (r"interpolation\.png", "each row one pair of noise tensors; columns: slerp weight 0 -> 1 in x_T, decoded by DDIM "
+                            "(eta = 0)"),
+    (r"samples_(simple|vlb)", "DDPM trained with L_{0}, 1000 ancestral steps: 64 samples, 8 per row"),
+    (r"(?:teacher_ddim|cd|ct|pd|student)_(\d+)step", "{0} network evaluation(s) per sample: 64 samples, 8 per row"),
+    (r"samples_w(\d+(?:\.\d+)?)", "guidance scale w = {0}: column k = class k (labels 0-9 cycle along each row of 10)"),
+    (r"samples_([A-Z]+\d+)", "DiT-{0} samples, column k = class k"),
+    (r"one_step_samples", "one Euler step each; rows: 1-RF, 2-RF (reflow), 2-RF + distillation, DDPM-DDIM"),
+    (r"grid_(\w+)\.png", "{0}: one sample per cell, column = class"),
+    (r"extension_(reconstruction|replacement)", "top row: the given videos (frames the model sees); bottom row: "
+                                                "extended with {0} guidance, one video per column"),
+    (r"samples_(joint|video_only|pixel|pvdm)", "{0}: one generated video per cell"),
+    (r"autoencoder_reconstruction", "top row: input videos; bottom row: their autoencoder reconstructions"),
+    (r"per_frame_vs_video", "top row: frames sampled independently (image model); bottom row: the video model"),
+    (r"style_per_frame_vs_transfer", "top row: personalised image model per frame; bottom row: with the transferred "
+                                     "temporal layers"),
+    (r"decoder_real_frame_temporal", "rows: real videos; per-frame decoder; temporal (video-finetuned) decoder"),
+    (r"moving_digits_claim(?:_long)?_grid\.gif", "first row: base model + motion module; then per domain and "
+                                                 "method per-frame vs motion-module rows; last: MotionLoRA"),
+    (r"trajectories", "Euler paths from noise (black) to samples (red) over the target (green)"),
+]
+
+
+def legend_of(name: str) -> str:
+    """The legend of a figure from its file name (``LEGENDS``), or ``""``."""
+    for pattern, text in LEGENDS:
+        m = re.search(pattern, name)
+        if m:
+            return text.format(*m.groups())
+    return ""
+
+
+def md_inline(text: str) -> str:
+    """Escape ``text`` for HTML and render its inline markdown: ``[label](url)`` links, ``code``, **bold**."""
+    out = html.escape(text)
+    out = re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)",
+                 lambda m: f'<a href="{m.group(2)}">{m.group(1)}</a>', out)
+    out = re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
+    return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", out)
+
+
+def seminar_order(root=None) -> list[str]:
+    """Papers in the order of the top README's paper table (the seminar's order); others after, by name."""
+    readme = _root(root) / "README.md"
+    listed = re.findall(r"\(papers/([\w-]+)/README\.md\)", readme.read_text()) if readme.exists() else []
+    names = papers(root)
+    ordered = [p for p in dict.fromkeys(listed) if p in names]
+    return ordered + sorted(p for p in names if p not in ordered)
+
+
+def claim_figures(folder: Path, claim: str) -> list[Path]:
+    """Committed figures of ``claim`` in a results folder: ``<claim>_*`` files that are not another, longer
+    claim's (``digits_claim_budget_*`` belongs to ``digits_claim_budget``, not to ``digits_claim``)."""
+    others = [f.stem for f in folder.glob("*.json") if f.stem != claim and f.stem.startswith(claim + "_")]
+    out = []
+    for p in sorted(folder.glob(f"{claim}_*")):
+        if p.suffix.lower() not in IMAGE_EXT + VIDEO_EXT:
+            continue
+        if any(p.name.startswith(o + "_") for o in others):
+            continue
+        out.append(p)
+    return out
+
+
 def _claim_section(
     root: Path, paper: str, f: Path | None, res: dict, run: Path | None, assets: _Assets
 ) -> str:
@@ -423,16 +468,14 @@ def _claim_section(
         f"wall {html.escape(fmt(res.get('wall_time_s')))} s · seeds {html.escape(str(res.get('seeds')))}</p>"
     )
     figures = []
-    if f is not None:  # committed plots beside the committed json: <claim>_*.png
-        for p in sorted(f.parent.glob(f"{claim}_*")):
-            if p.suffix.lower() in IMAGE_EXT + VIDEO_EXT:
-                figures.append(
-                    _figure(assets.add(p, f"{paper}_committed"), f"papers/{paper}/results/{p.name}")
-                )
+    if f is not None:  # committed plots beside the committed json: <claim>_*.png (not a follow-up's)
+        for p in claim_figures(f.parent, claim):
+            figures.append(_figure(assets.add(p, f"{paper}_committed"), f"papers/{paper}/results/{p.name}",
+                                   legend_of(p.name)))
     if run is not None:
         for p in _media_of(run):
             rel = p.relative_to(root) if p.is_relative_to(root) else p
-            figures.append(_figure(assets.add(p, f"{paper}_{claim}"), str(rel)))
+            figures.append(_figure(assets.add(p, f"{paper}_{claim}"), str(rel), legend_of(p.name)))
     if figures:
         parts.append('<div class="media">' + "".join(figures) + "</div>")
     parts.append("</section>")
@@ -485,6 +528,22 @@ def _sweeps_section(root: Path, assets: _Assets) -> str:
     return "\n".join(parts)
 
 
+def floor_note(root) -> str:
+    """The gallery's note on FD_judge's real-vs-real floor, with its sampling spread measured now
+    (:func:`shared.metrics.judge.real_floor_spread`); only for this project's own tree (it needs the judge)."""
+    if Path(root).resolve() != ROOT.resolve():
+        return ""
+    from shared.metrics.judge import real_floor_spread
+
+    s = real_floor_spread()
+    return ('<p class="note"><b>Reading FD_judge.</b> The "real vs real (floor)" rows compare two fixed halves of '
+            f"the held-out digits: {s['fixed']:.2f}. That is one draw of a noisy estimate: over {s['draws']} random "
+            f"disjoint splits of the same size (n = {s['n']}) the floor is {s['mean']:.2f} ± {s['std']:.2f} "
+            f"(5-95 %: {s['q05']:.2f}-{s['q95']:.2f}). A model's FD_judge from as many samples has the same "
+            "finite-sample error, so a value inside that band (for example 1.16, below the committed 1.43) means "
+            "<i>indistinguishable from real digits at this sample size</i>, not better than real data.</p>")
+
+
 def build_gallery(root=None, out_dir=None) -> Path:
     """Write ``<root>/reports/index.html`` (and its ``assets/``); returns the path of the page."""
     root = _root(root)
@@ -493,7 +552,7 @@ def build_gallery(root=None, out_dir=None) -> Path:
     assets = _Assets(report_dir)
     runs = latest_runs(root)
     sections, nav = [], []
-    names = sorted(set(papers(root)) | {p for p, _ in runs})
+    names = seminar_order(root) + sorted({p for p, _ in runs} - set(papers(root)))
     for paper in names:
         committed = load_results(paper, root)
         claims_done = set()
@@ -516,7 +575,7 @@ def build_gallery(root=None, out_dir=None) -> Path:
         nav.append(f'<a href="#{html.escape(paper)}">{html.escape(paper)}</a>')
         sections.append(
             f'<section class="paper" id="{html.escape(paper)}"><h2>{html.escape(paper)}</h2>'
-            + (f"<p>{html.escape(summary)}</p>" if summary else "")
+            + (f"<p>{md_inline(summary)}</p>" if summary else "")
             + "\n".join(body)
             + "</section>"
         )
@@ -534,7 +593,7 @@ def build_gallery(root=None, out_dir=None) -> Path:
         '<p class="meta">Generated by <code>make report</code> / <code>make gallery</code> from '
         "<code>papers/*/results/*.json</code> and the newest runs under <code>outputs/</code>. "
         '<span id="media-status">{}</span></p>'
-        f"<nav>{''.join(nav)}</nav>{demo}{''.join(sections)}{sweeps}</body></html>\n"
+        f"<nav>{''.join(nav)}</nav>{floor_note(root)}{demo}{''.join(sections)}{sweeps}</body></html>\n"
     )
     index = report_dir / "index.html"
     index.write_text(page)
@@ -601,13 +660,23 @@ def _num(v):
         return None
 
 
-def aggregate_multirun(
-    folder, metrics: list[str] | None = None, plot_metric: str | None = None, max_metrics: int = 8
-) -> dict:
+def _metric_rank(name: str) -> tuple:
+    """Column order: the experiment's report rows (kept in their order), then logged losses, validation
+    values, other values, learning rates, step/epoch counters, and the wall time last."""
+    order = [("train/", 1), ("val/", 2), ("lr-", 4), ("step", 5), ("epoch", 5), ("wall_time_s", 6)]
+    for prefix, rank in order:
+        if name == prefix or name.startswith(prefix):
+            return (rank,)
+    return (3,)
+
+
+def aggregate_multirun(folder, metrics: list[str] | None = None, plot_metric: str | None = None) -> dict:
     """One table (and a plot) of a Hydra multirun folder: a row per job, its swept overrides and its metrics.
 
-    Metrics come from each job's ``results.json`` (the report rows of its config, by label, else every numeric
-    leaf) or, without one, from the last values of its ``metrics.csv``. Writes ``summary.{md,csv,json,png}``
+    Metrics come from each job's ``results.json`` (the report rows of its config, by label, in the config's
+    order, else every numeric leaf) or, without one, from the last values of its ``metrics.csv``. Every metric
+    is a column unless ``metrics`` names some (unknown names are an error listing the known ones); the first
+    of ``metrics`` (or ``plot_metric``) is plotted, up to four side by side. Writes ``summary.{md,csv,json,png}``
     in ``folder`` and returns ``{"columns", "rows", "swept", "metrics", "plot"}``."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -617,7 +686,7 @@ def aggregate_multirun(
         raise FileNotFoundError(
             f"{folder} holds no Hydra job folders (0/, 1/, ... with .hydra/ or results.json)"
         )
-    records = []
+    records, report_order, extra_keys = [], {}, set()
     for job in jobs:
         res_f, values = job / "results.json", {}
         if res_f.exists():
@@ -625,7 +694,10 @@ def aggregate_multirun(
                 res = json.loads(res_f.read_text())
             except json.JSONDecodeError:
                 res = {}
-            for row in (res.get("config") or {}).get("report") or []:
+            rows = (res.get("config") or {}).get("report") or []
+            covered = {row["metric"] for row in rows}
+            for row in rows:
+                report_order.setdefault(row.get("label", row["metric"]), len(report_order))
                 try:
                     v = lookup(res.get("metrics", {}), row["metric"])
                 except KeyError:
@@ -633,8 +705,11 @@ def aggregate_multirun(
                 v = v.get("mean") if isinstance(v, dict) else v
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
                     values[row.get("label", row["metric"])] = float(v)
-            if not values:
-                values = _flatten(res.get("metrics", {}))
+            # every other numeric metric too, by its dotted path (a sweep over structure, e.g. reflow rounds,
+            # adds metrics the report rows do not name: they must not vanish)
+            extra = {k: v for k, v in _flatten(res.get("metrics", {})).items() if k not in covered}
+            values.update({k: v for k, v in extra.items() if k not in values})
+            extra_keys.update(extra)
             if res.get("wall_time_s") is not None:
                 values.setdefault("wall_time_s", float(res["wall_time_s"]))
         else:
@@ -643,7 +718,18 @@ def aggregate_multirun(
     keys = list(dict.fromkeys(k for r in records for k in r["overrides"]))
     swept = [k for k in keys if len({r["overrides"].get(k) for r in records}) > 1] or keys
     names = list(dict.fromkeys(k for r in records for k in r["values"]))
-    chosen = list(metrics) if metrics else names[:max_metrics]
+    names = [n for _, n in sorted(enumerate(names), key=lambda t: (
+        (0, report_order[t[1]]) if t[1] in report_order else (*_metric_rank(t[1]), t[0])))]
+    if metrics:
+        unknown = [m for m in metrics if m not in names]
+        if unknown:
+            raise KeyError(f"metric(s) {unknown} not in this sweep; it has {names}")
+    # default columns: the report rows, metrics that some jobs have and others lack, logged values, wall time;
+    # metrics outside the report rows that every job has are listed as not shown (pick them with --metric)
+    structural = {k for k in extra_keys if any(k not in r["values"] for r in records)}
+    default = [n for n in names if n not in extra_keys or n in structural or not report_order]
+    chosen = list(metrics) if metrics else default
+    not_shown = [] if metrics else [n for n in names if n not in default]
     columns = ["job", *swept, *chosen]
     rows = [
         [
@@ -659,6 +745,7 @@ def aggregate_multirun(
         "rows": rows,
         "swept": swept,
         "metrics": chosen,
+        "not_shown": not_shown,
         "plot": None,
     }
 
@@ -668,17 +755,22 @@ def aggregate_multirun(
         w.writerows(rows)
     md = ["| " + " | ".join(_md_cell(c) for c in columns) + " |", "|" + "---|" * len(columns)]
     md += ["| " + " | ".join(_md_cell(fmt(c)) for c in r) + " |" for r in rows]
-    (folder / "summary.md").write_text(f"# Sweep {folder}\n\n" + "\n".join(md) + "\n")
+    note = ""
+    if not_shown:
+        note = (f"\n{len(not_shown)} further metrics (in every job's results, outside the report rows) are "
+                f"not columns; `--metric NAME ...` shows any of them: {', '.join(not_shown)}\n")
+    (folder / "summary.md").write_text(f"# Sweep {folder}\n\n" + "\n".join(md) + "\n" + note)
 
-    target = plot_metric or (chosen[0] if chosen else None)
-    if target is not None and target in chosen:
-        summary["plot"] = str(_plot_sweep(folder / "summary.png", records, swept, target))
+    targets = [plot_metric] if plot_metric else (list(metrics)[:4] if metrics else chosen[:1])
+    targets = [t for t in targets if t in chosen]
+    if targets:
+        summary["plot"] = str(_plot_sweep(folder / "summary.png", records, swept, targets))
     (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return summary
 
 
-def _plot_sweep(path: Path, records: list[dict], swept: list[str], metric: str) -> Path:
-    """``metric`` against the first swept key, one line per value of the other swept keys."""
+def _plot_sweep(path: Path, records: list[dict], swept: list[str], metrics: list[str]) -> Path:
+    """Each of ``metrics`` (one panel each) against the first swept key, one line per value of the others."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -688,24 +780,24 @@ def _plot_sweep(path: Path, records: list[dict], swept: list[str], metric: str) 
     xs_raw = [r["overrides"].get(x_key, r["job"]) if x_key else r["job"] for r in records]
     numeric = all(_num(v) is not None for v in xs_raw)
     cats = list(dict.fromkeys(xs_raw))
-    groups: dict[str, list[tuple[float, float]]] = {}
-    for r, xr in zip(records, xs_raw):
-        label = ", ".join(f"{k}={r['overrides'].get(k)}" for k in swept[1:]) or metric
-        x = _num(xr) if numeric else cats.index(xr)
-        y = r["values"].get(metric, float("nan"))
-        groups.setdefault(label, []).append((x, y))
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    for label, pts in groups.items():
-        pts.sort()
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
-    if not numeric:
-        ax.set_xticks(range(len(cats)), [str(c) for c in cats], rotation=20, fontsize=8)
-    ax.set_xlabel(x_key or "job")
-    ax.set_ylabel(metric)
-    ax.set_title(f"{metric} over the sweep", fontsize=9)
-    if len(groups) > 1:
-        ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.0 * len(metrics), 3.6), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        groups: dict[str, list[tuple[float, float]]] = {}
+        for r, xr in zip(records, xs_raw):
+            label = ", ".join(f"{k}={r['overrides'].get(k)}" for k in swept[1:]) or metric
+            x = _num(xr) if numeric else cats.index(xr)
+            groups.setdefault(label, []).append((x, r["values"].get(metric, float("nan"))))
+        for label, pts in groups.items():
+            pts.sort()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+        if not numeric:
+            ax.set_xticks(range(len(cats)), [str(c) for c in cats], rotation=20, fontsize=8)
+        ax.set_xlabel(x_key or "job")
+        ax.set_ylabel(metric, fontsize=8)
+        ax.set_title(f"{metric} over the sweep", fontsize=9)
+        if len(groups) > 1:
+            ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -723,17 +815,19 @@ def main(argv=None):
     )
     ap.add_argument(
         "--metric",
-        action="append",
+        nargs="+",
+        action="extend",
         default=None,
-        help="with --multirun: metric column(s) to keep; the first one is plotted",
+        help="with --multirun: metric columns to keep (--metric A B, or --metric A --metric B); "
+        "default every metric; the first ones are plotted",
     )
     args = ap.parse_args(argv)
     root = _root(args.root)
     if args.multirun:
         try:
             s = aggregate_multirun(args.multirun, metrics=args.metric)
-        except FileNotFoundError as e:
-            raise SystemExit(f"error: {e}") from None
+        except (FileNotFoundError, KeyError) as e:
+            raise SystemExit(f"error: {str(e).strip(chr(34) + chr(39))}") from None
         print((Path(args.multirun) / "summary.md").read_text())
         print(f"plot: {s['plot']}")
         return

@@ -211,12 +211,6 @@ def run(cfg: DictConfig) -> dict:
                             Path(cfg.run_dir) / "grid.gif", nrow=k, fps=4, scale=3)
     for key in per_seed[0]:
         metrics[key] = summarise([r[key] for r in per_seed])
-    record = finish(cfg, metrics, paper="animatediff", claim=str(c.name), t0=t0,
+    record = finish(cfg, metrics, paper="animatediff", claim=str(c.name), t0=t0, artifacts=("*.png", "grid.gif"),
                     extra={"nfe": int(c.sampler.steps), "num_samples": n, "judge_sha256": judge_sha256(c.judge_path)})
-    if c.get("publish", True):
-        dest = Path(__file__).resolve().parent / "results"
-        for name in ("grid.gif",):
-            f = Path(cfg.run_dir) / name
-            if f.exists():
-                (dest / f"{c.name}_{name}").write_bytes(f.read_bytes())
     return record

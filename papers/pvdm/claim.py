@@ -186,14 +186,10 @@ def run(cfg: DictConfig) -> dict:
     per_seed = map_jobs(seed_job, [(cfg_dict, int(s)) for s in c.seeds], workers=int(c.get("workers", 1)))
     for key in per_seed[0]:
         metrics[key] = summarise([r[key] for r in per_seed])
-    record = finish(cfg, metrics, paper="pvdm", claim=str(c.name), t0=t0,
+    record = finish(cfg, metrics, paper="pvdm", claim=str(c.name), t0=t0, artifacts=("*.png", "*.gif"),
                     extra={"nfe": int(c.sampler.steps), "num_samples": int(c.num_samples),
                            "diffusion_steps": int(cfg.trainer.max_steps), "ae_steps": int(c.ae_steps),
                            "judge_sha256": judge_sha256(c.judge_path),
                            "memory_method": "params+grads+Adam moments + autograd-saved activations "
                                             "(saved_tensors_hooks), CPU"})
-    if c.get("publish", True):  # small sample GIFs next to the results (finish copies PNGs only)
-        dest = Path(__file__).resolve().parent / "results"
-        for f in Path(cfg.run_dir).glob("*.gif"):
-            (dest / f"{c.name}_{f.name}").write_bytes(f.read_bytes())
     return record

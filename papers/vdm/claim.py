@@ -107,10 +107,7 @@ def run(cfg: DictConfig) -> dict:
     metrics["ratio_reconstruction_to_replacement"] = summarise(
         [r["ext_fvd_judge_reconstruction"] / r["ext_fvd_judge_replacement"] for r in per_seed])
     record = finish(cfg, metrics, paper="vdm", claim=str(c.name), t0=t0,
+                    artifacts=("*.png", "*.gif"),
                     extra={"nfe": int(c.sampler.steps), "num_samples": int(c.num_samples),
                            "num_extensions": int(c.num_extensions), "judge_sha256": judge_sha256(c.judge_path)})
-    if c.get("publish", True):  # small sample GIFs next to the results (finish copies PNGs only)
-        dest = Path(__file__).resolve().parent / "results"
-        for f in Path(cfg.run_dir).glob("*.gif"):
-            (dest / f"{c.name}_{f.name}").write_bytes(f.read_bytes())
     return record

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from shared.data.toys import ToyDataset
 
-__all__ = ["EpochSeededSampler", "StepBatchSampler", "ImageDataModule", "ToyDataModule"]
+__all__ = ["EpochIndexed", "EpochSeededSampler", "StepBatchSampler", "ImageDataModule", "ToyDataModule"]
 
 
 class EpochSeededSampler(Sampler[int]):
@@ -61,7 +61,8 @@ class StepBatchSampler(Sampler[list[int]]):
     """
 
     def __init__(
-        self, n: int, batch_size: int, seed: int = 0, drop_last: bool = True, step_fn=None, rank_fn=None
+        self, n: int, batch_size: int, seed: int = 0, drop_last: bool = True, step_fn=None, rank_fn=None,
+        with_epoch: bool = False,
     ):
         self.n, self.batch_size, self.seed, self.drop_last = (
             int(n),
@@ -69,6 +70,7 @@ class StepBatchSampler(Sampler[list[int]]):
             int(seed),
             bool(drop_last),
         )
+        self.with_epoch = bool(with_epoch)  # yield (pass, index) pairs for an EpochIndexed dataset
         self.step_fn = step_fn or (lambda: None)
         self.rank_fn = rank_fn or (lambda: (0, 1))
         self.next_batch = 0  # global number of the batch after the last one yielded
@@ -92,7 +94,28 @@ class StepBatchSampler(Sampler[list[int]]):
         for j in range(j0, per_pass):
             self.next_batch = epoch * per_pass + j + 1
             idx = perm[j * b : (j + 1) * b]
-            yield idx[rank * self.batch_size : (rank + 1) * self.batch_size].tolist()
+            mine = idx[rank * self.batch_size : (rank + 1) * self.batch_size].tolist()
+            yield [(epoch, i) for i in mine] if self.with_epoch else mine
+
+
+class EpochIndexed(Dataset):
+    """A dataset addressed by ``(pass, index)`` pairs (a :class:`StepBatchSampler` with ``with_epoch=True``): it
+    sets the wrapped dataset's epoch (``set_epoch``: the readers' per-pass random clip start, the joint frames'
+    draws) before reading the item. The pass travels with the index, so it is right in every DataLoader worker and
+    after a resume, whatever epoch number the training loop believes in."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple):
+            epoch, key = key
+            if getattr(self.dataset, "epoch", None) != int(epoch):
+                self.dataset.set_epoch(int(epoch))
+        return self.dataset[key]
 
 
 def _build(dataset: Any) -> Dataset | None:
@@ -134,7 +157,16 @@ class ImageDataModule(pl.LightningDataModule):
         size: int | None = None,
     ):
         super().__init__()
+        for key, value in (("data.batch_size", batch_size), ("data.val_batch_size", val_batch_size)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{key} must be a positive integer, got {value!r}")
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise ValueError(f"data.num_workers must be an integer >= 0, got {num_workers!r}")
         self.train_set, self.val_set, self.test_set = _build(train), _build(val), _build(test)
+        if len(self.train_set) == 0:
+            from shared.data import DataError
+
+            raise DataError(f"the training set ({type(self.train_set).__name__}) is empty; check data.train")
         self.batch_size = int(batch_size)
         self.val_batch_size = int(val_batch_size or batch_size)
         self.num_workers, self.seed, self.drop_last = int(num_workers), int(seed), bool(drop_last)

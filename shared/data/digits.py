@@ -82,6 +82,8 @@ class DigitsDataset(Dataset):
     def __init__(
         self, split: str = "train", size: int = 8, seed: int = 0, classes: Sequence[int] | None = None
     ):
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"data.size must be a positive integer, got {size!r}")
         x, y = load_digit_tensors(size)
         idx = split_indices(split, seed)
         if classes is not None:

@@ -11,11 +11,18 @@
 
 Items are ``{"x": (C, H, W) float32 in [-1, 1], "y": long}`` (``"y"`` only when labels exist).
 A missing root raises a one-line ``FileNotFoundError`` naming the path and the config key.
+
+An image file that cannot be decoded, or holds non-finite pixels (NaN/Inf in a float TIFF), is skipped with a
+warning and counted in ``dataset.num_skipped`` (names and reasons in ``dataset.skipped``), exactly like the video
+readers' undecodable clips: the item of the next readable index is returned instead. A dataset with no readable
+image at all is one :class:`~shared.data.DataError` naming the folder and the first file's reason.
 """
 
 from __future__ import annotations
 
+import logging
 import pickle
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,6 +30,10 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
+
+from shared.data import DataError
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Cifar10Dataset", "ImageFolderDataset", "load_cifar_batch", "CIFAR10_CLASSES"]
 
@@ -54,17 +65,32 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         if (module, name) in self._ALLOWED:
             # The real files were written by Python 2 numpy (numpy.core.*), now numpy._core.*.
             return super().find_class(module.replace("numpy.core.", "numpy._core."), name)
-        raise pickle.UnpicklingError(f"refusing to load global {module}.{name} from a CIFAR batch file")
+        raise pickle.UnpicklingError(f"refusing to load global {module}.{name} from a CIFAR batch file "
+                                     f"{getattr(self, 'path', '')}".rstrip())
 
 
 def load_cifar_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """One CIFAR-10 batch file -> ``(N, 3, 32, 32)`` uint8 images and ``(N,)`` int64 labels."""
-    with open(path, "rb") as f:
-        batch = _NumpyOnlyUnpickler(f, encoding="bytes").load()
+    try:
+        with open(path, "rb") as f:
+            unpickler = _NumpyOnlyUnpickler(f, encoding="bytes")
+            unpickler.path = str(path)
+            batch = unpickler.load()
+    except pickle.UnpicklingError as e:
+        if "refusing" in str(e):
+            raise
+        raise ValueError(f"{path}: not a CIFAR-10 batch file ({e})") from None
+    except (EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError) as e:
+        raise ValueError(f"{path}: not a CIFAR-10 batch file ({type(e).__name__}: {e})") from None
     if not isinstance(batch, dict):
         raise ValueError(f"{path}: expected a dict in a CIFAR-10 batch file, got {type(batch).__name__}")
     batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
-    data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+    if "data" not in batch or "labels" not in batch:
+        raise ValueError(f"{path}: a CIFAR-10 batch file needs 'data' and 'labels', has {sorted(map(str, batch))}")
+    try:
+        data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{path}: 'data' is not N x 3072 uint8 pixels ({e})") from None
     labels = np.asarray(batch["labels"], dtype=np.int64)
     if labels.shape[0] != data.shape[0]:
         raise ValueError(f"{path}: {data.shape[0]} images but {labels.shape[0]} labels")
@@ -119,6 +145,9 @@ def _resize_center_crop(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
+SPLIT_NAMES = ("train", "val", "valid", "validation", "test")
+
+
 class ImageFolderDataset(Dataset):
     """Images under ``root``, resized (shorter side) and centre-cropped to ``size`` x ``size``.
 
@@ -127,7 +156,9 @@ class ImageFolderDataset(Dataset):
     ``"y"``; otherwise every image file directly in ``root`` is used, without labels.
 
     Args:
-        root: dataset path (config key ``data.root``).
+        root: dataset path (config key ``data.root``): the folder of the class folders (ImageNet: ``.../train``);
+            a root holding ``train``/``val``/``test`` folders is refused (its classes would be the splits).
+        num_classes: if given, the number of class folders required (a DiT config passes the model's).
         size: output side length.
         extensions: file suffixes to read (case-insensitive).
         channels: 3 (RGB) or 1 (greyscale).
@@ -139,10 +170,15 @@ class ImageFolderDataset(Dataset):
         size: int = 64,
         extensions: Sequence[str] = IMAGE_EXTENSIONS,
         channels: int = 3,
+        num_classes: int | None = None,
     ):
         root = Path(root).expanduser()
         if not root.is_dir():
             raise FileNotFoundError(f"image folder '{root}' not found; set the config key data.root")
+        splits = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.lower() in SPLIT_NAMES)
+        if splits:   # the dataset's root, not a split: its "classes" would be train/val
+            raise FileNotFoundError(f"data.root={root} holds the split folders {splits}, not class folders; point "
+                                    f"data.root at one split, e.g. {root / splits[0]} (<root>/<class>/<image>)")
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels}")
         exts = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
@@ -152,6 +188,9 @@ class ImageFolderDataset(Dataset):
             return sorted(p for p in files if p.is_file() and p.suffix.lower() in exts)
 
         class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if num_classes is not None and len(class_dirs) != int(num_classes):
+            raise ValueError(f"data.root={root} has {len(class_dirs)} class folders, the model expects "
+                             f"{num_classes} classes (<root>/<class>/<image>; ImageNet's train/ has 1000)")
         if class_dirs:
             self.classes: list[str] | None = [p.name for p in class_dirs]
             self.samples = [(f, k) for k, d in enumerate(class_dirs) for f in images_in(d, recursive=True)]
@@ -162,14 +201,27 @@ class ImageFolderDataset(Dataset):
             raise FileNotFoundError(
                 f"no images with extensions {exts} under '{root}'; set the config key data.root"
             )
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"data.size must be a positive integer, got {size!r}")
         self.root, self.size, self.channels = root, size, channels
+        self.skipped: dict[str, str] = {}
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+    @property
+    def num_skipped(self) -> int:
+        return len(self.skipped)
+
+    def _load(self, i: int) -> dict[str, torch.Tensor]:
         path, label = self.samples[i]
         with Image.open(path) as img:
+            img.load()
+            if img.mode in ("F", "I", "I;16", "I;16B", "I;16L"):  # float / integer TIFFs: no NaN or Inf
+                raw = np.asarray(img, dtype=np.float64)
+                if not np.isfinite(raw).all():
+                    bad = int((~np.isfinite(raw)).sum())
+                    raise ValueError(f"{bad} non-finite pixel value(s) (NaN/Inf)")
             img = _resize_center_crop(img.convert("RGB" if self.channels == 3 else "L"), self.size)
             arr = np.asarray(img, dtype=np.uint8)
         x = torch.from_numpy(arr.copy()).float() / 127.5 - 1.0
@@ -178,3 +230,27 @@ class ImageFolderDataset(Dataset):
         if self.classes is not None:
             item["y"] = torch.tensor(label, dtype=torch.long)
         return item
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        n = len(self)
+        if not 0 <= i < n:
+            raise IndexError(f"index {i} out of range for {type(self).__name__} of length {n}")
+        for k in range(n):
+            j = (i + k) % n
+            src = str(self.samples[j][0])
+            if src in self.skipped:
+                continue
+            try:
+                return self._load(j)
+            except Exception as e:  # noqa: BLE001 - any decoder failure means: skip this file
+                self._skip(src, e)
+        first = next(iter(self.skipped.items()))
+        raise DataError(f"no readable image among the {n} files under '{self.root}' ({self.num_skipped} skipped; "
+                        f"e.g. {first[0]}: {first[1]}); check data.root")
+
+    def _skip(self, src: str, err: Exception) -> None:
+        reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}".rstrip(": ")
+        self.skipped[src] = reason
+        msg = f"skipping {src}: {reason} ({self.num_skipped} skipped so far)"
+        log.warning(msg)
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)

@@ -15,10 +15,14 @@ the first T frames only; ``extra_y`` (B, extra_images) holds the labels of the i
 the dataset has ``y``. With ``extra_images=0`` (default) batches are the plain video batches and carry
 no ``frame_is_video`` key.
 
-The module is `shared.data.datamodule.ImageDataModule` (seeded ``(seed, epoch)`` train order, so a
-run resumed at an epoch boundary sees the same batches; ``drop_last`` for train; unshuffled
-evaluation) with a train sampler that also forwards the epoch to datasets with a ``set_epoch``
-method (the readers' per-epoch random clip start, the joint frames' draws).
+The module is `shared.data.datamodule.ImageDataModule`: the training order is its
+`StepBatchSampler` — batch ``s`` is a pure function of ``(seed, s)``, starting at the trainer's
+``global_step`` — so a run resumed from any checkpoint sees exactly the batches (and clip starts)
+an uninterrupted run would. Datasets with a ``set_epoch`` method (the readers' per-pass random clip
+start, the joint frames' draws) receive the pass number with every index (`EpochIndexed`), not from
+the training loop's epoch counter (which a resumed run may count differently); ``drop_last`` for
+train; unshuffled evaluation. For an uninterrupted run the order is the one the per-epoch
+``(seed, epoch)`` permutation gave before: same permutation, same batches.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from shared.data.datamodule import EpochSeededSampler, ImageDataModule
+from shared.data.datamodule import EpochIndexed, EpochSeededSampler, ImageDataModule, StepBatchSampler
 
 __all__ = ["DatasetEpochSampler", "JointImageVideo", "VideoDataModule"]
 
@@ -117,8 +121,8 @@ class VideoDataModule(ImageDataModule):
         root, frames, stride, size: values the dataset configs interpolate (``${..root}`` ...), so
             one override reaches every split; kept here for the record only.
 
-    When the train set has ``set_epoch`` (the readers' per-epoch clip start, `JointImageVideo`),
-    train workers are not persistent, so each epoch's workers see the dataset's current epoch.
+    When the train set has ``set_epoch`` (the readers' per-pass clip start, `JointImageVideo`), the
+    pass number travels with each index (`EpochIndexed`), so persistent workers see the right one.
     """
 
     def __init__(
@@ -157,12 +161,19 @@ class VideoDataModule(ImageDataModule):
 
     def train_dataloader(self) -> DataLoader:
         epoch_aware = callable(getattr(self.train_set, "set_epoch", None))
+        sampler = StepBatchSampler(
+            len(self.train_set),
+            self.batch_size,
+            self.seed,
+            self.drop_last,
+            step_fn=self._batches_done,
+            rank_fn=self._rank_world,
+            with_epoch=epoch_aware,
+        )
         return DataLoader(
-            self.train_set,
-            batch_size=self.batch_size,
-            sampler=DatasetEpochSampler(self.train_set, self.seed),
-            drop_last=self.drop_last,
+            EpochIndexed(self.train_set) if epoch_aware else self.train_set,
+            batch_sampler=sampler,
             num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0 and not epoch_aware,
+            persistent_workers=self.num_workers > 0,
             pin_memory=self.pin_memory,
         )

@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from shared.data import DataError
+
 __all__ = ["CsvVideoDataset", "FrameFolderDataset", "VideoFolderDataset", "class_caption"]
 
 log = logging.getLogger(__name__)
@@ -89,6 +91,7 @@ class _ClipDataset(Dataset):
         self.size = None if size is None else int(size)
         self.train, self.seed, self.epoch = bool(train), int(seed), 0
         self.skipped: set[str] = set()
+        self.skip_reasons: dict[str, str] = {}  # source -> "error type: first line", in the order they failed
 
     # -- per-layout hooks -------------------------------------------------------------------
     def _source(self, index: int) -> str:  # pragma: no cover - abstract
@@ -146,12 +149,22 @@ class _ClipDataset(Dataset):
                 return self._load(j)
             except Exception as e:  # noqa: BLE001 - any decoder failure means: skip this file
                 self._skip(src, e)
-        raise RuntimeError(
-            f"{type(self).__name__}: no decodable clip among {n} items ({self.num_skipped} skipped)"
+        raise DataError(
+            f"{type(self).__name__}: no decodable clip among the {n} items of '{self._root_name()}' "
+            f"({self.num_skipped} skipped; e.g. {self._first_reason()}); check data.root"
         )
+
+    def _root_name(self) -> str:
+        return str(getattr(self, "root", None) or getattr(self, "video_root", ""))
+
+    def _first_reason(self) -> str:
+        src, why = next(iter(self.skip_reasons.items()), ("?", "?"))
+        return f"{src}: {why}"
 
     def _skip(self, src: str, err: Exception) -> None:
         self.skipped.add(src)
+        text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        self.skip_reasons.setdefault(src, f"{type(err).__name__}: {text}".rstrip(": "))
         msg = f"skipping {src}: {type(err).__name__}: {err} ({self.num_skipped} skipped so far)"
         log.warning(msg)
         warnings.warn(msg, RuntimeWarning, stacklevel=3)
@@ -169,7 +182,8 @@ class _ClipDataset(Dataset):
                 return _resize_crop(frames, self.size)[:, 0]
             except Exception as e:  # noqa: BLE001
                 self._skip(src, e)
-        raise RuntimeError(f"{type(self).__name__}: no decodable frame among {n} items")
+        raise DataError(f"{type(self).__name__}: no decodable frame among the {n} items of '{self._root_name()}' "
+                        f"({self.num_skipped} skipped; e.g. {self._first_reason()}); check data.root")
 
 
 class _PyAVMixin:

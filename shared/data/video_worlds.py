@@ -76,13 +76,21 @@ def digits_split(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     return images[idx].contiguous(), labels[idx].contiguous()
 
 
-def _frame_item(item: dict, t: int, per_frame_keys: Sequence[str]) -> dict:
-    """Slice frame ``t`` out of a video item: ``x`` becomes (C, H, W), per-frame ground truth loses T."""
-    out = {k: v for k, v in item.items() if k not in per_frame_keys and k != "x"}
+def _frame_item(item: dict, t: int, per_frame_keys: Sequence[str], time_axes: dict[str, int] | None = None) -> dict:
+    """Slice frame ``t`` out of a video item: ``x`` becomes (C, H, W), per-frame ground truth loses T.
+
+    ``per_frame_keys`` have time first; ``time_axes`` names other per-frame keys and their time axis
+    (e.g. ``{"flow": 1}`` for a (2, T, H, W) flow).
+    """
+    time_axes = dict(time_axes or {})
+    out = {k: v for k, v in item.items() if k not in per_frame_keys and k not in time_axes and k != "x"}
     out["x"] = item["x"][:, t]
     for k in per_frame_keys:
         if k in item:
             out[k] = item[k][t]
+    for k, axis in time_axes.items():
+        if k in item:
+            out[k] = item[k].select(axis, t)
     out["frame_index"] = torch.tensor(t, dtype=torch.long)
     if "frame_caption" in item:
         out["caption"] = item["frame_caption"]
@@ -94,6 +102,8 @@ class _World(Dataset):
     """Common plumbing: length, seeding and the frames-only mode."""
 
     per_frame_keys: tuple[str, ...] = ()
+    # Per-frame keys whose time axis is not the first, with that axis (e.g. {"flow": 1} for (2, T, H, W)).
+    time_axes: dict[str, int] = {}
 
     def __init__(self, n: int, frames: int, size: int, seed: int, split: str, frames_only: bool):
         if n <= 0 or frames <= 0 or size <= 0:
@@ -123,7 +133,7 @@ class _World(Dataset):
         item = self.video(index)
         if self.frames_only:
             t = int(self._rng(index, stream=1).integers(self.frames))
-            return _frame_item(item, t, self.per_frame_keys)
+            return _frame_item(item, t, self.per_frame_keys, self.time_axes)
         item.pop("frame_caption", None)
         return item
 
@@ -379,12 +389,13 @@ class VideoFrames(Dataset):
     """Independent single frames of any video dataset: item ``i`` is frame ``t_i`` of video ``i``.
 
     ``t_i`` is drawn from ``(seed, i)``; ``x`` becomes (C, H, W) and the per-frame ground truth named
-    in ``dataset.per_frame_keys`` (if any) is sliced to that frame.
+    in ``dataset.per_frame_keys`` and ``dataset.time_axes`` (if any) is sliced to that frame.
     """
 
     def __init__(self, dataset: Dataset, seed: int = 0):
         self.dataset, self.seed = dataset, int(seed)
         self.per_frame_keys = tuple(getattr(dataset, "per_frame_keys", ()))
+        self.time_axes = dict(getattr(dataset, "time_axes", {}))
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -394,4 +405,4 @@ class VideoFrames(Dataset):
         item = self.dataset.video(index) if isinstance(self.dataset, _World) else self.dataset[index]
         T = item["x"].shape[1]
         t = int(np.random.default_rng([self.seed, int(index)]).integers(T))
-        return _frame_item(item, t, self.per_frame_keys)
+        return _frame_item(item, t, self.per_frame_keys, self.time_axes)

@@ -5,7 +5,9 @@ A schedule maps diffusion time ``t`` to ``(alpha_t, sigma_t)`` so that
 Time runs from data (``t_min``) to noise (``t_max``).
 
 * :class:`DiscreteVP` — DDPM (Ho et al. 2020, Sec. 2 and 4): ``T`` betas, ``alpha_bar_t = prod(1 - beta_s)``,
-  integer time ``t in {0..T-1}`` (fractional ``t`` interpolates log-SNR, so ODE solvers can use it).
+  integer time ``t in {0..T-1}`` (fractional ``t`` interpolates log-SNR linearly; its time derivative is that
+  piecewise-linear curve's, one-sided at the integers, which is why the fixed-step ODE samplers integrate a
+  discrete schedule in ``σ̄ = sigma / alpha`` at the grid times instead, ``shared.diffusion.samplers``).
   Betas are named unambiguously: ``linear`` (Ho et al.: ``beta_1..beta_T`` evenly spaced),
   ``cosine`` (Nichol & Dhariwal 2021, Eq. 17, betas clipped at 0.999).
 * :class:`CosineVP` — continuous-time variance-preserving cosine schedule (Nichol & Dhariwal; VDM).
@@ -96,6 +98,11 @@ class DiscreteVP(Schedule):
 
     def __init__(self, num_steps: int = 1000, betas: str = "linear", beta_start: float = 1e-4,
                  beta_end: float = 0.02):
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 2:
+            raise ValueError(f"schedule.num_steps must be an integer >= 2, got {num_steps!r}")
+        for key, b in (("beta_start", beta_start), ("beta_end", beta_end)):
+            if not (isinstance(b, (int, float)) and not isinstance(b, bool) and 0.0 < float(b) < 1.0):
+                raise ValueError(f"schedule.{key} must be in (0, 1), got {b!r}")
         self.num_steps = num_steps
         self.beta_kind, self.beta_start, self.beta_end = betas, beta_start, beta_end
         self.betas = make_betas(betas, num_steps, beta_start, beta_end)
@@ -115,8 +122,11 @@ class DiscreteVP(Schedule):
     def logsnr(self, t: torch.Tensor) -> torch.Tensor:
         t = torch.as_tensor(t)
         table = self._logsnr.to(t.device)
-        tf = t.to(torch.float64).clamp(0, self.num_steps - 1)
-        lo = tf.floor().long()
+        tf = t.to(torch.float64)
+        # clamp to [0, T - 1] keeping the identity's gradient at the ends (clamp's is 0 there); t = T - 1 lies in the
+        # last segment (w = 1), so its derivative is that segment's slope, not the zero slope of one beyond the table
+        tf = torch.where(tf > self.num_steps - 1, self.num_steps - 1, torch.where(tf < 0, 0, tf))
+        lo = tf.floor().clamp(max=max(self.num_steps - 2, 0)).long()
         hi = (lo + 1).clamp(max=self.num_steps - 1)
         w = tf - lo.to(torch.float64)
         lam = table[lo] * (1 - w) + table[hi] * w

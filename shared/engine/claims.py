@@ -1,5 +1,12 @@
 """Helpers for multi-stage claim checks (``pipeline:`` experiments): train variants, gather per-seed
-metrics, summarise the spread and write ``results.json`` next to the run and under ``papers/<id>/results``.
+metrics, summarise the spread and write ``results.json`` in the run folder — and, only when publishing, under
+``papers/<id>/results``.
+
+Publishing is off unless asked for (``++claim.publish=true``, what the ``make <paper>`` targets pass), and
+:func:`check_publish` refuses it, in one line and before anything is trained, when the run is not the
+experiment's committed protocol: quick overrides (``quick=true``, ``quick_overrides``, ``claim.smoke``,
+``trainer.fast_dev_run``), fewer seeds, a smaller step budget, or any other changed value. Every other command
+leaves ``papers/`` untouched.
 
 A pipeline reads its knobs from ``cfg.claim`` (seeds, variants, evaluation protocol) and calls
 :func:`fit_variant` for each trained model, so every model is trained by exactly the code of
@@ -17,8 +24,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from shared.engine.console import claim_summary
 from shared.engine.results import write_results
-from shared.engine.run import fit
+from shared.engine.run import ConfigError, fit
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,6 +34,84 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # variant, a cached JSON): ``finish`` records them, so a results.json's wall time is not mistaken for the
 # claim's full cost (RESULTS.md, "Claim-suite wall times"). Stages reused in worker processes are not seen.
 _REUSED: list[str] = []
+
+# Run folders whose publishing check passed (check_publish); finish() publishes only these.
+_APPROVED: set[str] = set()
+
+# Keys a publishing run may differ from its experiment's protocol in: where outputs go, how they are logged and
+# displayed, how many processes share the work, and the publish flag itself.
+PUBLISH_FREE_KEYS = ("run_dir", "paths", "hydra", "logger", "claim.publish", "claim.workers",
+                     "trainer.enable_progress_bar", "trainer.enable_model_summary", "data.num_workers")
+
+
+def _flat(node, prefix="", out=None) -> dict:
+    out = {} if out is None else out
+    if isinstance(node, dict) and node:
+        for k, v in node.items():
+            _flat(v, f"{prefix}.{k}" if prefix else str(k), out)
+    else:
+        out[prefix] = node
+    return out
+
+
+def protocol_config(experiment: str) -> DictConfig:
+    """The experiment's committed config, composed with no other override."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():   # inside the entry point: Hydra's own search path
+        from hydra import compose
+
+        return compose(config_name="train", overrides=[f"experiment={experiment}"])
+    from shared.engine.compose import compose as compose_fresh
+
+    return compose_fresh([f"experiment={experiment}"])
+
+
+def publish_refusal(cfg: DictConfig, protocol: DictConfig, experiment: str) -> str | None:
+    """Why ``cfg`` may not publish as ``experiment`` (None if it may)."""
+    now = OmegaConf.to_container(cfg, resolve=True)
+    ref = OmegaConf.to_container(protocol, resolve=True)
+    head = f"claim.publish=true refused (experiment={experiment}): "
+    if now.get("trainer", {}).get("fast_dev_run"):
+        return head + "trainer.fast_dev_run is a smoke run; published results must run the committed protocol"
+    if now.get("quick"):
+        return head + "quick=true shrinks every budget; published results must run the committed protocol"
+    if (now.get("claim") or {}).get("smoke"):
+        return head + "claim.smoke=true shrinks every budget; published results must run the committed protocol"
+    seeds_now = list((now.get("claim") or {}).get("seeds") or [])
+    seeds_ref = list((ref.get("claim") or {}).get("seeds") or [])
+    if len(seeds_now) < len(seeds_ref):
+        return head + (f"claim.seeds={seeds_now} has {len(seeds_now)} seed(s), fewer than the protocol's "
+                       f"{len(seeds_ref)} ({seeds_ref})")
+    a, b = _flat(now), _flat(ref)
+    free = lambda k: any(k == f or k.startswith(f + ".") for f in PUBLISH_FREE_KEYS)  # noqa: E731
+    diff = [k for k in sorted(set(a) | set(b)) if not free(k) and a.get(k, "<unset>") != b.get(k, "<unset>")]
+    if not diff:
+        return None
+    smoke = {str(o).split("=", 1)[0].lstrip("+~") for o in (ref.get("quick_overrides") or [])}
+    first = next((k for k in diff if k in smoke), diff[0])
+    kind = "a smoke override" if first in smoke else "not the committed protocol"
+    more = f" (+{len(diff) - 1} more)" if len(diff) > 1 else ""
+    return head + (f"{first}={a.get(first, '<unset>')!r} is {kind} (the experiment has "
+                   f"{b.get(first, '<unset>')!r}){more}; publish without overrides, or change the experiment file")
+
+
+def check_publish(cfg: DictConfig, experiment: str | None) -> None:
+    """Refuse, before anything runs, a publishing run that is not its experiment's committed protocol (call after
+    the run folder is set: the approval is for that folder)."""
+    claim = cfg.get("claim") or {}
+    if not claim.get("publish", False):
+        return
+    if not experiment:
+        raise ConfigError("claim.publish=true needs the experiment entry point: "
+                          "python -m shared.engine.train experiment=<paper>/<claim> ++claim.publish=true")
+    protocol = protocol_config(experiment)
+    with open_dict(protocol):
+        protocol.run_dir = cfg.run_dir   # paths derived from the run folder are not a difference
+    why = publish_refusal(cfg, protocol, experiment)
+    if why:
+        raise ConfigError(why)
+    _APPROVED.add(str(cfg.run_dir))
 
 
 def variant_config(cfg: DictConfig, overrides: dict | None = None, seed: int | None = None) -> DictConfig:
@@ -46,9 +132,11 @@ def fit_variant(cfg: DictConfig, tag: str, overrides: dict | None = None, seed: 
     A claim re-run in the same folder (``hydra.run.dir=<old run>``) resumes each variant from its
     ``last.ckpt`` — a finished variant is not trained again.
     """
+    from shared.engine.checkpoint import newest_checkpoint
+
     sub = variant_config(cfg, overrides, seed)
-    last = Path(cfg.run_dir) / tag / "checkpoints" / "last.ckpt"
-    if last.exists() and not sub.get("ckpt_path"):
+    last = newest_checkpoint(Path(cfg.run_dir) / tag / "checkpoints")   # last.ckpt, or a newer epoch file
+    if last is not None and not sub.get("ckpt_path"):
         with open_dict(sub):
             sub.ckpt_path = str(last)
         _REUSED.append(f"variant:{tag}")
@@ -82,8 +170,10 @@ def summarise(per_seed: list[float]) -> dict:
 
 
 def finish(cfg: DictConfig, metrics: dict, *, paper: str, claim: str, t0: float, extra: dict | None = None,
-           copy_to_paper: bool = True) -> dict:
-    """Write ``results.json`` in the run folder and copy it to ``papers/<paper>/results/<claim>.json``."""
+           copy_to_paper: bool = True, artifacts=("*.png",)) -> dict:
+    """Write ``results.json`` in the run folder; when publishing (``claim.publish``, approved by
+    :func:`check_publish`), copy it to ``papers/<paper>/results/<claim>.json`` with the run folder's ``artifacts``
+    (file patterns) as ``<claim>_<file>``."""
     cfg_dict = OmegaConf.to_container(cfg, resolve=True)
     seeds = list(cfg.claim.seeds) if "claim" in cfg and "seeds" in cfg.claim else [int(cfg.seed)]
     path = Path(cfg.run_dir) / "results.json"
@@ -93,12 +183,18 @@ def finish(cfg: DictConfig, metrics: dict, *, paper: str, claim: str, t0: float,
         _REUSED.clear()
     record = write_results(path, metrics, paper=paper, claim=claim, seeds=seeds, config=cfg_dict,
                            wall_time_s=round(time.time() - t0, 1), extra=extra)
-    if copy_to_paper and cfg.claim.get("publish", True):
+    dest = None
+    if copy_to_paper and cfg.claim.get("publish", False):
+        if str(cfg.run_dir) not in _APPROVED:
+            raise ConfigError(f"not published: claim.publish=true was not checked against the protocol (run the claim "
+                              f"through python -m shared.engine.train); the results are in {path}")
         dest = PROJECT_ROOT / "papers" / paper / "results" / f"{claim}.json"
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, dest)
-        for f in Path(cfg.run_dir).glob("*.png"):
-            shutil.copyfile(f, dest.parent / f"{claim}_{f.name}")
+        for pattern in artifacts:
+            for f in sorted(Path(cfg.run_dir).glob(pattern)):
+                shutil.copyfile(f, dest.parent / f"{claim}_{f.name}")
+    claim_summary(record, cfg, dest)   # results, run folder and where they went (shared/engine/console.py)
     return record
 
 

@@ -97,9 +97,10 @@ def evaluate_expected(block: Any, metrics: Mapping) -> list[dict]:
         if "than" in c:
             right = _value(metrics, c["than"])
             scale, offset = float(c.get("scale", 1.0)), float(c.get("offset", 0.0))
-            scaled = lambda v: v * scale + offset  # noqa: E731
-            right = [scaled(v) for v in right] if isinstance(right, Sequence) and not isinstance(right, str) \
-                else scaled(right)
+            if isinstance(right, Sequence) and not isinstance(right, str):
+                right = [v * scale + offset for v in right]
+            else:
+                right = right * scale + offset
         else:
             right = c["value"]
         lseq = isinstance(left, Sequence) and not isinstance(left, str)

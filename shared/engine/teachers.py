@@ -122,6 +122,10 @@ def teacher_for_seed(cfg: DictConfig, seed: int):
     if c.get("teacher_ckpt"):
         path = str(c.teacher_ckpt).format(seed=seed)
         return module_from_checkpoint(path), path, "teacher_ckpt"
+    own = Path(cfg.run_dir) / f"teacher_seed{seed}" / "teacher.ckpt"
+    if own.is_file():   # a re-run in this claim's folder: the teacher it trained (the students' checkpoints name it)
+        note_reused(f"teacher_own:seed{seed}")
+        return module_from_checkpoint(own), str(own), "own"
     cache = None
     if c.get("teacher_cache", True) and not cfg.trainer.get("fast_dev_run"):   # never cache a 1-step smoke teacher
         cache = Path(cfg.paths.output_dir) / "teacher_cache" / teacher_key(cfg, seed) / "teacher.ckpt"

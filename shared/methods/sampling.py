@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from shared.diffusion.guidance import check_guidance_scale
 
 __all__ = ["SamplerConfigError", "resolve_sampler_config", "sampler_options", "split_sampler_config", "run_sampler",
-           "COMMON_KEYS", "EXTENSION_METHODS"]
+           "COMMON_KEYS", "EXTENSION_METHODS", "set_sampling_observer"]
 
 # keys every sampler config may carry, whatever the sampler: handled by the sampling loop, not the sampler
 # (``extension`` / ``w_r``: how the loop completes a sample given its known part, see ``cond={"x_known", "known"}``)
@@ -94,9 +94,30 @@ def split_sampler_config(cfg: Mapping) -> tuple[str, int | None, dict, dict]:
     return name, steps, opts, loop
 
 
+# An observer sees every sampling run (the harness shows a progress bar over its network evaluations):
+# ``observer(sampler_name, steps, batch) -> context manager yielding tick()``, called once per denoiser call.
+_OBSERVER: Callable | None = None
+
+
+def set_sampling_observer(observer: Callable | None) -> Callable | None:
+    """Install ``observer`` (or ``None``) for every :func:`run_sampler` call; returns the previous one."""
+    global _OBSERVER
+    previous, _OBSERVER = _OBSERVER, observer
+    return previous
+
+
 def run_sampler(fn: Callable, denoise: Callable, x_T, schedule, steps: int | None, generator, options: Mapping):
     """Call a sampler function with its validated options (and the generator, if it draws noise)."""
     kw = dict(options)
     if "generator" in inspect.signature(fn).parameters:
         kw["generator"] = generator
-    return fn(denoise, x_T, schedule, steps, **kw)
+    if _OBSERVER is None:
+        return fn(denoise, x_T, schedule, steps, **kw)
+    name = getattr(fn, "__name__", "sampler").removesuffix("_sample")
+    with _OBSERVER(name, steps, int(x_T.shape[0])) as tick:
+        def counted(*args, **kwargs):
+            out = denoise(*args, **kwargs)
+            tick()
+            return out
+
+        return fn(counted, x_T, schedule, steps, **kw)

@@ -4,10 +4,14 @@
   subsets) and IS (Salimans et al., 2016) are torchmetrics' implementations, always given a
   feature ``nn.Module`` (never ``feature=<int>``, which makes torchmetrics build Inception itself
   and fetch its weights).
-- ``inception_feature(weights_path)``: torchmetrics' ``NoTrainInceptionV3`` (the torch-fidelity
-  port of the TF FID Inception) loaded from a LOCAL weights file
+- ``inception_feature(weights_path)``: the FID Inception of :mod:`shared.metrics.inception` (the TF
+  ``inception-2015-12-05`` graph, pytorch-fid's port) loaded from a LOCAL weights file
   (``pt_inception-2015-12-05-6726825d.pth``); a missing path is a one-line ``FileNotFoundError``
-  before anything else happens. It needs the ``torch-fidelity`` package.
+  before anything else happens.
+- The evaluation protocol of ``shared.engine.evaluate`` (:func:`image_metrics`): FID against a reference
+  statistics file in the format users already have — pytorch-fid's ``--save-stats`` ``.npz`` (``mu``, ``sigma``)
+  or a guided-diffusion / ADM reference batch (``arr_0`` uint8 images ``(N, H, W, 3)``, with or without its ``mu``,
+  ``sigma``); KID needs reference *images* (``arr_0``), IS none. :func:`read_reference` / :func:`save_stats`.
 - ``judge_feature()``: the digits judge (``shared.metrics.judge``) as a torchmetrics feature
   module. Numbers from it are *judge* metrics (``fd_judge``, ``kd_judge``, ``is_judge``), never
   "FID".
@@ -18,7 +22,6 @@ Feature modules here take images in the project's convention, ``(N, C, H, W)`` f
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import torch
@@ -33,49 +36,38 @@ __all__ = [
     "make_kid",
     "make_inception_score",
     "compute_image_metrics",
+    "read_reference",
+    "save_stats",
+    "inception_score",
+    "image_metrics",
+    "image_metrics_from_features",
 ]
 
 
 class InceptionFeature(nn.Module):
-    """``[-1, 1]`` images (1 or 3 channels, any size) -> uint8 RGB -> Inception-v3 pool or logits."""
+    """``[-1, 1]`` images (1 or 3 channels, any size) -> FID Inception pool features or logits (torchmetrics'
+    feature-module interface: ``num_features``)."""
 
     tag = "inception"
 
-    def __init__(self, inception: nn.Module, num_features: int):
+    def __init__(self, fn, num_features: int, net: nn.Module):
         super().__init__()
-        self.inception, self.num_features = inception, int(num_features)
+        self.fn, self.num_features, self.inception = fn, int(num_features), net
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if images.shape[1] == 1:
-            images = images.expand(-1, 3, -1, -1)
-        x = ((images.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-        return self.inception(x)
+        return self.fn(images)
 
 
 def inception_feature(weights_path: str | Path | None, output: str = "pool") -> InceptionFeature:
-    """Inception-v3 (FID variant) from a local weights file; ``output``: ``"pool"`` (2048-d, for
-    FID/KID) or ``"logits"`` (1008 unbiased logits, for IS)."""
-    outputs = {"pool": ("2048", 2048), "logits": ("logits_unbiased", 1008)}
+    """The FID Inception-v3 from a local weights file; ``output``: ``"pool"`` (2048-d, for FID/KID) or
+    ``"logits"`` (1008 logits, for IS)."""
+    from shared.metrics.inception import load_fid_inception
+
+    outputs = {"pool": 2048, "logits": 1008}
     if output not in outputs:
         raise ValueError(f"output must be one of {list(outputs)}, got {output!r}")
-    if weights_path is None or not Path(weights_path).expanduser().is_file():
-        raise FileNotFoundError(
-            f"Inception weights not found at '{weights_path}'; set the metric's weights_path to a local "
-            "pt_inception-2015-12-05-6726825d.pth (nothing is downloaded)"
-        )
-    if importlib.util.find_spec("torch_fidelity") is None:
-        raise ModuleNotFoundError(
-            "the Inception feature network needs torch-fidelity: pip install torch-fidelity"
-        )
-    from torchmetrics.image.fid import NoTrainInceptionV3
-
-    name, dim = outputs[output]
-    net = NoTrainInceptionV3(
-        name="inception-v3-compat",
-        features_list=[name],
-        feature_extractor_weights_path=str(Path(weights_path).expanduser()),
-    )
-    return InceptionFeature(net, dim)
+    net = load_fid_inception(weights_path)
+    return InceptionFeature(net.features if output == "pool" else net.logits, outputs[output], net)
 
 
 class JudgeFeature(nn.Module):
@@ -174,4 +166,110 @@ def compute_image_metrics(
                 is_metric.update(generated[i : i + batch_size].to(device))
             is_mean, is_std = is_metric.compute()
             out[f"{is_name}_mean"], out[f"{is_name}_std"] = float(is_mean), float(is_std)
+    return out
+
+
+# ============================================================================ evaluation protocol (FID/KID/IS)
+def read_reference(path: str | Path) -> dict:
+    """A reference file: ``{"mu", "sigma"}`` when it carries statistics, ``"images"`` (uint8 ``(N, H, W, 3)`` or
+    videos ``(N, T, H, W, 3)``) when it carries ``arr_0``. One-line errors name the file and the keys expected."""
+    import numpy as np
+
+    p = Path(str(path)).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"reference statistics not found at '{path}': expected a pytorch-fid stats .npz "
+                                "(mu, sigma) or an ADM reference batch .npz (arr_0); see docs/DATA_AND_WEIGHTS.md")
+    try:
+        data = np.load(p)
+        keys = set(data.files)
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(f"cannot read reference file {p}: {type(e).__name__}") from None
+    out = {}
+    if {"mu", "sigma"} <= keys:
+        out["mu"], out["sigma"] = data["mu"], data["sigma"]
+    if "arr_0" in keys:
+        out["images"] = data["arr_0"]
+    if not out:
+        raise ValueError(f"{p} has keys {sorted(keys)}; expected mu and sigma (pytorch-fid --save-stats) or arr_0 "
+                         "(uint8 images, an ADM reference batch)")
+    return out
+
+
+def save_stats(path: str | Path, mu, sigma) -> Path:
+    """Write statistics as pytorch-fid's ``--save-stats`` does (``np.savez_compressed(path, mu=, sigma=)``)."""
+    import numpy as np
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(p, mu=np.asarray(mu, dtype=np.float64), sigma=np.asarray(sigma, dtype=np.float64))
+    return p
+
+
+def uint8_to_unit(images) -> torch.Tensor:
+    """uint8 ``(..., H, W, C)`` (an ``arr_0``) -> float ``(..., C, H, W)`` in [-1, 1]."""
+    x = torch.as_tensor(images)
+    x = x.movedim(-1, -3) if x.shape[-1] in (1, 3) else x
+    return x.float() / 127.5 - 1
+
+
+def inception_score(logits: torch.Tensor, splits: int = 10) -> tuple[float, float]:
+    """Inception Score (Salimans et al. 2016): ``exp(E_x KL(p(y|x) || p(y)))`` per split; mean and std."""
+    p = torch.softmax(logits.double(), dim=1)
+    scores = []
+    for part in torch.tensor_split(p, splits):
+        py = part.mean(0, keepdim=True)
+        kl = (part * (torch.log(part.clamp_min(1e-30)) - torch.log(py.clamp_min(1e-30)))).sum(1).mean()
+        scores.append(float(torch.exp(kl)))
+    t = torch.tensor(scores)
+    return float(t.mean()), float(t.std(unbiased=False)) if len(scores) > 1 else 0.0
+
+
+def batched(fn, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    return torch.cat([fn(x[i : i + batch_size]).float().cpu() for i in range(0, len(x), batch_size)])
+
+
+def image_metrics(samples: torch.Tensor, reference: str | Path | dict, inception, metrics=("fid", "kid", "is"),
+                  batch_size: int = 100, kid_subsets: int = 100, kid_subset_size: int = 1000, is_splits: int = 10,
+                  seed: int = 0) -> dict:
+    """FID / KID / IS of ``samples`` (``(N, C, H, W)`` in [-1, 1]) with the FID Inception ``inception``
+    (:class:`shared.metrics.inception.FIDInceptionV3`) against ``reference`` (a file for :func:`read_reference`,
+    or its dict)."""
+    pool, logits = [], []
+    for i in range(0, len(samples), batch_size):
+        f, lg = inception.features_and_logits(samples[i : i + batch_size])
+        pool.append(f.double().cpu())
+        logits.append(lg.double().cpu())
+    return image_metrics_from_features(torch.cat(pool), torch.cat(logits), reference, inception, metrics,
+                                       batch_size, kid_subsets, kid_subset_size, is_splits, seed)
+
+
+def image_metrics_from_features(pool: torch.Tensor, logits: torch.Tensor, reference: str | Path | dict, inception,
+                                metrics=("fid", "kid", "is"), batch_size: int = 100, kid_subsets: int = 100,
+                                kid_subset_size: int = 1000, is_splits: int = 10, seed: int = 0) -> dict:
+    """:func:`image_metrics` from the samples' Inception pool features ``(N, 2048)`` and logits ``(N, 1008)``.
+    KID's subset size is capped at the smaller set (the standard protocol: 100 subsets of 1000); its subsets are
+    drawn from ``seed``. IS uses ``is_splits`` splits (10)."""
+    from shared.metrics.frechet import frechet_distance, gaussian_stats
+    from shared.metrics.video import kvd
+
+    metrics = [m.lower() for m in metrics]
+    unknown = sorted(set(metrics) - {"fid", "kid", "is"})
+    if unknown:
+        raise ValueError(f"unknown image metric(s) {unknown}; choose from fid, kid, is")
+    ref = read_reference(reference) if not isinstance(reference, dict) else reference
+    out: dict = {}
+    ref_feats = None
+    if "images" in ref and ("kid" in metrics or ("fid" in metrics and "mu" not in ref)):
+        ref_feats = batched(inception.features, uint8_to_unit(ref["images"]), batch_size).double()
+    if "fid" in metrics:
+        mu_r, sigma_r = (ref["mu"], ref["sigma"]) if "mu" in ref else gaussian_stats(ref_feats)
+        out["fid"] = frechet_distance(*gaussian_stats(pool), mu_r, sigma_r)
+    if "kid" in metrics:
+        if ref_feats is None:
+            raise ValueError("KID needs reference images (arr_0 in the reference .npz); the file has statistics only")
+        size = min(kid_subset_size, len(pool), len(ref_feats))
+        out["kid"] = kvd(pool, ref_feats, subset_size=size, num_subsets=kid_subsets, seed=seed)
+    if "is" in metrics:
+        out["is_mean"], out["is_std"] = inception_score(logits, min(is_splits, len(logits)))
+    out["num_samples"] = int(len(pool))
     return out

@@ -34,6 +34,7 @@ __all__ = [
     "judge_logits",
     "judge_accuracy",
     "fd_judge",
+    "real_floor_spread",
 ]
 
 DEFAULT_JUDGE_PATH = Path(__file__).resolve().parent / "weights" / "digits_judge.safetensors"
@@ -200,3 +201,26 @@ def fd_judge(
     else:
         mu_r, sigma_r = gaussian_stats(judge_features(reference, judge, batch_size))
     return frechet_distance(mu_g, sigma_g, mu_r, sigma_r)
+
+
+def real_floor_spread(size: int = 8, draws: int = 200, seed: int = 0, judge: DigitsJudge | None = None) -> dict:
+    """How noisy the real-vs-real "floor" is: FD_judge between two disjoint random halves of the held-out digits
+    (``real_a`` ∪ ``real_b``, each half the size of ``real_a``), over ``draws`` random splits.
+
+    The committed floor (``fd_judge_real_floor``) is ONE such split, and a model's FD_judge against ``real_b``
+    with as many samples is an estimate with the same finite-sample error; so a model at or slightly below the
+    floor is "indistinguishable from real data at this sample size", not "better than real". Returns ``mean``,
+    ``std``, ``q05``, ``q95`` over the draws, the fixed split's value ``fixed``, and ``n``."""
+    from shared.data.digits import real_splits
+
+    a, b = real_splits(size=size)
+    feats = torch.cat([judge_features(a, judge), judge_features(b, judge)]).double()
+    n, g = len(a), torch.Generator().manual_seed(int(seed))
+    vals = []
+    for _ in range(int(draws)):
+        p = torch.randperm(len(feats), generator=g)
+        vals.append(frechet_distance(*gaussian_stats(feats[p[:n]]), *gaussian_stats(feats[p[n:2 * n]])))
+    v = torch.tensor(vals, dtype=torch.float64)
+    fixed = frechet_distance(*gaussian_stats(feats[:n]), *gaussian_stats(feats[n:]))
+    return {"mean": float(v.mean()), "std": float(v.std()), "q05": float(v.quantile(0.05)),
+            "q95": float(v.quantile(0.95)), "fixed": float(fixed), "n": int(n), "draws": int(draws)}

@@ -39,6 +39,9 @@ __all__ = [
     "load_i3d",
     "i3d_features",
     "fvd_i3d",
+    "clips16",
+    "video_metrics",
+    "video_metrics_from_features",
 ]
 
 
@@ -245,3 +248,59 @@ def fvd_i3d(
     return fvd_from_features(
         i3d_features(generated, detector, batch_size), i3d_features(reference, detector, batch_size)
     )
+
+
+# -- evaluation protocol (FVD / KVD) ----------
+CLIP_FRAMES = 16   # FVD's clips (Unterthiner et al. 2018; StyleGAN-V's protocol): the first 16 frames of each video
+
+
+def clips16(videos: torch.Tensor, frames: int = CLIP_FRAMES) -> torch.Tensor:
+    """The first ``frames`` frames of each video; a one-line error for shorter videos."""
+    videos = _check_video(videos)
+    if videos.shape[2] < frames:
+        raise ValueError(f"FVD/KVD compare {frames}-frame clips; these videos have {videos.shape[2]} frames "
+                         f"(sample longer videos, or set evaluation.clip_frames)")
+    return videos[:, :, :frames]
+
+
+def video_metrics(samples: torch.Tensor, reference, detector, metrics=("fvd", "kvd"), batch_size: int = 8,
+                  clip_frames: int = CLIP_FRAMES, kvd_subsets: int = 100, kvd_subset_size: int = 1000,
+                  seed: int = 0) -> dict:
+    """FVD / KVD of ``samples`` ``(N, C, T, H, W)`` in [-1, 1] against ``reference``: a ``.npz`` with ``mu`` /
+    ``sigma`` of I3D features (FVD only) or ``arr_0`` uint8 videos ``(N, T, H, W, 3)``, or such a dict. I3D
+    (``detector``: a loaded TorchScript or its path) on ``clip_frames``-frame clips."""
+    feats = i3d_features(clips16(samples, clip_frames), detector, batch_size).double()
+    return video_metrics_from_features(feats, reference, detector, metrics, batch_size, clip_frames, kvd_subsets,
+                                       kvd_subset_size, seed)
+
+
+def video_metrics_from_features(feats: torch.Tensor, reference, detector, metrics=("fvd", "kvd"),
+                                batch_size: int = 8, clip_frames: int = CLIP_FRAMES, kvd_subsets: int = 100,
+                                kvd_subset_size: int = 1000, seed: int = 0) -> dict:
+    """:func:`video_metrics` from the samples' I3D features ``(N, 400)``."""
+    from shared.metrics.fid import read_reference, uint8_to_unit
+    from shared.metrics.frechet import frechet_distance, gaussian_stats
+
+    metrics = [m.lower() for m in metrics]
+    unknown = sorted(set(metrics) - {"fvd", "kvd"})
+    if unknown:
+        raise ValueError(f"unknown video metric(s) {unknown}; choose from fvd, kvd")
+    ref = read_reference(reference) if not isinstance(reference, dict) else reference
+    ref_feats = None
+    if "images" in ref and ("kvd" in metrics or "mu" not in ref):
+        vids = uint8_to_unit(ref["images"])   # (N, T, C, H, W)
+        if vids.ndim != 5:
+            raise ValueError("reference arr_0 must hold videos (N, T, H, W, 3), got shape "
+                             f"{tuple(ref['images'].shape)}")
+        ref_feats = i3d_features(clips16(vids.transpose(1, 2), clip_frames), detector, batch_size).double()
+    out: dict = {}
+    if "fvd" in metrics:
+        mu_r, sigma_r = (ref["mu"], ref["sigma"]) if "mu" in ref else gaussian_stats(ref_feats)
+        out["fvd"] = frechet_distance(*gaussian_stats(feats), mu_r, sigma_r)
+    if "kvd" in metrics:
+        if ref_feats is None:
+            raise ValueError("KVD needs reference videos (arr_0 in the reference .npz); the file has statistics only")
+        size = min(kvd_subset_size, len(feats), len(ref_feats))
+        out["kvd"] = kvd(feats, ref_feats, subset_size=size, num_subsets=kvd_subsets, seed=seed)
+    out["num_samples"], out["clip_frames"] = int(len(feats)), int(clip_frames)
+    return out

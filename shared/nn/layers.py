@@ -44,9 +44,24 @@ class CtxSequential(nn.Sequential):
         return x
 
 
+def norm_group_count(channels: int, groups: int = 32) -> int:
+    """The group count of a GroupNorm over ``channels`` asked to use ``groups``: ``groups`` itself when it divides
+    ``channels``; ``channels`` (one channel per group) when a tiny layer has fewer channels than ``groups`` and
+    they divide it; anything else is a configuration error (``norm_groups=3`` over 32 channels is not silently
+    turned into 1 group)."""
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"norm_groups must be a positive integer, got {groups!r}")
+    if channels % groups == 0:
+        return groups
+    if groups % channels == 0:
+        return math.gcd(groups, channels)
+    raise ValueError(f"norm_groups={groups} does not divide the {channels} channels of a GroupNorm layer "
+                     f"(choose a divisor of every layer's width, e.g. {math.gcd(groups, channels) or 1})")
+
+
 def group_norm(channels: int, groups: int = 32) -> nn.GroupNorm:
-    """GroupNorm with the largest group count ≤ ``groups`` that divides ``channels`` (tiny models)."""
-    return nn.GroupNorm(math.gcd(groups, channels), channels, eps=1e-6)
+    """GroupNorm over ``channels`` with :func:`norm_group_count` groups."""
+    return nn.GroupNorm(norm_group_count(channels, groups), channels, eps=1e-6)
 
 
 def zero_module(m: nn.Module) -> nn.Module:

@@ -40,7 +40,7 @@ from torch import nn
 
 from shared.nn.attention import sdpa_heads
 from shared.nn.build import buildable
-from shared.nn.layers import CtxBlock, Downsample, ResBlock, Upsample, zero_module
+from shared.nn.layers import CtxBlock, Downsample, ResBlock, Upsample, norm_group_count, zero_module
 from shared.nn.lora import inject_lora
 from shared.nn.spatial_transformer import GEGLU, FeedForward  # noqa: F401  (re-exported: one GEGLU feed-forward)
 from shared.nn.video import load_temporal_state_dict, temporal_modules, temporal_state_dict, video_from_image
@@ -56,6 +56,7 @@ __all__ = [
     "from_image_model",
     "motion_module_state_dict",
     "load_motion_module_state_dict",
+    "POSITION_ENCODING_SUFFIX",
     "official_prefixes",
     "to_official",
     "from_official",
@@ -67,7 +68,8 @@ __all__ = [
 
 class PositionalEncoding(nn.Module):
     """Sinusoidal frame-position encoding added to the tokens (Vaswani et al. 2017), a buffer ``pe`` of shape
-    (1, max_len, dim) stored in the state dict as the official checkpoints store it."""
+    (1, max_len, dim) stored in the state dict as the first released checkpoints store it (the current official code
+    recomputes it instead: :func:`load_motion_module_state_dict` accepts files with or without it)."""
 
     def __init__(self, dim: int, max_len: int = 24):
         super().__init__()
@@ -135,7 +137,7 @@ class TemporalTransformer(nn.Module):
             raise ValueError(f"channels={channels} not divisible by heads={heads}")
         head_dim = channels // heads // attention_dim_div
         inner = heads * head_dim
-        self.norm = nn.GroupNorm(math.gcd(norm_groups, channels), channels, eps=1e-6, affine=True)
+        self.norm = nn.GroupNorm(norm_group_count(channels, norm_groups), channels, eps=1e-6, affine=True)
         self.proj_in = nn.Linear(channels, inner)
         self.transformer_blocks = nn.ModuleList(
             [TemporalTransformerBlock(inner, heads, head_dim, attention_blocks, ff_mult, position_encoding,
@@ -184,9 +186,10 @@ def from_image_model(image_unet: nn.Module, make_motion_module: Callable[[int], 
     spatial stage (``insert="resblock"``: after each down / up residual stage and, with ``"middle"`` in
     ``where``, the middle block as AnimateDiff v2 does). ``freeze`` freezes every 2D weight, so only the motion
     modules train (Sec. 4.2). ``make_motion_module`` is a factory ``channels -> module`` or a dict of
-    :class:`MotionModule` keyword arguments. ``position="before_resample"`` runs each module before its level's
-    upsampler, as the SD U-Net does; ``"end"`` (default) after it. The result equals the image model frame by
-    frame at init."""
+    :class:`MotionModule` keyword arguments. ``position="before_resample"`` is the official placement (each module
+    before its level's upsampler, the middle block's between its attention and its second ResBlock — what the
+    released v2 modules were trained in); ``"end"`` (default) after the upsampler / after the middle block. The
+    result equals the image model frame by frame at init."""
     if make_motion_module is None or isinstance(make_motion_module, dict):
         make_motion_module = motion_module(**(make_motion_module or {}))
     return video_from_image(image_unet, make_motion_module, insert="resblock", where=where, freeze=freeze,
@@ -198,8 +201,39 @@ def motion_module_state_dict(unet: nn.Module) -> dict[str, torch.Tensor]:
     return temporal_state_dict(unet)
 
 
+POSITION_ENCODING_SUFFIX = ".pos_encoder.pe"
+
+
+def _position_encodings(unet: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with every ``*.pos_encoder.pe`` buffer of ``unet``'s motion modules set to the model's own.
+
+    The sinusoidal encoding is a function of the frame index, not a weight: the first released checkpoints
+    (``mm_sd_v14/v15*.ckpt``) store it, the current official code (``register_buffer(..., persistent=False)``)
+    neither saves nor loads it and recomputes it. So a file may hold it or not; where it does, it must be the
+    encoding this model computes (same ``max_len`` — v1 24, v2 32 — and values to the file dtype's rounding),
+    otherwise one ``ValueError`` names the key, so a file trained with another encoding is not silently re-encoded."""
+    own = {k: v for k, v in temporal_state_dict(unet).items() if k.endswith(POSITION_ENCODING_SUFFIX)}
+    out = dict(state)
+    for key, mine in own.items():
+        theirs = state.get(key)
+        if theirs is not None:
+            if tuple(theirs.shape) != tuple(mine.shape):
+                raise ValueError(f"{key}: the file's position encoding has shape {tuple(theirs.shape)}, this model's "
+                                 f"{tuple(mine.shape)} (max_len: frames it encodes; AnimateDiff v1 24, v2 32)")
+            tol = torch.finfo(theirs.dtype).eps + 1e-6 if theirs.is_floating_point() else 0.0
+            diff = (theirs.double() - mine.double()).abs().max().item()
+            if not diff <= tol:
+                raise ValueError(f"{key}: the file's position encoding differs from the sinusoidal one by {diff:.3g} "
+                                 f"(> {tol:.2g}): not AnimateDiff's encoding")
+        out[key] = mine
+    return out
+
+
 def load_motion_module_state_dict(unet: nn.Module, state: dict[str, torch.Tensor], strict: bool = True) -> None:
-    load_temporal_state_dict(unet, state, strict)
+    """Load motion-module tensors (our names; :func:`from_official` renames a released file) into ``unet``. The
+    position encodings ``*.pos_encoder.pe`` may be absent (the current official code does not save them) and are
+    otherwise checked against the model's own (:func:`_position_encodings`); the model's are used either way."""
+    load_temporal_state_dict(unet, _position_encodings(unet, state), strict)
 
 
 # ----------------------------------------------------------------------------- official checkpoint layout

@@ -7,7 +7,8 @@ LayerNorm, to every cross-attention layer of the U-Net as ``context``. The tower
 * byte-level BPE tokens (49,408-entry vocabulary; ``<|startoftext|>`` = 49406, ``<|endoftext|>`` = 49407),
   ``[SOT] tokens[:75] [EOT]`` padded to 77 — with EOT, as SD's tokenizer does (``pad_id``);
 * token + learned absolute position embeddings; pre-LayerNorm blocks of causal self-attention and a
-  QuickGELU MLP (``x * sigmoid(1.702 x)``, ratio 4); a final LayerNorm.
+  QuickGELU MLP (``x * sigmoid(1.702 x)``, ratio 4; other towers: the config's ``hidden_act``, exact GELU or its
+  tanh approximation ``gelu_new``); a final LayerNorm.
 
 :class:`CLIPTextEncoder` keeps the key names of the released checkpoints (``text_model.embeddings.*``,
 ``text_model.encoder.layers.{i}.self_attn.{q,k,v,out}_proj``, ``layer_norm1/2``, ``mlp.fc1/fc2``,
@@ -87,16 +88,25 @@ class _Attention(nn.Module):
         return self.out_proj(out.transpose(1, 2).reshape(b, n, c))
 
 
+# the MLP activations of transformers' ``hidden_act`` names: QuickGELU, exact (erf) GELU, and the tanh approximation
+# ``0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))`` that both ``gelu_new`` and ``gelu_pytorch_tanh`` name
+ACTIVATIONS = ("quick_gelu", "gelu", "gelu_new", "gelu_pytorch_tanh")
+
+
 class _MLP(nn.Module):
     def __init__(self, width: int, hidden: int, act: str):
         super().__init__()
-        if act not in ("quick_gelu", "gelu"):
-            raise ValueError(f"unknown activation {act!r}; choose quick_gelu (CLIP, SD-1.x) or gelu (OpenCLIP H/G)")
+        if act not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {act!r}; choose one of {ACTIVATIONS} (quick_gelu: CLIP, SD-1.x; "
+                             "gelu: OpenCLIP H/G; gelu_new / gelu_pytorch_tanh: GELU's tanh approximation)")
         self.fc1, self.fc2, self.act = nn.Linear(width, hidden), nn.Linear(hidden, width), act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.fc1(x)
-        h = h * torch.sigmoid(1.702 * h) if self.act == "quick_gelu" else F.gelu(h)
+        if self.act == "quick_gelu":
+            h = h * torch.sigmoid(1.702 * h)
+        else:
+            h = F.gelu(h, approximate="none" if self.act == "gelu" else "tanh")
         return self.fc2(h)
 
 
@@ -198,7 +208,7 @@ def _config_kwargs(config: dict) -> dict:
     return {"vocab_size": config.get("vocab_size", VOCAB_SIZE), "max_len": config.get("max_position_embeddings", 77),
             "width": config["hidden_size"], "layers": config["num_hidden_layers"],
             "heads": config["num_attention_heads"], "mlp_dim": config.get("intermediate_size"),
-            "act": "gelu" if act in ("gelu", "gelu_new") else act, "eps": config.get("layer_norm_eps", 1e-5)}
+            "act": act, "eps": config.get("layer_norm_eps", 1e-5)}
 
 
 def load_clip_text_encoder(path: str | Path, **overrides) -> CLIPTextEncoder:

@@ -42,6 +42,17 @@ class UNet(nn.Module):
                  context_dim: int | None = None, transformer_depth: int = 1, use_linear_proj: bool = False,
                  norm_eps: float = 1e-6):
         super().__init__()
+        for key, value in (("in_channels", in_channels), ("image_size", image_size), ("base_channels", base_channels),
+                           ("num_res_blocks", num_res_blocks)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"model.{key} must be a positive integer, got {value!r}")
+        if not channel_mult or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in channel_mult):
+            raise ValueError(f"model.channel_mult must be a non-empty list of positive integers, got {channel_mult!r}")
+        if image_size % 2 ** (len(channel_mult) - 1):
+            raise ValueError(f"model.image_size={image_size} is not divisible by 2^{len(channel_mult) - 1} "
+                             f"(the {len(channel_mult)} levels of model.channel_mult={list(channel_mult)} halve it)")
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"model.dropout must be in [0, 1), got {dropout!r}")
         out_channels = out_channels or in_channels
         self.in_channels, self.out_channels, self.image_size = in_channels, out_channels, image_size
         self.num_classes, self.context_dim = num_classes, context_dim

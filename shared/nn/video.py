@@ -203,10 +203,13 @@ def inflate_unet(unet: UNet, make_temporal: Callable[[int], nn.Module], insert: 
     """Append ``make_temporal(channels)`` at the end of U-Net blocks, in place; returns ``unet``.
 
     ``position="end"`` runs the temporal block last in its U-Net block, i.e. after an up-level's upsampler
-    (at twice that level's resolution); ``"before_resample"`` runs it right after the block's last spatial
-    layer, before a trailing up/down-sampler — where AnimateDiff's motion modules and diffusers'
-    ``UNetMotionModel`` put them (after each resnet / attention, inside the level). Either way the module is
-    *appended* (``block.run_order`` reorders the forward), so every 2D parameter keeps its name.
+    (at twice that level's resolution) and after the middle block's second ResBlock; ``"before_resample"`` is
+    where AnimateDiff's motion modules sit in the SD U-Net (official ``animatediff/models/unet_blocks.py``, as
+    diffusers' ``UNetMotionModel``): right after a down/up block's last spatial layer, before a trailing
+    up/down-sampler (after each resnet / attention, inside the level), and in the middle block between the
+    attention and the second ResBlock (ResNet -> attention -> motion module -> ResNet, AnimateDiff v2's
+    mid-block module). Either way the module is *appended* (``block.run_order`` reorders the forward), so every
+    2D parameter keeps its name.
 
     ``insert="attention"``: blocks that hold a spatial attention layer (VDM: temporal attention where the
     image U-Net has spatial attention); ``"resblock"``: every block with a residual block (Video LDM,
@@ -236,7 +239,12 @@ def inflate_unet(unet: UNet, make_temporal: Callable[[int], nn.Module], insert: 
             order = list(block.run_order) if block.run_order is not None else list(range(len(block)))
             block.append(make_temporal(ch))
             new = len(block) - 1
-            if position == "before_resample" and isinstance(block[order[-1]], (Upsample, Downsample)):
+            attention = [i for i, k in enumerate(order) if isinstance(block[k], (SpatialSelfAttention,
+                                                                               SpatialTransformer))]
+            if position == "before_resample" and part == "middle" and attention:
+                order.insert(attention[-1] + 1, new)
+                block.run_order = order
+            elif position == "before_resample" and isinstance(block[order[-1]], (Upsample, Downsample)):
                 order.insert(len(order) - 1, new)
                 block.run_order = order
             elif block.run_order is not None:
