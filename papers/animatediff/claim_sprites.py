@@ -139,10 +139,6 @@ def run(cfg: DictConfig) -> dict:
     for key in per_seed[0]:
         metrics[key] = summarise([r[key] for r in per_seed])
     record = finish(cfg, metrics, paper="animatediff", claim=str(c.name), t0=t0,
-                    extra={"nfe": int(c.sampler.steps), "num_samples": n, "judge": "shared.metrics.sprite_judge"})
-    if c.get("publish", True):
-        f = Path(cfg.run_dir) / "grid.gif"
-        if f.exists():
-            dest = Path(__file__).resolve().parent / "results"
-            (dest / f"{c.name}_grid.gif").write_bytes(f.read_bytes())
+                    extra={"nfe": int(c.sampler.steps), "num_samples": n, "judge": "shared.metrics.sprite_judge"},
+                    artifacts=("*.png", "grid.gif"))
     return record

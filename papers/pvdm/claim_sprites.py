@@ -112,9 +112,6 @@ def run(cfg: DictConfig) -> dict:
                            "diffusion_steps": int(cfg.trainer.max_steps), "ae_steps": int(c.ae_steps),
                            "judge": "shared.metrics.sprite_judge",
                            "memory_method": "params+grads+Adam moments + autograd-saved activations "
-                                            "(saved_tensors_hooks), CPU"})
-    if c.get("publish", True):
-        dest = Path(__file__).resolve().parent / "results"
-        for f in Path(cfg.run_dir).glob("*.gif"):
-            (dest / f"{c.name}_{f.name}").write_bytes(f.read_bytes())
+                                            "(saved_tensors_hooks), CPU"},
+                    artifacts=("*.png", "*.gif"))
     return record

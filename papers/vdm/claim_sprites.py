@@ -147,9 +147,6 @@ def run(cfg: DictConfig) -> dict:
         metrics["ext_coherent_gain"] = summarise(
             [r["ext_coherent_reconstruction"] - r["ext_coherent_replacement"] for r in per_seed])
     record = finish(cfg, metrics, paper="vdm", claim=str(c.name), t0=t0,
-                    extra={"nfe": int(c.sampler.steps), "num_samples": n, "judge": "shared.metrics.sprite_judge"})
-    if c.get("publish", True):
-        dest = Path(__file__).resolve().parent / "results"
-        for f in Path(cfg.run_dir).glob("*.gif"):
-            (dest / f"{c.name}_{f.name}").write_bytes(f.read_bytes())
+                    extra={"nfe": int(c.sampler.steps), "num_samples": n, "judge": "shared.metrics.sprite_judge"},
+                    artifacts=("*.png", "*.gif"))
     return record

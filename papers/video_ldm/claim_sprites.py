@@ -178,9 +178,6 @@ def run(cfg: DictConfig) -> dict:
     for key in per_seed[0]:
         metrics[key] = summarise([r[key] for r in per_seed])
     record = finish(cfg, metrics, paper="video_ldm", claim=str(c.name), t0=t0,
-                    extra={"nfe": int(c.sampler.steps), "num_samples": n, "judge": "shared.metrics.sprite_judge"})
-    if c.get("publish", True):  # the labelled GIF next to the results (finish copies PNGs only)
-        dest = Path(__file__).resolve().parent / "results"
-        for f in Path(cfg.run_dir).glob("*.gif"):
-            (dest / f"{c.name}_{f.name}").write_bytes(f.read_bytes())
+                    extra={"nfe": int(c.sampler.steps), "num_samples": n, "judge": "shared.metrics.sprite_judge"},
+                    artifacts=("*.png", "*.gif"))
     return record
