@@ -113,6 +113,7 @@ pvdm: $(STAMP)  ## PVDM: triplane-projected video autoencoder + 2D U-Net vs the 
 
 video_ldm: $(STAMP)  ## Align Your Latents: temporal layers on a frozen image LDM, style transfer, temporal decoder
 	$(TRAIN) experiment=video_ldm/moving_digits_claim $(PUBLISH)
+	$(TRAIN) experiment=video_ldm/sprites_claim $(PUBLISH)
 	$(PY) -m tools.report --paper video_ldm
 
 animatediff: $(STAMP)  ## AnimateDiff: a motion module plugged into personalised (LoRA / fine-tuned) image models; MotionLoRA
