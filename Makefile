@@ -118,6 +118,7 @@ video_ldm: $(STAMP)  ## Align Your Latents: temporal layers on a frozen image LD
 
 animatediff: $(STAMP)  ## AnimateDiff: a motion module plugged into personalised (LoRA / fine-tuned) image models; MotionLoRA
 	$(TRAIN) experiment=animatediff/moving_digits_claim $(PUBLISH)
+	$(TRAIN) experiment=animatediff/sprites_claim $(PUBLISH)
 	$(PY) -m tools.report --paper animatediff
 
 clean:  ## remove outputs (keeps .venv)
