@@ -14,7 +14,7 @@ export WANDB_MODE := offline
 export PYTHONHASHSEED := 0
 
 .DEFAULT_GOAL := help
-.PHONY: help install test claims lint demo report bench bench-gpu clean \
+.PHONY: help install test claims claims-long claims-gpu lint demo report bench bench-gpu clean \
         ddpm ddim rectified_flow instaflow knowledge_distillation progressive_distillation \
         consistency_models few_step_table dit vdm pvdm video_ldm animatediff judges
 
@@ -33,7 +33,15 @@ test: $(STAMP)  ## run the test suite (claim checks excluded; about 10 minutes o
 	$(PY) -m pytest -q --timeout=900
 
 claims: $(STAMP)  ## run every claim check (slow) and assert the papers' directions; two at a time, one thread each
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m claims -n 2 --dist loadgroup --timeout=7200
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "claims and not claims_long" -n 2 --dist loadgroup --timeout=7200
+
+claims-long: $(STAMP)  ## the longer CPU tier of claim checks (claim.tier: long, up to 30 min each on one core)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m claims_long -n 2 --dist loadgroup --timeout=7200
+
+GPU_CLAIMS := video_ldm/sprites_claim_gpu vdm/sprites_joint_claim_gpu vdm/sprites_extension_claim_gpu \
+              animatediff/sprites_claim_gpu pvdm/sprites_claim_gpu
+claims-gpu: $(STAMP)  ## the GPU tier of the video claims (one GPU, ~10 min each; not yet run), published
+	for e in $(GPU_CLAIMS); do $(PY) -m shared.engine.train experiment=$$e $(PUBLISH) || exit 1; done
 
 lint: $(STAMP)  ## ruff over the project
 	$(VENV)/bin/ruff check papers shared tests
@@ -80,9 +88,9 @@ progressive_distillation: $(STAMP)  ## halving rounds 8 -> 4 -> 2 -> 1 steps
 	$(TRAIN) experiment=progressive_distillation/digits_claim_budget $(PUBLISH)
 	$(PY) -m tools.report --paper progressive_distillation
 
-consistency_models: $(STAMP)  ## consistency distillation and consistency training
-	$(TRAIN) experiment=consistency_models/digits_claim $(PUBLISH)
+consistency_models: $(STAMP)  ## consistency distillation, consistency training and improved consistency training
 	$(TRAIN) experiment=consistency_models/digits_claim_budget $(PUBLISH)
+	$(TRAIN) experiment=consistency_models/digits_ict_claim $(PUBLISH)
 	$(PY) -m tools.report --paper consistency_models
 
 few_step_table: $(STAMP)  ## FD_judge vs NFE for every few-step method (from committed results)
@@ -105,10 +113,12 @@ pvdm: $(STAMP)  ## PVDM: triplane-projected video autoencoder + 2D U-Net vs the 
 
 video_ldm: $(STAMP)  ## Align Your Latents: temporal layers on a frozen image LDM, style transfer, temporal decoder
 	$(TRAIN) experiment=video_ldm/moving_digits_claim $(PUBLISH)
+	$(TRAIN) experiment=video_ldm/sprites_claim $(PUBLISH)
 	$(PY) -m tools.report --paper video_ldm
 
 animatediff: $(STAMP)  ## AnimateDiff: a motion module plugged into personalised (LoRA / fine-tuned) image models; MotionLoRA
 	$(TRAIN) experiment=animatediff/moving_digits_claim $(PUBLISH)
+	$(TRAIN) experiment=animatediff/sprites_claim $(PUBLISH)
 	$(PY) -m tools.report --paper animatediff
 
 clean:  ## remove outputs (keeps .venv)

@@ -6,8 +6,10 @@ expected failure, with the committed numbers as the reason: a re-run that sudden
 fails the suite) so the evidence and the README get updated instead of silently disagreeing. Checks compare
 values the run itself produced (``than:``), never another claim's committed file.
 
-Slow (minutes per claim): marker ``claims``, run by ``make claims`` (two claims at a time, one thread each). The
-fast test at the end — in ``make test`` — checks that every check resolves against the committed results.
+Slow (minutes per claim): marker ``claims``, run by ``make claims`` (two claims at a time, one thread each). Claims
+whose config says ``claim.tier: long`` (up to 30 minutes on one core) carry the marker ``claims_long`` as well and
+run in ``make claims-long`` instead. The fast test at the end — in ``make test`` — checks that every check resolves
+against the committed results.
 """
 from __future__ import annotations
 
@@ -54,8 +56,9 @@ def _params():
     for exp in make_target_claims():
         block, _ = claim_block(exp)
         records = evaluate_expected(block, committed(exp)) if committed(exp) is not None else None
+        long_tier = str(_cfg(exp).claim.get("tier", "")) == "long"
         for i in range(len(parse_expected(block))):
-            marks = [pytest.mark.xdist_group(exp)]
+            marks = [pytest.mark.xdist_group(exp)] + ([pytest.mark.claims_long] if long_tier else [])
             if records is not None and not records[i]["passed"]:
                 r = records[i]
                 marks.append(pytest.mark.xfail(strict=True, reason=f"committed run fails it: observed "

@@ -12,10 +12,13 @@ from shared.diffusion.consistency import (
     ct_target_ema,
     euler_between,
     heun_between,
+    ict_num_scales,
+    ict_weight,
+    lognormal_pair_probs,
     multistep_consistency_sample,
     pseudo_huber,
 )
-from shared.diffusion.edm import EDMPrecond, consistency_scalings
+from shared.diffusion.edm import EDMPrecond, consistency_scalings, karras_boundaries
 from shared.diffusion.parameterization import make_denoiser
 from shared.diffusion.schedules import EDMSchedule
 
@@ -126,3 +129,35 @@ def test_consistency_pipeline_smoke(tmp_path):
     t = rec["metrics"]["fd_vs_nfe"]
     assert set(t["CD"]) == {"1", "2"} and set(t["CT"]) == {"1", "2"}
     assert rec["distance"] == {"CD": "l2", "CT": "pseudo_huber"}
+
+
+def test_improved_ct_schedules():
+    # N(k) = min(s0 2^floor(k / K'), s1) + 1, K' = floor(K / (log2 floor(s1 / s0) + 1)): 10 -> 1280 doubles 7 times
+    assert ict_num_scales(0, 800_000, 10, 1280) == 11
+    assert ict_num_scales(800_000, 800_000, 10, 1280) == 1281
+    k_prime = math.floor(800_000 / 8)
+    assert ict_num_scales(k_prime - 1, 800_000) == 11 and ict_num_scales(k_prime, 800_000) == 21
+    assert ict_num_scales(3 * k_prime, 800_000) == 81
+    bounds = karras_boundaries(EDMSchedule(), 161)
+    p = lognormal_pair_probs(bounds, -1.1, 2.0)
+    assert p.shape == (160,) and float(p.sum()) == pytest.approx(1.0) and bool((p >= 0).all())
+    peak = int(p.argmax())   # the mass concentrates around exp(P_mean) ~ 0.33
+    assert 0.05 < float(bounds[peak]) < 2.0
+    torch.testing.assert_close(ict_weight(bounds[:-1], bounds[1:]), 1 / (bounds[1:] - bounds[:-1]))
+
+
+def test_improved_ct_module_has_no_target_ema_and_trains():
+    from papers.consistency_models.module import ConsistencyModel
+    from shared.nn.unet import UNet
+    net = UNet(in_channels=1, image_size=8, base_channels=8, channel_mult=[1], num_res_blocks=1,
+               attention_resolutions=[], norm_groups=4)
+    m = ConsistencyModel(net, EDMSchedule(), mode="ct", curriculum="ict", s0=10, s1=160, total_steps=100,
+                         index_sampling="lognormal", weighting="inverse_gap", distance="pseudo_huber",
+                         sample_shape=[1, 8, 8], ema_decay=None, clip_x0=None)
+    assert m.current_mu() == 0.0 and m.current_scales() == 11
+    loss = m.objective(torch.rand(4, 1, 8, 8) * 2 - 1, torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss) and loss.requires_grad
+    with pytest.raises(ValueError, match="curriculum"):
+        ConsistencyModel(net, EDMSchedule(), mode="ct", curriculum="fast")
+    with pytest.raises(ValueError, match="needs mode='ct'"):
+        ConsistencyModel(net, EDMSchedule(), mode="cd", teacher_ckpt="x", curriculum="ict", init_from_teacher=False)

@@ -154,6 +154,7 @@ def test_results_record_provenance_and_report_lookup(tmp_path):
     assert data == json.loads(json.dumps(rec))
     assert len(data["git"]["revision"]) == 40 and isinstance(data["git"]["dirty"], bool)
     assert "torch" in data["packages"] and data["command"]
+    assert data["compute"]["cpu_model"] and data["compute"]["cpu_time_s"] >= 0   # the machine behind a wall time
     assert lookup(data["metrics"], "fd.eta=0.0.10")["mean"] == 1.5
     assert fmt(lookup(data["metrics"], "fd.eta=0.0.10")) == "1.5 ± 0.1 (n=2)"
     with pytest.raises(KeyError):

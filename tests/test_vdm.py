@@ -133,3 +133,24 @@ def test_unknown_claim_variant_is_a_clear_error(tmp_path):
                    "claim.num_samples=2", "claim.num_extensions=2"])
     with pytest.raises(ValueError, match=r"claim.variants: unknown \['jiont'\]"):
         seed_job(OmegaConf.to_container(cfg, resolve=False), 0)
+
+
+def test_sprites_extension_scores_read_the_true_continuation():
+    """papers/vdm/claim_sprites.extension_scores: real clips completed by themselves are perfect continuations; the
+    same clips with the identity swapped in the generated frames keep their motion but not their identity."""
+    import torch
+
+    from papers.vdm.claim_sprites import extension_scores
+    from shared.data.sprite_worlds import Sprites
+    from shared.metrics.sprite_judge import SpriteJudge
+
+    ds = Sprites(n=32, frames=12, seed=0, split="test")
+    items = [ds[i] for i in range(32)]
+    x, y, pos = (torch.stack([it[k] for it in items]) for k in ("x", "y", "positions"))
+    judge, unknown = SpriteJudge(ds.identities), list(range(4, 12))
+    s = extension_scores(judge, x, x, y, pos, unknown)
+    assert s["coherent"] == 1.0 and s["identity_kept"] == 1.0 and s["position_error"] < 0.2 and s["psnr"] > 60
+    swapped = Sprites(n=32, frames=12, seed=0, split="test", identity_swap_at=4)
+    xs = torch.stack([swapped[i]["x"] for i in range(32)])
+    s = extension_scores(judge, xs, x, y, pos, unknown)
+    assert s["identity_kept"] == 0.0 and s["coherent"] == 0.0 and s["position_error"] < 0.2

@@ -11,6 +11,10 @@ discretisation ``eps = t_1 < ... < t_N = T`` against a target network ``theta^-`
   the teacher.
 * **CT** (Algorithm 3): no teacher — ``x^_{t_n} = x + t_n z`` with the *same* ``z``; ``N(k)`` grows and ``mu(k)``
   follows it (:mod:`shared.diffusion.consistency`).
+* **Improved CT** (``curriculum: ict``; Song & Dhariwal 2023, Sec. 3): the same objective with the target network
+  equal to the current one (no EMA, ``mu = 0``, Sec. 3.2), the exponential curriculum ``N(k)`` from ``s0`` to ``s1``
+  (Sec. 3.4), adjacent pairs drawn from the lognormal noise schedule (``index_sampling: lognormal``, Sec. 3.5) and
+  weighted by ``1 / (sigma_{i+1} - sigma_i)`` (``weighting: inverse_gap``, Sec. 3.1), with the pseudo-Huber distance.
 
 ``d`` is named by the config: ``l2`` (squared), ``pseudo_huber`` (improved CT), ``judge`` (squared distance of
 the digits judge's features — the metric's own network, so only for ablations) or ``lpips`` (weights from a
@@ -28,6 +32,9 @@ from shared.diffusion.consistency import (
     ct_num_scales,
     ct_target_ema,
     heun_between,
+    ict_num_scales,
+    ict_weight,
+    lognormal_pair_probs,
     multistep_consistency_sample,
     pseudo_huber,
 )
@@ -73,7 +80,9 @@ class ConsistencyModel(TeacherMixin, EDMModule):
                  init_from_teacher: bool = True, num_scales: int = 18, target_ema: float = 0.95,
                  s0: int = 2, s1: int = 150, mu0: float = 0.9, total_steps: int = 1000, solver: str = "heun",
                  distance: str = "l2", huber_c: float | None = None, lpips_weights: str | None = None,
-                 lpips_backbone: str | None = None, sample_times: list | None = None, **kwargs):
+                 lpips_backbone: str | None = None, sample_times: list | None = None, curriculum: str = "ct",
+                 index_sampling: str = "uniform", weighting: str = "uniform", p_mean: float = -1.1,
+                 p_std: float = 2.0, **kwargs):
         kwargs["boundary_eps"] = float(schedule.t_min)
         super().__init__(net, schedule, **kwargs)
         if mode not in ("cd", "ct"):
@@ -84,6 +93,15 @@ class ConsistencyModel(TeacherMixin, EDMModule):
             raise ValueError(f"solver must be 'heun' or 'euler', got {solver!r}")
         if mode == "cd" and not teacher_ckpt:
             raise ValueError("consistency distillation (mode=cd) needs teacher_ckpt")
+        for name, value, valid in (("curriculum", curriculum, ("ct", "ict")),
+                                   ("index_sampling", index_sampling, ("uniform", "lognormal")),
+                                   ("weighting", weighting, ("uniform", "inverse_gap"))):
+            if value not in valid:
+                raise ValueError(f"{name} must be one of {valid}, got {value!r}")
+        if curriculum == "ict" and mode != "ct":
+            raise ValueError("curriculum='ict' (improved consistency training) needs mode='ct'")
+        self.curriculum, self.index_sampling, self.weighting = curriculum, index_sampling, weighting
+        self.p_mean, self.p_std = float(p_mean), float(p_std)
         self.mode, self.teacher_ckpt, self.solver = mode, teacher_ckpt, solver
         self.num_scales, self.target_ema = int(num_scales), float(target_ema)
         self.s0, self.s1, self.mu0, self.total_steps = int(s0), int(s1), float(mu0), int(total_steps)
@@ -101,11 +119,15 @@ class ConsistencyModel(TeacherMixin, EDMModule):
     def current_scales(self) -> int:
         if self.mode == "cd":
             return self.num_scales
+        if self.curriculum == "ict":
+            return ict_num_scales(int(self.global_step), self.total_steps, self.s0, self.s1)
         return ct_num_scales(int(self.global_step), self.total_steps, self.s0, self.s1)
 
     def current_mu(self) -> float:
         if self.mode == "cd":
             return self.target_ema
+        if self.curriculum == "ict":
+            return 0.0   # improved CT: the target is the current network (no EMA)
         return ct_target_ema(self.current_scales(), self.s0, self.mu0)
 
     # ------------------------------------------------------------------ loss
@@ -126,7 +148,11 @@ class ConsistencyModel(TeacherMixin, EDMModule):
     def objective(self, x: torch.Tensor, generator: torch.Generator, **kw) -> torch.Tensor:
         b = x.shape[0]
         bounds = karras_boundaries(self.schedule, self.current_scales()).to(x.device)
-        n = torch.randint(0, len(bounds) - 1, (b,), generator=generator).to(x.device)
+        if self.index_sampling == "lognormal":
+            probs = lognormal_pair_probs(bounds, self.p_mean, self.p_std)
+            n = torch.multinomial(probs.cpu().float(), b, replacement=True, generator=generator).to(x.device)
+        else:
+            n = torch.randint(0, len(bounds) - 1, (b,), generator=generator).to(x.device)
         t_cur, t_next = bounds[n], bounds[n + 1]
         z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         x_next = x + t_next[:, None, None, None] * z
@@ -143,7 +169,10 @@ class ConsistencyModel(TeacherMixin, EDMModule):
                 x_cur = x + t_cur[:, None, None, None] * z
             target = self.target.denoise_sigma(x_cur, t_cur, **kw)
         pred = self.net.denoise_sigma(x_next, t_next, **kw)
-        return self.dist(pred, target).mean()   # lambda(t_n) = 1 as in the paper
+        d = self.dist(pred, target)
+        if self.weighting == "inverse_gap":
+            return (ict_weight(t_cur, t_next).to(d.dtype) * d).mean()
+        return d.mean()   # lambda(t_n) = 1 as in the paper
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         super().on_train_batch_end(outputs, batch, batch_idx)

@@ -5,6 +5,12 @@
 * :func:`ct_num_scales` — the discretisation schedule ``N(k)`` of consistency training (App. C, Eq. under
   "Training details"): ``N(k) = ceil(sqrt(k/K ((s1 + 1)^2 - s0^2) + s0^2) - 1) + 1``.
 * :func:`ct_target_ema` — ``mu(k) = exp(s0 log(mu0) / N(k))``.
+* Improved consistency training (Song & Dhariwal 2023, "Improved techniques for training consistency models",
+  Sec. 3.2-3.5): :func:`ict_num_scales` — the exponential curriculum ``N(k) = min(s0 2^floor(k / K'), s1) + 1``
+  with ``K' = floor(K / (log2 floor(s1 / s0) + 1))`` (the number of boundaries doubles every ``K'`` steps);
+  :func:`lognormal_pair_probs` — the lognormal noise schedule ``p(sigma_i) ∝ erf((log sigma_{i+1} - P_mean) /
+  (sqrt(2) P_std)) - erf((log sigma_i - P_mean) / (sqrt(2) P_std))`` over adjacent boundary pairs;
+  :func:`ict_weight` — ``lambda(sigma_i) = 1 / (sigma_{i+1} - sigma_i)``.
 * :func:`heun_between` — one Heun step of the probability-flow ODE ``dx/dt = (x - D(x, t)) / t`` between two sigmas
   (per-sample), the ODE solver of consistency distillation (Algorithm 2, ``Phi``).
 * :func:`pseudo_huber` — ``sqrt(||x - y||^2 + c^2) - c`` (Song & Dhariwal 2023, "Improved techniques for training
@@ -30,6 +36,25 @@ def ct_num_scales(k: int, total: int, s0: int = 2, s1: int = 150) -> int:
 def ct_target_ema(num_scales: int, s0: int = 2, mu0: float = 0.9) -> float:
     """``mu(k) = exp(s0 log(mu0) / N(k))``: the target network's EMA rate for ``N(k)`` boundaries."""
     return math.exp(s0 * math.log(mu0) / num_scales)
+
+
+def ict_num_scales(k: int, total: int, s0: int = 10, s1: int = 1280) -> int:
+    """``N(k)`` of improved CT: ``s0 + 1`` boundaries at first, doubling every ``K'`` steps up to ``s1 + 1``."""
+    k_prime = max(1, math.floor(total / (math.log2(math.floor(s1 / s0)) + 1)))
+    return int(min(s0 * 2 ** math.floor(max(k, 0) / k_prime), s1)) + 1
+
+
+def lognormal_pair_probs(bounds: torch.Tensor, p_mean: float = -1.1, p_std: float = 2.0) -> torch.Tensor:
+    """Probabilities (N - 1,) of training on the pair ``(sigma_i, sigma_{i+1})`` of ascending ``bounds`` (N,): the
+    lognormal mass between the two sigmas, normalised (improved CT's noise schedule)."""
+    cdf = torch.erf((torch.log(bounds.double()) - p_mean) / (math.sqrt(2.0) * p_std))
+    p = (cdf[1:] - cdf[:-1]).clamp_min(0.0)
+    return (p / p.sum()).to(bounds.dtype)
+
+
+def ict_weight(t_cur: torch.Tensor, t_next: torch.Tensor) -> torch.Tensor:
+    """``lambda(sigma_i) = 1 / (sigma_{i+1} - sigma_i)`` (improved CT): small noise levels weigh more."""
+    return 1.0 / (t_next - t_cur)
 
 
 def heun_between(d_fn: Callable, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:

@@ -55,10 +55,32 @@ def command_line() -> str:
     return " ".join(argv)
 
 
+def cpu_model() -> str:
+    """The processor's model name (``/proc/cpuinfo`` on Linux, else ``platform.processor()``), or ``unknown``."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def cpu_time_s() -> float:
+    """User + system CPU seconds of this process and its finished children: against the wall time it shows how much
+    of a core the run actually had (a loaded machine stretches wall time, not CPU time)."""
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return round(me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime, 1)
+
+
 def compute_resources() -> dict:
     """What the run could use and how busy the machine was: a wall time read without these overstates
-    or understates the claim's cost (a run pinned to one core, or sharing the machine with other jobs)."""
-    out: dict = {"cpus": os.cpu_count()}
+    or understates the claim's cost (a run pinned to one core, or sharing the machine with other jobs).
+    ``cpu_model`` names the processor and ``cpu_time_s`` the CPU seconds the run used, so a wall time can be
+    compared across machines."""
+    out: dict = {"cpus": os.cpu_count(), "cpu_model": cpu_model()}
     try:
         out["cpus_usable"] = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # pragma: no cover - not Linux
@@ -72,13 +94,17 @@ def compute_resources() -> dict:
         out["loadavg_15m_at_end"] = round(os.getloadavg()[2], 2)
     except OSError:  # pragma: no cover
         pass
+    try:
+        out["cpu_time_s"] = cpu_time_s()
+    except (ImportError, OSError):  # pragma: no cover - not POSIX
+        pass
     return out
 
 
 def provenance() -> dict:
     return {"git": git_revision(), "packages": package_versions(), "command": command_line(),
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "machine": f"{platform.machine()} {os.cpu_count()} cpu", "compute": compute_resources()}
+            "machine": f"{platform.machine()} {cpu_model()}, {os.cpu_count()} cpu", "compute": compute_resources()}
 
 
 def _jsonable(x: Any):

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["save_image_grid", "save_video_grid", "to_uint8", "video_grid_frames"]
+__all__ = ["save_image_grid", "save_labelled_video_grid", "save_video_grid", "to_uint8", "video_grid_frames"]
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -124,4 +124,48 @@ def save_video_grid(
         _write_gif(frames, path, fps)
     else:
         _write_mp4(frames, path, fps, crf)
+    return path
+
+
+def save_labelled_video_grid(
+    rows: list[tuple[str, torch.Tensor]],
+    path: str | Path,
+    fps: float = 4,
+    scale: int = 3,
+    padding: int = 2,
+    label_width: int = 150,
+) -> Path:
+    """One GIF/MP4 whose rows are labelled video sets, e.g. ``[("real", v1), ("per-frame", v2), ("video", v3)]``
+    (each (k, C, T, H, W) in [-1, 1]; the rows' k, T, H and W must agree): every row is a strip of its k clips
+    (``scale`` x nearest), its label written in a left column (PIL's built-in bitmap font, white on black), and the
+    frame counter ``t = i / T`` in the top-left corner, so a viewer can compare the rows frame by frame."""
+    from PIL import Image, ImageDraw
+
+    if not rows:
+        raise ValueError("save_labelled_video_grid needs at least one (label, videos) row")
+    shapes = {tuple(v.shape[:1]) + tuple(v.shape[2:]) for _, v in rows}
+    if len(shapes) != 1:
+        raise ValueError(f"the rows' videos must share (k, T, H, W), got {sorted(shapes)}")
+    strips = [video_grid_frames(v, nrow=v.shape[0], padding=padding, pad_value=1.0, scale=scale) for _, v in rows]
+    t, h, w, _ = strips[0].shape
+    frames = []
+    for i in range(t):
+        canvas = Image.new("RGB", (label_width + w, len(rows) * h + 14), (0, 0, 0))
+        draw = ImageDraw.Draw(canvas)
+        draw.text((4, 2), f"t = {i + 1} / {t}", fill=(255, 255, 255))
+        for r, ((label, _), strip) in enumerate(zip(rows, strips)):
+            canvas.paste(Image.fromarray(strip[i]), (label_width, 14 + r * h))
+            for k, line in enumerate(str(label).split("\n")):
+                draw.text((4, 14 + r * h + h // 2 - 6 + 11 * k - 5 * (str(label).count("\n"))), line,
+                          fill=(255, 255, 255))
+        frames.append(np.asarray(canvas))
+    frames = np.stack(frames)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".gif":
+        _write_gif(frames, path, fps)
+    elif path.suffix.lower() == ".mp4":
+        _write_mp4(frames, path, fps, 18)
+    else:
+        raise ValueError(f"save_labelled_video_grid writes .gif or .mp4, got '{path}'")
     return path
