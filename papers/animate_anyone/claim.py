@@ -5,12 +5,13 @@ Protocol (``cfg.claim``, fixed in the experiment config before the comparison wa
 of ``claim.stages``; each stage exports what it trained (:meth:`papers.animate_anyone.module.AnimateAnyone
 .export_weights`) and the next stage builds on the file:
 
-0. ``base`` (once per claim, seed ``claim.base_seed``): the pretrained image model both networks of the paper start
-   from (Stable Diffusion there): an unconditional image model of the world's train frames (seen identities, seen
-   motions).
+0. ``base`` (optional, once per claim, seed ``claim.base_seed``; null = none): a pretrained image model both
+   networks start from, as they start from Stable Diffusion in the paper — an unconditional image model of the
+   world's train frames. Without it the denoiser and the ReferenceNet start from one random initialisation.
 Per seed:
-1. ``image`` (stage 1, Sec. 3.3): denoiser and ReferenceNet initialised from the base, Pose Guider, image embedding
-   of the reference in the cross-attention; single frames, reference = the same identity in another motion.
+1. ``image`` (stage 1, Sec. 3.3): denoiser and ReferenceNet (a copy of the denoiser at initialisation), Pose Guider,
+   image embedding of the reference in the cross-attention; single frames, reference = the same identity in another
+   motion.
 2. ``image_embed``: the ablation — stage 1 without ReferenceNet (the reference only through its embedding), the
    same budget.
 3. ``motion`` (stage 2): motion modules on the frozen stage-1 network, trained on clips.
@@ -102,12 +103,12 @@ def scores(gen: torch.Tensor, clips: dict, judge, real_stats) -> dict:
             "temporal_err": temporal_error(gen, x), "consistency": frame_consistency(gen)}
 
 
-def seed_job(cfg: DictConfig, seed: int, base_w: Path, clips: dict, judge, real_stats) -> tuple[dict, dict]:
+def seed_job(cfg: DictConfig, seed: int, base_w: Path | None, clips: dict, judge, real_stats) -> tuple[dict, dict]:
     c = cfg.claim
     sampler = OmegaConf.to_container(c.sampler, resolve=True)
-    ref_w, ref_mod = train_stage(cfg, "image", f"image_seed{seed}", seed, {"model.base_weights": str(base_w)})
-    _, emb_mod = train_stage(cfg, "image_embed", f"image_embed_seed{seed}", seed,
-                             {"model.base_weights": str(base_w)})
+    base = {"model.base_weights": str(base_w)} if base_w is not None else {}
+    ref_w, ref_mod = train_stage(cfg, "image", f"image_seed{seed}", seed, base)
+    _, emb_mod = train_stage(cfg, "image_embed", f"image_embed_seed{seed}", seed, base)
     _, mot_mod = train_stage(cfg, "motion", f"motion_seed{seed}", seed, {"model.image_weights": str(ref_w)})
     sseed = int(c.sample_seed) + 100 * int(seed)
     gens = {"refnet_frames": generate(ref_mod, clips, sampler, sseed, per_frame=True),
@@ -143,8 +144,9 @@ def run(cfg: DictConfig) -> dict:
         "consistency_real": frame_consistency(clips["x"]),
         "psnr_real_other_clip": psnr(floor["x"], clips["x"]),
     }
-    base_seed = int(c.base_seed)
-    base_w, _ = train_stage(cfg, "base", "base", base_seed)
+    base_w = None
+    if c.get("base_seed") is not None:
+        base_w, _ = train_stage(cfg, "base", "base", int(c.base_seed))
     per_seed, gifs = [], None
     for seed in c.seeds:
         ts = time.time()
