@@ -16,7 +16,7 @@ export PYTHONHASHSEED := 0
 .DEFAULT_GOAL := help
 .PHONY: help install test claims lint demo report bench bench-gpu clean \
         ddpm ddim rectified_flow instaflow knowledge_distillation progressive_distillation \
-        consistency_models few_step_table dit vdm pvdm video_ldm animatediff judges
+        consistency_models few_step_table dit vdm pvdm video_ldm animatediff animate_anyone emo judges
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-26s %s\n", $$1, $$2}'
@@ -50,9 +50,11 @@ bench: $(STAMP)  ## time our blocks against diffusers' at the same configuration
 bench-gpu: $(STAMP)  ## the GPU rows (bf16 eager + torch.compile, DiT-B/2 MFU), time-boxed: BUDGET seconds
 	tests/bench/gpu_bench.sh outputs/bench/gpu $(or $(BUDGET),540) $(PY)
 
-judges: $(STAMP)  ## re-train the committed judge networks (digits, moving digits)
+judges: $(STAMP)  ## re-train the committed judge networks (digits, moving digits, puppets, talking faces)
 	$(PY) -m shared.metrics.train_judge
 	$(PY) -m shared.metrics.train_video_judge
+	$(PY) -m shared.metrics.train_avatar_judge --world puppets
+	$(PY) -m shared.metrics.train_avatar_judge --world talking_faces
 
 ddpm: $(STAMP)  ## DDPM claim check: L_simple vs VLB on digits, 1000-step ancestral sampling
 	$(TRAIN) experiment=ddpm/digits_claim $(PUBLISH)
@@ -110,6 +112,14 @@ video_ldm: $(STAMP)  ## Align Your Latents: temporal layers on a frozen image LD
 animatediff: $(STAMP)  ## AnimateDiff: a motion module plugged into personalised (LoRA / fine-tuned) image models; MotionLoRA
 	$(TRAIN) experiment=animatediff/moving_digits_claim $(PUBLISH)
 	$(PY) -m tools.report --paper animatediff
+
+animate_anyone: $(STAMP)  ## Animate Anyone: ReferenceNet vs image embedding, pose following, temporal stage (Puppets)
+	$(TRAIN) experiment=animate_anyone/puppets_claim ++claim.publish=true
+	$(PY) -m tools.report --paper animate_anyone
+
+emo: $(STAMP)  ## EMO: audio layers (lip sync vs no audio), identity, speed layers, motion frames (TalkingFaces)
+	$(TRAIN) experiment=emo/talking_faces_claim ++claim.publish=true
+	$(PY) -m tools.report --paper emo
 
 clean:  ## remove outputs (keeps .venv)
 	rm -rf outputs reports

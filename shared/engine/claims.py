@@ -235,3 +235,29 @@ def module_config(cfg: DictConfig, override: DictConfig | dict, **fields) -> Dic
         if value is not None:
             m[key] = value
     return m
+
+
+def stage_overrides(nested: dict, prefix: str = "") -> dict:
+    """A claim stage's nested overrides (``claim.stages.<stage>``) as dotted keys for :func:`fit_variant`; lists and
+    a ``conditions`` mapping stay leaves (a stage's conditions replace the module's whole declaration)."""
+    out = {}
+    for k, v in nested.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict) and k != "conditions":
+            out.update(stage_overrides(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+def train_stage(cfg: DictConfig, stage: str, tag: str, seed: int, extra: dict | None = None):
+    """Train stage ``cfg.claim.stages[stage]`` (plus dotted ``extra`` overrides) into ``<run_dir>/<tag>`` with
+    :func:`fit_variant` and export what it trained (``module.export_weights``) to ``<tag>/export.safetensors``, once;
+    returns ``(export path, module)``. A re-run in the same folder resumes the variant and keeps its export."""
+    path = Path(cfg.run_dir) / tag / "export.safetensors"
+    over = stage_overrides(OmegaConf.to_container(cfg.claim.stages[stage], resolve=True))
+    over.update(extra or {})
+    module = fit_variant(cfg, tag, over, seed)
+    if not path.exists():
+        module.export_weights(path)
+    return path, module

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["save_image_grid", "save_video_grid", "to_uint8", "video_grid_frames"]
+__all__ = ["save_image_grid", "save_video_grid", "save_labelled_columns", "to_uint8", "video_grid_frames"]
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -124,4 +124,49 @@ def save_video_grid(
         _write_gif(frames, path, fps)
     else:
         _write_mp4(frames, path, fps, crf)
+    return path
+
+
+def save_labelled_columns(columns: dict[str, torch.Tensor], path: str | Path, fps: float = 4, scale: int = 4,
+                          padding: int = 2) -> Path:
+    """A GIF whose columns are labelled video sets side by side (reference | pose | generated | ...): every value is
+    ``(B, C, T, H, W)`` (or ``(B, C, H, W)``, shown still) in [-1, 1] with the same B, H, W; row i shows item i of
+    every column; the label is written above its column."""
+    from PIL import Image, ImageDraw
+
+    path = Path(path)
+    if path.suffix.lower() != ".gif" or not columns:
+        raise ValueError(f"save_labelled_columns writes a .gif of at least one column, got '{path}'")
+    vids = {}
+    for label, v in columns.items():
+        v = v.detach().float().cpu()
+        if v.ndim == 4:
+            v = v[:, :, None]
+        if v.shape[1] == 1:
+            v = v.expand(-1, 3, -1, -1, -1)
+        vids[label] = v
+    shapes = {(v.shape[0], v.shape[1], v.shape[3], v.shape[4]) for v in vids.values()}
+    if len(shapes) != 1:
+        raise ValueError(f"columns differ in items/channels/size: {shapes}")
+    b, _, h, w = shapes.pop()
+    frames = max(v.shape[2] for v in vids.values())
+    cell_h, cell_w = h * scale + padding, w * scale + padding
+    header = 12
+    out = []
+    for t in range(frames):
+        canvas = np.full((header + b * cell_h, len(vids) * cell_w, 3), 255, np.uint8)
+        for j, v in enumerate(vids.values()):
+            x = v[:, :, min(t, v.shape[2] - 1)]
+            x = F.interpolate(x.clamp(-1, 1), scale_factor=scale, mode="nearest") if scale > 1 else x.clamp(-1, 1)
+            img = to_uint8(x).permute(0, 2, 3, 1).numpy()
+            for i in range(b):
+                y0, x0 = header + i * cell_h, j * cell_w
+                canvas[y0:y0 + h * scale, x0:x0 + w * scale] = img[i]
+        im = Image.fromarray(canvas)
+        draw = ImageDraw.Draw(im)
+        for j, label in enumerate(vids):
+            draw.text((j * cell_w + 1, 0), label[: max(1, cell_w // 6)], fill=(0, 0, 0))
+        out.append(np.asarray(im))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_gif(np.stack(out), path, fps)
     return path

@@ -17,6 +17,12 @@ feed-forward; ``transformer_depth`` blocks, ``use_linear_proj`` for SD-2-style l
 time embedding is already SD's (``[cos, sin]``, i.e. diffusers ``flip_sin_to_cos=True, freq_shift=0``). With these
 options the layout is CompVis' SD U-Net; ``shared/nn/sd_unet.py`` has the SD-1.5 config and the diffusers /
 CompVis weight loader. The defaults build exactly the network above (same parameters and outputs).
+
+Conditioning hooks through ``ctx`` (keyword arguments of ``forward`` beyond ``y`` / ``context`` land there):
+``input_residual`` (B*T, base_channels, H, W) is added to the output of the first convolution (a ControlNet-style
+conditioning encoder such as Animate Anyone's Pose Guider in the public re-implementation's layout,
+``shared/nn/guider.py``); ``reference_read`` / ``reference_write`` are the spatial transformers' reference banks
+(``shared/nn/reference.py``).
 """
 from __future__ import annotations
 
@@ -137,8 +143,10 @@ class UNet(nn.Module):
 
     def _forward_blocks(self, h, emb, ctx):
         skips = []
-        for block in self.input_blocks:
+        for i, block in enumerate(self.input_blocks):
             h = block(h, emb, ctx)
+            if i == 0 and ctx.get("input_residual") is not None:  # a conditioning encoder's features after conv_in
+                h = h + ctx["input_residual"]
             skips.append(h)
         h = self.middle_block(h, emb, ctx)
         for block in self.output_blocks:
