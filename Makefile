@@ -114,11 +114,11 @@ animatediff: $(STAMP)  ## AnimateDiff: a motion module plugged into personalised
 	$(PY) -m tools.report --paper animatediff
 
 animate_anyone: $(STAMP)  ## Animate Anyone: ReferenceNet vs image embedding, pose following, temporal stage (Puppets)
-	$(TRAIN) experiment=animate_anyone/puppets_claim ++claim.publish=true
+	$(TRAIN) experiment=animate_anyone/puppets_claim $(PUBLISH)
 	$(PY) -m tools.report --paper animate_anyone
 
 emo: $(STAMP)  ## EMO: audio layers (lip sync vs no audio), identity, speed layers, motion frames (TalkingFaces)
-	$(TRAIN) experiment=emo/talking_faces_claim ++claim.publish=true
+	$(TRAIN) experiment=emo/talking_faces_claim $(PUBLISH)
 	$(PY) -m tools.report --paper emo
 
 clean:  ## remove outputs (keeps .venv)
