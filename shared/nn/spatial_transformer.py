@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared.nn.attention import sdpa_heads
+from shared.nn.attention import frame_attention_mode, frame_keys, sdpa_heads
 from shared.nn.layers import CtxBlock, group_norm, zero_module
 
 
@@ -53,7 +53,11 @@ class FeedForward(nn.Module):
 
 class CrossAttention(nn.Module):
     """Multi-head attention of (B, N, dim) queries to (B, M, context_dim) keys/values (self-attention when
-    ``context`` is None). q/k/v without bias, ``to_out.0`` with bias (SD)."""
+    ``context`` is None). q/k/v without bias, ``to_out.0`` with bias (SD). As self-attention, ``frame_attention``
+    (attribute, or the ``ctx`` handed down by the spatial transformer) picks the frames whose tokens give keys and
+    values (:mod:`shared.nn.attention`: cross-frame / sparse-causal attention)."""
+
+    frame_attention: str = "self"
 
     def __init__(self, dim: int, heads: int, head_dim: int, context_dim: int | None = None, dropout: float = 0.0):
         super().__init__()
@@ -65,9 +69,15 @@ class CrossAttention(nn.Module):
         self.to_v = nn.Linear(context_dim, inner, bias=False)
         self.to_out = nn.ModuleList([nn.Linear(inner, dim), nn.Dropout(dropout)])
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        context = x if context is None else context
-        out = sdpa_heads(self.to_q(x), self.to_k(context), self.to_v(context), self.heads)
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, ctx: dict | None = None) -> torch.Tensor:
+        if context is None:
+            k, v = self.to_k(x), self.to_v(x)
+            mode, frames = frame_attention_mode(self, ctx)
+            if mode != "self" and frames > 1:
+                k, v = frame_keys(k, frames, mode, token_dim=1), frame_keys(v, frames, mode, token_dim=1)
+        else:
+            k, v = self.to_k(context), self.to_v(context)
+        out = sdpa_heads(self.to_q(x), k, v, self.heads)
         return self.to_out[1](self.to_out[0](out))
 
 
@@ -84,8 +94,8 @@ class BasicTransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim)
         self.ff = FeedForward(dim, ff_mult, dropout)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn1(self.norm1(x))
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, ctx: dict | None = None) -> torch.Tensor:
+        x = x + self.attn1(self.norm1(x), ctx=ctx)
         x = x + self.attn2(self.norm2(x), context)
         return x + self.ff(self.norm3(x))
 
@@ -124,7 +134,7 @@ class SpatialTransformer(CtxBlock):
         else:
             z = self.proj_in(z).flatten(2).transpose(1, 2)  # (B, HW, C)
         for block in self.transformer_blocks:
-            z = block(z, context)
+            z = block(z, context, ctx)
         if self.use_linear_proj:
             z = self.proj_out(z).transpose(1, 2).reshape(b, c, h, w)
         else:
