@@ -16,7 +16,8 @@ export PYTHONHASHSEED := 0
 .DEFAULT_GOAL := help
 .PHONY: help install test claims lint demo report bench bench-gpu clean \
         ddpm ddim rectified_flow instaflow knowledge_distillation progressive_distillation \
-        consistency_models few_step_table dit vdm pvdm video_ldm animatediff animate_anyone emo judges
+        consistency_models few_step_table dit vdm pvdm video_ldm animatediff animate_anyone emo judges \
+        text2video_zero long_video latent_shift pyoco videofusion
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-26s %s\n", $$1, $$2}'
@@ -120,6 +121,26 @@ animate_anyone: $(STAMP)  ## Animate Anyone: ReferenceNet vs image embedding, po
 emo: $(STAMP)  ## EMO: audio layers (lip sync vs no audio), identity, speed layers, motion frames (TalkingFaces)
 	$(TRAIN) experiment=emo/talking_faces_claim $(PUBLISH)
 	$(PY) -m tools.report --paper emo
+
+text2video_zero: $(STAMP)  ## Text2Video-Zero: training-free video from the image model (motion in the latents + cross-frame attention)
+	$(TRAIN) experiment=text2video_zero/moving_digits_claim $(PUBLISH)
+	$(PY) -m tools.report --paper text2video_zero
+
+long_video: $(STAMP)  ## Long video: FreeNoise window fusion + noise rescheduling, LVDM autoregressive extension vs naive concatenation
+	$(TRAIN) experiment=long_video/moving_digits_claim $(PUBLISH)
+	$(PY) -m tools.report --paper long_video
+
+latent_shift: $(STAMP)  ## Latent-Shift: parameter-free temporal shift in the image U-Net, fine-tuned on videos
+	$(TRAIN) experiment=latent_shift/moving_digits_claim $(PUBLISH)
+	$(PY) -m tools.report --paper latent_shift
+
+pyoco: $(STAMP)  ## PYoCo: mixed / progressive correlated noise priors vs i.i.d. noise when fine-tuning image -> video
+	$(TRAIN) experiment=pyoco/moving_digits_claim $(PUBLISH)
+	$(PY) -m tools.report --paper pyoco
+
+videofusion: $(STAMP)  ## VideoFusion: base + residual noise with a base (image) and a residual (video) generator vs i.i.d. noise
+	$(TRAIN) experiment=videofusion/moving_digits_claim $(PUBLISH)
+	$(PY) -m tools.report --paper videofusion
 
 clean:  ## remove outputs (keeps .venv)
 	rm -rf outputs reports

@@ -6,6 +6,7 @@ Inputs follow the project's conventions — images (B, C, H, W), videos (B, C, T
 ``scale`` enlarges every pixel (nearest) so 32x32 samples stay visible. GIFs are written with PIL
 (looping, ``1000 / fps`` ms per frame), MP4 with PyAV (libx264, yuv420p; odd sides are padded to
 even ones as the codec requires). Each writer creates missing parent folders and returns the path.
+:func:`save_labelled_rows` writes method comparisons: one row of videos per method, its name printed beside it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["save_image_grid", "save_video_grid", "save_labelled_columns", "to_uint8", "video_grid_frames"]
+__all__ = ["save_image_grid", "save_video_grid", "save_labelled_columns", "save_labelled_rows", "to_uint8",
+           "video_grid_frames"]
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -169,4 +171,46 @@ def save_labelled_columns(columns: dict[str, torch.Tensor], path: str | Path, fp
         out.append(np.asarray(im))
     path.parent.mkdir(parents=True, exist_ok=True)
     _write_gif(np.stack(out), path, fps)
+    return path
+
+
+def _label_strip(text: str, height: int, width: int) -> np.ndarray:
+    """(height, width, 3) uint8: ``text`` in white on black, PIL's built-in bitmap font, vertically centred."""
+    from PIL import Image, ImageDraw
+
+    im = Image.new("RGB", (width, height), (0, 0, 0))
+    draw = ImageDraw.Draw(im)
+    lines = text.split("\n")
+    y = max(0, (height - 11 * len(lines)) // 2)
+    for line in lines:
+        draw.text((3, y), line, fill=(255, 255, 255))
+        y += 11
+    return np.asarray(im)
+
+
+def save_labelled_rows(rows: dict[str, torch.Tensor], path: str | Path, fps: float = 4, scale: int = 3,
+                       padding: int = 2, label_width: int | None = None) -> Path:
+    """One GIF/MP4 comparing methods: row ``k`` tiles the videos (B, C, T, H, W) of ``rows[label_k]`` side by side,
+    with ``label_k`` written on a strip to its left (``\\n`` breaks lines). Rows of fewer frames hold their last."""
+    if not rows:
+        raise ValueError("save_labelled_rows needs at least one row")
+    grids = {k: video_grid_frames(v, nrow=v.shape[0], padding=padding, scale=scale) for k, v in rows.items()}
+    t = max(g.shape[0] for g in grids.values())
+    width = max(g.shape[2] for g in grids.values())
+    lw = label_width or 6 * max(len(line) for k in rows for line in k.split("\n")) + 8
+    out = []
+    for label, g in grids.items():
+        g = np.concatenate([g, np.repeat(g[-1:], t - g.shape[0], axis=0)]) if g.shape[0] < t else g
+        g = np.pad(g, ((0, 0), (0, 0), (0, width - g.shape[2]), (0, 0)), constant_values=255)
+        strip = np.broadcast_to(_label_strip(label, g.shape[1], lw), (t, g.shape[1], lw, 3))
+        out.append(np.concatenate([strip, g], axis=2))
+    frames = np.ascontiguousarray(np.concatenate(out, axis=1))
+    path = Path(path)
+    if path.suffix.lower() not in (".gif", ".mp4"):
+        raise ValueError(f"save_labelled_rows writes .gif or .mp4, got '{path}'")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".gif":
+        _write_gif(frames, path, fps)
+    else:
+        _write_mp4(frames, path, fps, 18)
     return path

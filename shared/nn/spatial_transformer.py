@@ -17,7 +17,7 @@ Reference attention (Animate Anyone, Hu et al. 2024, Sec. 3.2; EMO, Tian et al. 
 ``reference_name`` (set by :func:`shared.nn.reference.name_reference_layers`) records, when ``ctx["reference_write"]``
 is a dict, the tokens entering each block's self-attention (after ``norm1``) under its name — what a ReferenceNet
 run on the reference image yields — and, when ``ctx["reference_read"]`` holds its name, concatenates those tokens to
-its own as the self-attention's keys and values (``attn1(h, cat[h, ref])``; the output keeps the denoiser's
+its own as the self-attention's keys and values (``attn1`` over ``cat[h, ref]``; the output keeps the denoiser's
 tokens only). The reference tokens of one image serve every frame of its video (repeated over the frames folded
 into the batch). Without these keys in ``ctx`` the layer is exactly SD's.
 
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared.nn.attention import sdpa_heads
+from shared.nn.attention import frame_attention_mode, frame_keys, sdpa_heads
 from shared.nn.layers import CtxBlock, group_norm, zero_module
 
 
@@ -61,7 +61,12 @@ class FeedForward(nn.Module):
 
 class CrossAttention(nn.Module):
     """Multi-head attention of (B, N, dim) queries to (B, M, context_dim) keys/values (self-attention when
-    ``context`` is None). q/k/v without bias, ``to_out.0`` with bias (SD)."""
+    ``context`` is None). q/k/v without bias, ``to_out.0`` with bias (SD). As self-attention, ``frame_attention``
+    (attribute, or the ``ctx`` handed down by the spatial transformer) picks the frames whose tokens give keys and
+    values (:mod:`shared.nn.attention`: cross-frame / sparse-causal attention). ``extra`` (B, M, dim): tokens whose
+    keys and values are appended to the self-attention's (reference attention, module docstring)."""
+
+    frame_attention: str = "self"
 
     def __init__(self, dim: int, heads: int, head_dim: int, context_dim: int | None = None, dropout: float = 0.0):
         super().__init__()
@@ -73,9 +78,20 @@ class CrossAttention(nn.Module):
         self.to_v = nn.Linear(context_dim, inner, bias=False)
         self.to_out = nn.ModuleList([nn.Linear(inner, dim), nn.Dropout(dropout)])
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        context = x if context is None else context
-        out = sdpa_heads(self.to_q(x), self.to_k(context), self.to_v(context), self.heads)
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, ctx: dict | None = None,
+                extra: torch.Tensor | None = None) -> torch.Tensor:
+        if context is None:
+            k, v = self.to_k(x), self.to_v(x)
+            mode, frames = frame_attention_mode(self, ctx)
+            if mode != "self" and frames > 1:
+                k, v = frame_keys(k, frames, mode, token_dim=1), frame_keys(v, frames, mode, token_dim=1)
+            if extra is not None:
+                k, v = torch.cat([k, self.to_k(extra)], dim=1), torch.cat([v, self.to_v(extra)], dim=1)
+        else:
+            if extra is not None:
+                raise ValueError("extra key/value tokens are for self-attention (context=None)")
+            k, v = self.to_k(context), self.to_v(context)
+        out = sdpa_heads(self.to_q(x), k, v, self.heads)
         return self.to_out[1](self.to_out[0](out))
 
 
@@ -101,12 +117,12 @@ class BasicTransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim)
         self.ff = FeedForward(dim, ff_mult, dropout)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, reference: torch.Tensor | None = None,
-                record: list | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, ctx: dict | None = None,
+                reference: torch.Tensor | None = None, record: list | None = None) -> torch.Tensor:
         h = self.norm1(x)
         if record is not None:
             record.append(h)
-        x = x + self.attn1(h, None if reference is None else torch.cat([h, expand_batch(reference, h)], dim=1))
+        x = x + self.attn1(h, ctx=ctx, extra=None if reference is None else expand_batch(reference, h))
         x = x + self.attn2(self.norm2(x), context)
         return x + self.ff(self.norm3(x))
 
@@ -150,7 +166,7 @@ class SpatialTransformer(CtxBlock):
         else:
             z = self.proj_in(z).flatten(2).transpose(1, 2)  # (B, HW, C)
         for i, block in enumerate(self.transformer_blocks):
-            z = block(z, context, None if refs is None else refs[i], record)
+            z = block(z, context, ctx, reference=None if refs is None else refs[i], record=record)
         if record is not None:
             ctx["reference_write"][self.reference_name] = record
         if self.use_linear_proj:
