@@ -6,6 +6,8 @@ Inputs follow the project's conventions — images (B, C, H, W), videos (B, C, T
 ``scale`` enlarges every pixel (nearest) so 32x32 samples stay visible. GIFs are written with PIL
 (looping, ``1000 / fps`` ms per frame), MP4 with PyAV (libx264, yuv420p; odd sides are padded to
 even ones as the codec requires). Each writer creates missing parent folders and returns the path.
+:func:`save_labelled_columns` writes side-by-side columns (input | control | output ...) under a header row of
+labels (PIL's default bitmap font), one example per row.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["save_image_grid", "save_video_grid", "to_uint8", "video_grid_frames"]
+__all__ = ["save_image_grid", "save_video_grid", "save_labelled_columns", "to_uint8", "video_grid_frames"]
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -124,4 +126,50 @@ def save_video_grid(
         _write_gif(frames, path, fps)
     else:
         _write_mp4(frames, path, fps, crf)
+    return path
+
+
+def save_labelled_columns(
+    columns: list[tuple[str, torch.Tensor]],
+    path: str | Path,
+    fps: float = 4,
+    scale: int = 3,
+    padding: int = 2,
+    pad_value: float = 1.0,
+) -> Path:
+    """Write a GIF whose columns are labelled video sets: ``columns`` is ``[(label, videos (B, C, T, H, W)), ...]``
+    with the same B, T, H, W (C = 1 or 3; a still image set (B, C, H, W) is repeated over time). Row ``b`` shows
+    example ``b`` in every column; the labels sit in a header row above their columns."""
+    from PIL import Image, ImageDraw
+
+    if not columns:
+        raise ValueError("save_labelled_columns needs at least one (label, videos) column")
+    vids = []
+    for label, v in columns:
+        v = v.detach().float().cpu()
+        if v.ndim == 4:
+            v = v[:, :, None]
+        if v.ndim != 5:
+            raise ValueError(f"column {label!r}: videos must be (B, C, T, H, W), got shape {tuple(v.shape)}")
+        vids.append(v)
+    t = max(v.shape[2] for v in vids)
+    vids = [v.expand(-1, -1, t, -1, -1) if v.shape[2] == 1 else v for v in vids]
+    shapes = {(v.shape[0], v.shape[2], v.shape[3], v.shape[4]) for v in vids}
+    if len(shapes) != 1:
+        raise ValueError(f"columns differ in (B, T, H, W): {sorted(shapes)}")
+    cols = [video_grid_frames(v, nrow=1, padding=padding, pad_value=pad_value, scale=scale) for v in vids]
+    body = np.concatenate(cols, axis=2)  # (T, H', W', 3)
+    widths = [c.shape[2] for c in cols]
+    header = Image.new("RGB", (body.shape[2], 12), (255, 255, 255))
+    draw = ImageDraw.Draw(header)
+    x = 0
+    for (label, _), w in zip(columns, widths):
+        draw.text((x + 2, 1), str(label), fill=(0, 0, 0))
+        x += w
+    frames = np.concatenate([np.broadcast_to(np.asarray(header)[None], (t, *np.asarray(header).shape)), body], 1)
+    path = Path(path)
+    if path.suffix.lower() != ".gif":
+        raise ValueError(f"save_labelled_columns writes .gif, got '{path}'")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_gif(np.ascontiguousarray(frames), path, fps)
     return path
