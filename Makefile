@@ -13,7 +13,7 @@ export PYTHONHASHSEED := 0
 .DEFAULT_GOAL := help
 .PHONY: help install test claims lint demo report bench bench-gpu clean \
         ddpm ddim rectified_flow instaflow knowledge_distillation progressive_distillation \
-        consistency_models few_step_table dit vdm pvdm video_ldm animatediff judges
+        consistency_models few_step_table dit vdm pvdm video_ldm animatediff gen1 controlnet_video judges
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-26s %s\n", $$1, $$2}'
@@ -47,9 +47,10 @@ bench: $(STAMP)  ## time our blocks against diffusers' at the same configuration
 bench-gpu: $(STAMP)  ## the GPU rows (bf16 eager + torch.compile, DiT-B/2 MFU), time-boxed: BUDGET seconds
 	tests/bench/gpu_bench.sh outputs/bench/gpu $(or $(BUDGET),540) $(PY)
 
-judges: $(STAMP)  ## re-train the committed judge networks (digits, moving digits)
+judges: $(STAMP)  ## re-train the committed judge networks (digits, moving digits, styled shapes)
 	$(PY) -m shared.metrics.train_judge
 	$(PY) -m shared.metrics.train_video_judge
+	$(PY) -m shared.metrics.train_shapes_judge
 
 ddpm: $(STAMP)  ## DDPM claim check: L_simple vs VLB on digits, 1000-step ancestral sampling
 	$(TRAIN) experiment=ddpm/digits_claim
@@ -107,6 +108,14 @@ video_ldm: $(STAMP)  ## Align Your Latents: temporal layers on a frozen image LD
 animatediff: $(STAMP)  ## AnimateDiff: a motion module plugged into personalised (LoRA / fine-tuned) image models; MotionLoRA
 	$(TRAIN) experiment=animatediff/moving_digits_claim
 	$(PY) -m tools.report --paper animatediff
+
+gen1: $(STAMP)  ## Gen-1: structure (depth at level t_s) + content (a frame's embedding) guided video synthesis, temporal guidance
+	$(TRAIN) experiment=gen1/styled_shapes_claim ++claim.publish=true
+	$(PY) -m tools.report --paper gen1
+
+controlnet_video: $(STAMP)  ## ControlNet on a frozen video model: depth / edge control, per-frame quality and consistency kept
+	$(TRAIN) experiment=controlnet_video/styled_shapes_claim ++claim.publish=true
+	$(PY) -m tools.report --paper controlnet_video
 
 clean:  ## remove outputs (keeps .venv)
 	rm -rf outputs reports

@@ -224,3 +224,34 @@ def test_video_inflated_base_keeps_image_names_for_the_controlnet_copy():
     vdm = video_from_image(image, lambda c: vdm_temporal(c, num_heads=4, norm_groups=8), insert="attention")
     cn = ControlNet.from_unet(vdm, 3, HINT)
     assert set(cn.state_dict()) == set(ControlNet.from_unet(image, 3, HINT).state_dict())
+
+
+def test_paper_scale_factory_sd_layout_with_motion_modules(tmp_path):
+    """papers/controlnet_video/nets.py: the image U-Net inflated with (loaded) motion modules, frozen, steered per frame
+    by a ControlNet copied from the image layers or loaded from a file; at initialisation the video model itself."""
+    from papers.controlnet_video.nets import animatediff_controlnet
+    from shared.nn.motion_module import motion_module_state_dict
+
+    mm = dict(heads=4, norm_groups=8)
+    ref_video = from_image_model(tiny_base(), mm, where=("input", "output"), position="before_resample").eval()
+    randomise(ref_video, seed=11)
+    mm_file = tmp_path / "mm.safetensors"
+    save_file({k: v.contiguous() for k, v in motion_module_state_dict(ref_video).items()}, str(mm_file))
+    net = animatediff_controlnet(tiny_base(), mm, motion_weights=str(mm_file), hint_channels=1, hint_block=HINT).eval()
+    assert not any(p.requires_grad for p in net.base.parameters())
+    g = torch.Generator().manual_seed(2)
+    x, t = torch.randn(1, 4, 3, 16, 16, generator=g), torch.tensor([50.0])
+    ctx, hint = torch.randn(1, 5, 16, generator=g), torch.randn(1, 1, 3, 32, 32, generator=g)
+    with torch.no_grad():
+        base_out = net.base(x, t, context=ctx)
+        assert torch.equal(net(x, t, control=hint, context=ctx), base_out)
+        # the motion modules did load: the video model differs from the image model run frame by frame
+        image = tiny_base().eval()
+        frames = torch.stack([image(x[:, :, k], t, context=ctx) for k in range(3)], 2)
+        assert (base_out - frames).abs().max() > 1e-3
+    cn = randomise(ControlNet.from_unet(tiny_base(), 1, HINT), seed=4)
+    cn_file = tmp_path / "cn.safetensors"
+    save_file({k: v.contiguous() for k, v in cn.state_dict().items()}, str(cn_file))
+    loaded = animatediff_controlnet(tiny_base(), mm, controlnet_weights=str(cn_file), hint_channels=1,
+                                    hint_block=HINT)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.controlnet.state_dict().values(), cn.state_dict().values()))

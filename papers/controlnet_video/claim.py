@@ -8,9 +8,10 @@ Protocol (``cfg.claim``, fixed in the committed config before the comparison was
 1. *Autoencoder* (frozen first stage, trained once per run, ``autoencoder_seed``): 16x16x3 frames -> 4x8x8 latents.
 2. *Base* per seed: an unconditional latent video model (2D U-Net + temporal layers), trained once and then frozen
    (``trainer.max_steps``); every ControlNet of that seed steers the same base.
-3. *ControlNets* per seed and control (``claim.controls``: depth, edges): a trainable copy of the base's encoder
-   (image layers; it runs per frame) with zero convolutions and the 16 -> 8 px hint encoder
-   (``shared.nn.controlnet``), trained for ``controlnet_steps`` with the base frozen (only the copy updates).
+3. *ControlNets* per seed and control (``claim.use_controls`` of ``claim.controls``: depth, edges; the camera
+   claim: Plücker maps): a trainable copy of the base's encoder (image layers; it runs per frame) with zero
+   convolutions and the 16 -> 8 px hint encoder (``shared.nn.controlnet``), trained for ``controlnet_steps`` with
+   the base frozen (only the copy updates).
 
 Evaluation per seed, ``num_samples`` held-out test videos as control sources, the same initial noise for the base
 and every controlled model:
@@ -18,7 +19,10 @@ and every controlled model:
 * ``depth_err_*``: RMSE between the judge's depth of the output and the world's depth of the control source (all
   pixels); ``edge_f1_*``: F1 of the judged depth's discontinuities against the source's edges;
 * ``fd_frames_*``: per-frame ``FD_judge`` (style features of every frame) to real test frames;
-* ``consistency_*``: mean cosine similarity of consecutive frames.
+* ``consistency_*``: mean cosine similarity of consecutive frames;
+* with ``claim.camera_judge`` (the camera world: ``data.train.camera=true``, Plücker ``camera_map`` control):
+  ``pan_acc_*`` / ``zoom_acc_*``, the camera judge's accuracy for the source's pan direction (chance 1/4) and zoom
+  (chance 1/2).
 """
 from __future__ import annotations
 
@@ -32,11 +36,13 @@ from shared.engine.claims import finish, fit_variant, summarise, world_items
 from shared.engine.video_io import save_labelled_columns
 from shared.metrics.frechet import gaussian_stats
 from shared.metrics.shapes_judge import (
+    camera_accuracy,
     depth_edges,
     depth_rmse,
     edge_f1,
     estimate_depth,
     fd_frames,
+    load_camera_judge,
     load_shapes_judge,
     shapes_judge_sha256,
     style_features,
@@ -45,16 +51,23 @@ from shared.metrics.video import frame_consistency
 from shared.nn.weights import save_weights
 
 
-def control_errors(videos: torch.Tensor, src: dict, judge) -> dict:
-    """The judge's control errors of ``videos`` against the control sources ``src`` (world depth and edges)."""
+def control_errors(videos: torch.Tensor, src: dict, judge, camera_judge=None) -> dict:
+    """The judges' control errors of ``videos`` against the control sources ``src`` (world depth and edges; the
+    camera's pan and zoom with a camera judge)."""
     est = estimate_depth(videos, judge)
-    return {"depth_err": depth_rmse(est, src["depth"]), "edge_f1": edge_f1(depth_edges(est), src["edges"])}
+    out = {"depth_err": depth_rmse(est, src["depth"]), "edge_f1": edge_f1(depth_edges(est), src["edges"])}
+    if camera_judge is not None:
+        out.update(camera_accuracy(videos, src["camera_pan"], src["camera_zoom"], camera_judge))
+    return out
 
 
 def control_image(key: str, value: torch.Tensor) -> torch.Tensor:
     """A control map as a 1-channel video in [-1, 1] for the GIFs (depth: near bright)."""
     if key == "depth":
         return (1 - 2 * (value - 0.3) / 0.7).clamp(-1, 1)[:, None]
+    if key == "camera_map":  # the Plücker moment (channels 3-5) as RGB: it changes with the camera's position
+        m = value[:, 3:6]
+        return (m / m.abs().amax(dim=(1, 2, 3, 4), keepdim=True).clamp_min(1e-6)).clamp(-1, 1)
     return (2 * value - 1).clamp(-1, 1)[:, None]
 
 
@@ -74,7 +87,8 @@ def controlnet_overrides(cfg: DictConfig, name: str, base_file: Path, ae_file: P
     }
 
 
-def seed_job(cfg: DictConfig, seed: int, judge, src: dict, real_stats: tuple, ae_file: Path) -> tuple[dict, dict]:
+def seed_job(cfg: DictConfig, seed: int, judge, src: dict, real_stats: tuple, ae_file: Path,
+             camera_judge=None) -> tuple[dict, dict]:
     c = cfg.claim
     run_dir = Path(cfg.run_dir)
     out: dict = {}
@@ -92,7 +106,7 @@ def seed_job(cfg: DictConfig, seed: int, judge, src: dict, real_stats: tuple, ae
                              generator=torch.Generator().manual_seed(seed)).clamp(-1, 1)
 
     samples = {"base": draw(base)}
-    for name in c.controls:
+    for name in c.use_controls:
         ts = time.time()
         module = fit_variant(cfg, f"controlnet_{name}_seed{seed}",
                              controlnet_overrides(cfg, name, base_file, ae_file, scale), seed)
@@ -102,11 +116,11 @@ def seed_job(cfg: DictConfig, seed: int, judge, src: dict, real_stats: tuple, ae
         key = str(c.controls[name].key)
         samples[name] = draw(module, {key: src[key]})
     for name, x in samples.items():
-        for k, v in control_errors(x, src, judge).items():
+        for k, v in control_errors(x, src, judge, camera_judge).items():
             out[f"{k}_{name}"] = v
         out[f"fd_frames_{name}"] = fd_frames(x, real_stats, judge)
         out[f"consistency_{name}"] = frame_consistency(x)
-    for name in c.controls:
+    for name in c.use_controls:
         out[f"ratio_depth_err_{name}_to_base"] = out[f"depth_err_{name}"] / out["depth_err_base"]
         out[f"ratio_fd_frames_{name}_to_base"] = out[f"fd_frames_{name}"] / out["fd_frames_base"]
     return out, samples
@@ -117,20 +131,21 @@ def run(cfg: DictConfig) -> dict:
     torch.set_num_threads(1)
     c = cfg.claim
     judge = load_shapes_judge(c.judge_path)
+    camera_judge = load_camera_judge(c.get("camera_judge_path")) if c.get("camera_judge") else None
     n = int(c.num_samples)
-    x, depth, edges = world_items(cfg, 2 * n, int(c.real_seed), keys=("x", "depth", "edges"))
-    src = {"x": x[:n], "depth": depth[:n], "edges": edges[:n]}
-    other = {"depth": depth[n:], "edges": edges[n:]}
+    keys = ("x", "depth", "edges", "camera_map", "camera_pan", "camera_zoom") if camera_judge is not None \
+        else ("x", "depth", "edges")
+    items = dict(zip(keys, world_items(cfg, 2 * n, int(c.real_seed), keys=keys)))
+    src = {k: v[:n] for k, v in items.items()}
     ref = world_items(cfg, n, int(c.floor_seed))
     real_stats = gaussian_stats(style_features(ref, judge))
-    own, swapped = control_errors(src["x"], src, judge), control_errors(x[n:], src, judge)
+    own, swapped = control_errors(src["x"], src, judge, camera_judge), \
+        control_errors(items["x"][n:], src, judge, camera_judge)
     metrics: dict = {   # the judges' separations on real videos (before any model)
-        "judge_depth_err_real_own_control": own["depth_err"], "judge_depth_err_real_other_control":
-            swapped["depth_err"], "judge_edge_f1_real_own_control": own["edge_f1"],
-        "judge_edge_f1_real_other_control": swapped["edge_f1"],
+        **{f"judge_{k}_real_own_control": v for k, v in own.items()},
+        **{f"judge_{k}_real_other_control": v for k, v in swapped.items()},
         "fd_frames_real_floor": fd_frames(src["x"], real_stats, judge), "consistency_real": frame_consistency(src["x"]),
     }
-    del other
     ae_cfg = OmegaConf.to_container(c.autoencoder_module, resolve=True)
     ts = time.time()
     ae = fit_variant(cfg, "autoencoder", {"module": ae_cfg, "trainer.max_steps": int(c.autoencoder_steps),
@@ -146,7 +161,7 @@ def run(cfg: DictConfig) -> dict:
     per_seed, gifs = [], None
     for seed in c.seeds:
         ts = time.time()
-        res, samples = seed_job(cfg, int(seed), judge, src, real_stats, ae_file)
+        res, samples = seed_job(cfg, int(seed), judge, src, real_stats, ae_file, camera_judge)
         res["seed_wall_time_s"] = time.time() - ts
         per_seed.append(res)
         gifs = gifs or samples
@@ -155,7 +170,7 @@ def run(cfg: DictConfig) -> dict:
     k = int(c.gif_videos)
     if k > 0:
         cols = [("source", src["x"][:k]), ("uncontrolled", gifs["base"][:k])]
-        for name in c.controls:
+        for name in c.use_controls:
             key = str(c.controls[name].key)
             cols += [(key, control_image(key, src[key][:k])), (f"{name} out", gifs[name][:k])]
         save_labelled_columns(cols, Path(cfg.run_dir) / "input_control_output.gif", fps=4, scale=4)

@@ -36,12 +36,13 @@ from shared.nn.build import buildable
 
 __all__ = ["StyleNet", "DepthNet", "ShapesJudge", "DEFAULT_SHAPES_JUDGE_PATH", "DEFAULT_CONTENT_ENCODER_PATH",
            "load_shapes_judge", "load_style_net", "load_depth_net", "frames_of", "style_logits", "style_accuracy",
-           "style_features",
+           "style_features", "CameraNet", "load_camera_judge", "camera_accuracy", "DEFAULT_CAMERA_JUDGE_PATH",
            "estimate_depth", "depth_rmse", "depth_edges", "edge_f1", "fd_frames", "shapes_judge_sha256"]
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 DEFAULT_SHAPES_JUDGE_PATH = WEIGHTS / "styled_shapes_judge.safetensors"
 DEFAULT_CONTENT_ENCODER_PATH = WEIGHTS / "styled_shapes_content.safetensors"
+DEFAULT_CAMERA_JUDGE_PATH = WEIGHTS / "styled_shapes_camera_judge.safetensors"
 RETRAIN_COMMAND = "python -m shared.metrics.train_shapes_judge"
 
 
@@ -124,6 +125,63 @@ class DepthNet(nn.Module):
         if d.shape[-2:] != (h, w):
             d = F.interpolate(d[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]
         return d
+
+
+class CameraNet(nn.Module):
+    """Videos (B, 3, T, H, W) -> logits of the camera's pan direction (``DIRECTIONS4``) and zoom (in, out): 3D convs
+    over [frame, temporal difference] (6 channels), GroupNorm + SiLU, a spatial and a spatio-temporal halving, mean
+    over space and time. The camera-control judge (``StyledShapes(camera=True)``)."""
+
+    _ARCH_KEYS = ("width", "resolution")
+
+    def __init__(self, width: int = 16, resolution: int = 16):
+        super().__init__()
+        w = int(width)
+        self.width, self.resolution = w, int(resolution)
+
+        def block(i, o, s):
+            return [nn.Conv3d(i, o, 3, stride=s, padding=1), nn.GroupNorm(min(8, o), o), nn.SiLU()]
+
+        self.body = nn.Sequential(*block(6, w, 1), *block(w, 2 * w, (1, 2, 2)), *block(2 * w, 2 * w, (2, 2, 2)),
+                                  *block(2 * w, 2 * w, 1))
+        self.pan_head, self.zoom_head = nn.Linear(2 * w, 4), nn.Linear(2 * w, 2)
+
+    def forward(self, videos: torch.Tensor) -> dict[str, torch.Tensor]:
+        if videos.dim() != 5 or videos.shape[2] < 2:
+            raise ValueError(f"the camera judge takes videos (B, 3, T >= 2, H, W), got {tuple(videos.shape)}")
+        b, c, t, h, w = videos.shape
+        x = _resize(frames_of(videos.float()), self.resolution).reshape(b, t, c, self.resolution, self.resolution)
+        x = x.transpose(1, 2)
+        diff = torch.cat([x[:, :, 1:] - x[:, :, :-1], torch.zeros_like(x[:, :, :1])], dim=2)
+        f = self.body(torch.cat([x, diff], dim=1)).mean(dim=(2, 3, 4))
+        return {"pan": self.pan_head(f), "zoom": self.zoom_head(f)}
+
+
+def camera_net_metadata(net: CameraNet) -> dict[str, str]:
+    return {"arch": "CameraNet", **{k: str(getattr(net, k)) for k in CameraNet._ARCH_KEYS}}
+
+
+@buildable
+def load_camera_judge(path: str | Path | None = None, map_location="cpu") -> CameraNet:
+    """The committed camera judge (or the one at ``path``), frozen; strict loading."""
+    from shared.nn.weights import load_state_dict_strict
+
+    path = Path(path) if path else DEFAULT_CAMERA_JUDGE_PATH
+    state, meta = _read(path, "camera judge")
+    net = CameraNet(**{k: int(meta[k]) for k in CameraNet._ARCH_KEYS if k in meta})
+    load_state_dict_strict(net, state, what=f"camera judge weights {path}")
+    return net.to(map_location).eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def camera_accuracy(videos: torch.Tensor, pan: torch.Tensor, zoom: torch.Tensor, judge: CameraNet,
+                    batch_size: int = 64) -> dict[str, float]:
+    """Shares of videos whose camera pan direction and zoom the camera judge gets right."""
+    outs = [judge(videos[i:i + batch_size].float()) for i in range(0, len(videos), batch_size)]
+    p = torch.cat([o["pan"] for o in outs]).argmax(1)
+    z = torch.cat([o["zoom"] for o in outs]).argmax(1)
+    return {"pan_acc": float((p == torch.as_tensor(pan).long()).float().mean()),
+            "zoom_acc": float((z == torch.as_tensor(zoom).long()).float().mean())}
 
 
 class ShapesJudge(nn.Module):

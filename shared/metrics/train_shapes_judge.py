@@ -1,6 +1,7 @@
 """Re-train the styled-shapes judges (``shared.metrics.shapes_judge``) deterministically on CPU.
 
     python -m shared.metrics.train_shapes_judge    # writes shared/metrics/weights/styled_shapes_{judge,content}.*
+    python -m shared.metrics.train_shapes_judge --camera   # writes styled_shapes_camera_judge.*
 
 * the evaluation judge: a :class:`StyleNet` (cross-entropy over the 6 styles) and a :class:`DepthNet` (squared error
   of standardised depth, shape pixels weighted ``shape_weight`` x, background included) on single frames of the
@@ -14,6 +15,10 @@ style accuracy per frame, depth RMSE against the world's depth (all pixels and s
 mean-depth baseline), and the separations the claims rely on — the depth error between two renderings of the *same*
 structure in different styles against the error between *different* structures, the edge F1 of the judged depth's
 discontinuities against the world's edges, and a real-vs-real per-frame ``FD_judge`` floor. One thread.
+
+``--camera`` trains the camera judge instead (:class:`CameraNet`: the pan direction and the zoom of
+``StyledShapes(camera=True)`` videos with the claim's pan / zoom ranges, a pool of ``--videos`` clips, noise and blur as
+above) and records its held-out pan and zoom accuracy.
 """
 from __future__ import annotations
 
@@ -29,10 +34,14 @@ import torch.nn.functional as F
 
 from shared.data.styled_shapes import StyledShapes
 from shared.metrics.shapes_judge import (
+    DEFAULT_CAMERA_JUDGE_PATH,
     DEFAULT_CONTENT_ENCODER_PATH,
     DEFAULT_SHAPES_JUDGE_PATH,
+    CameraNet,
     ShapesJudge,
     StyleNet,
+    camera_accuracy,
+    camera_net_metadata,
     depth_edges,
     depth_rmse,
     edge_f1,
@@ -151,8 +160,67 @@ def evaluate(judge: ShapesJudge, content: StyleNet, size: int, frames: int, n: i
     }
 
 
+def camera_videos(n: int, size: int, split: str, seed: int, pan, zoom) -> dict[str, torch.Tensor]:
+    ds = StyledShapes(n=n, frames=8, size=size, split=split, seed=seed, camera=True, pan=tuple(pan), zoom=tuple(zoom))
+    items = [ds[i] for i in range(n)]
+    return {k: torch.stack([it[k] for it in items]) for k in ("x", "camera_pan", "camera_zoom")}
+
+
+def train_camera(args) -> None:
+    from safetensors.torch import save_file
+
+    t0 = time.time()
+    torch.manual_seed(args.seed)
+    data = camera_videos(args.videos, args.size, "train", args.seed, args.camera_pan, args.camera_zoom)
+    net = CameraNet(resolution=args.size)
+    g = torch.Generator().manual_seed(args.seed)
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-4)
+    sched = _schedule(opt, args.camera_steps)
+    b = args.batch_size // 2
+    for _ in range(args.camera_steps):
+        idx = torch.randint(len(data["x"]), (b,), generator=g)
+        x = data["x"][idx]
+        frames = degrade(x.transpose(1, 2).flatten(0, 1), g, args.noise, args.blur)
+        out = net(frames.reshape(b, -1, *frames.shape[1:]).transpose(1, 2))
+        loss = F.cross_entropy(out["pan"], data["camera_pan"][idx]) + F.cross_entropy(out["zoom"],
+                                                                                      data["camera_zoom"][idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    net.eval().requires_grad_(False)
+    train_time = time.time() - t0
+    test = camera_videos(args.eval_videos, args.size, "test", args.seed + 1000, args.camera_pan, args.camera_zoom)
+    acc = camera_accuracy(test["x"], test["camera_pan"], test["camera_zoom"], net)
+    path = args.camera_out
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp), metadata=camera_net_metadata(net))
+    tmp.replace(path)
+    record = {"judge": "styled-shapes camera judge (shared.metrics.shapes_judge.CameraNet): pan direction, zoom",
+              "command": "python -m shared.metrics.train_shapes_judge " + " ".join(sys.argv[1:]),
+              "seed": args.seed, "size": args.size, "videos": args.videos, "steps": args.camera_steps,
+              "batch_size": b, "pan": list(args.camera_pan), "zoom": list(args.camera_zoom),
+              "train_world": "StyledShapes(camera=True, split='train', frames=8, seed=seed)",
+              "test_world": "StyledShapes(camera=True, split='test', frames=8, seed=seed + 1000)",
+              "train_time_s": round(train_time, 1), "final_loss": round(float(loss), 4),
+              "test": {"pan_accuracy": round(acc["pan_acc"], 4), "zoom_accuracy": round(acc["zoom_acc"], 4),
+                       "eval_videos": args.eval_videos, "chance": {"pan": 0.25, "zoom": 0.5}},
+              "num_parameters": sum(q.numel() for q in net.parameters()), "architecture": camera_net_metadata(net),
+              "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "state_sha256": state_sha256(net.state_dict()), "weights": path.name}
+    path.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    print(json.dumps(record, indent=2))
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--camera", action="store_true", help="train the camera judge instead")
+    p.add_argument("--camera-out", type=Path, default=DEFAULT_CAMERA_JUDGE_PATH)
+    p.add_argument("--camera-pan", type=float, nargs=2, default=(0.03, 0.06))
+    p.add_argument("--camera-zoom", type=float, nargs=2, default=(0.03, 0.06))
+    p.add_argument("--camera-steps", type=int, default=1500)
+    p.add_argument("--videos", type=int, default=3000, help="camera judge: training clips")
     p.add_argument("--out", type=Path, default=DEFAULT_SHAPES_JUDGE_PATH)
     p.add_argument("--content-out", type=Path, default=DEFAULT_CONTENT_ENCODER_PATH)
     p.add_argument("--seed", type=int, default=0)
@@ -167,6 +235,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--eval-videos", type=int, default=300)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
+    if args.camera:
+        return train_camera(args)
     from safetensors.torch import save_file
 
     t0 = time.time()
