@@ -105,7 +105,8 @@ def test_retrain_command_smoke_is_deterministic(tmp_path):
     try:
         for name in ("a", "b"):
             main(["--out", str(tmp_path / f"{name}.safetensors"),
-                  "--content-out", str(tmp_path / f"{name}_c.safetensors"), "--frames", "64", "--style-steps", "2", "--depth-steps", "2", "--eval-videos", "6"])
+                  "--content-out", str(tmp_path / f"{name}_c.safetensors"), "--frames", "64",
+                  "--style-steps", "2", "--depth-steps", "2", "--eval-videos", "6"])
     finally:
         torch.set_num_threads(threads)
     rec_a = json.loads((tmp_path / "a.json").read_text())
