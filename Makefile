@@ -17,7 +17,7 @@ export PYTHONHASHSEED := 0
 .PHONY: help install test claims lint demo report bench bench-gpu clean \
         ddpm ddim rectified_flow instaflow knowledge_distillation progressive_distillation \
         consistency_models few_step_table dit vdm pvdm video_ldm animatediff animate_anyone emo judges \
-        text2video_zero long_video latent_shift pyoco videofusion
+        text2video_zero long_video latent_shift pyoco videofusion gen1 controlnet_video
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-26s %s\n", $$1, $$2}'
@@ -51,11 +51,13 @@ bench: $(STAMP)  ## time our blocks against diffusers' at the same configuration
 bench-gpu: $(STAMP)  ## the GPU rows (bf16 eager + torch.compile, DiT-B/2 MFU), time-boxed: BUDGET seconds
 	tests/bench/gpu_bench.sh outputs/bench/gpu $(or $(BUDGET),540) $(PY)
 
-judges: $(STAMP)  ## re-train the committed judge networks (digits, moving digits, puppets, talking faces)
+judges: $(STAMP)  ## re-train the committed judge networks (digits, moving digits, puppets, talking faces, styled shapes)
 	$(PY) -m shared.metrics.train_judge
 	$(PY) -m shared.metrics.train_video_judge
 	$(PY) -m shared.metrics.train_avatar_judge --world puppets
 	$(PY) -m shared.metrics.train_avatar_judge --world talking_faces
+	$(PY) -m shared.metrics.train_shapes_judge
+	$(PY) -m shared.metrics.train_shapes_judge --camera
 
 ddpm: $(STAMP)  ## DDPM claim check: L_simple vs VLB on digits, 1000-step ancestral sampling
 	$(TRAIN) experiment=ddpm/digits_claim $(PUBLISH)
@@ -141,6 +143,14 @@ pyoco: $(STAMP)  ## PYoCo: mixed / progressive correlated noise priors vs i.i.d.
 videofusion: $(STAMP)  ## VideoFusion: base + residual noise with a base (image) and a residual (video) generator vs i.i.d. noise
 	$(TRAIN) experiment=videofusion/moving_digits_claim $(PUBLISH)
 	$(PY) -m tools.report --paper videofusion
+
+gen1: $(STAMP)  ## Gen-1: structure (depth at level t_s) + content (a frame's embedding) guided video synthesis, temporal guidance
+	$(TRAIN) experiment=gen1/styled_shapes_claim $(PUBLISH)
+	$(PY) -m tools.report --paper gen1
+
+controlnet_video: $(STAMP)  ## ControlNet on a frozen video model: depth / edge control, per-frame quality and consistency kept
+	$(TRAIN) experiment=controlnet_video/styled_shapes_claim $(PUBLISH)
+	$(PY) -m tools.report --paper controlnet_video
 
 clean:  ## remove outputs (keeps .venv)
 	rm -rf outputs reports

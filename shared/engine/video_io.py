@@ -7,10 +7,13 @@ Inputs follow the project's conventions — images (B, C, H, W), videos (B, C, T
 (looping, ``1000 / fps`` ms per frame), MP4 with PyAV (libx264, yuv420p; odd sides are padded to
 even ones as the codec requires). Each writer creates missing parent folders and returns the path.
 :func:`save_labelled_rows` writes method comparisons: one row of videos per method, its name printed beside it.
+:func:`save_labelled_columns` writes side-by-side columns (reference | pose | generated, input | control | output
+...) under a header row of labels (PIL's default bitmap font), one example per row.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -129,21 +132,24 @@ def save_video_grid(
     return path
 
 
-def save_labelled_columns(columns: dict[str, torch.Tensor], path: str | Path, fps: float = 4, scale: int = 4,
-                          padding: int = 2) -> Path:
-    """A GIF whose columns are labelled video sets side by side (reference | pose | generated | ...): every value is
-    ``(B, C, T, H, W)`` (or ``(B, C, H, W)``, shown still) in [-1, 1] with the same B, H, W; row i shows item i of
-    every column; the label is written above its column."""
+def save_labelled_columns(columns: Mapping[str, torch.Tensor] | Sequence[tuple[str, torch.Tensor]],
+                          path: str | Path, fps: float = 4, scale: int = 4, padding: int = 2) -> Path:
+    """A GIF whose columns are labelled video sets side by side (reference | pose | generated, input | control |
+    output, ...): ``columns`` maps label -> videos (or is a list of ``(label, videos)`` pairs); every value is
+    ``(B, C, T, H, W)`` (or ``(B, C, H, W)``, shown still; C = 1 or 3) in [-1, 1] with the same B, H, W; row i shows
+    item i of every column (a column of fewer frames holds its last); the label is written above its column."""
     from PIL import Image, ImageDraw
 
     path = Path(path)
     if path.suffix.lower() != ".gif" or not columns:
         raise ValueError(f"save_labelled_columns writes a .gif of at least one column, got '{path}'")
     vids = {}
-    for label, v in columns.items():
+    for label, v in (columns.items() if isinstance(columns, Mapping) else columns):
         v = v.detach().float().cpu()
         if v.ndim == 4:
             v = v[:, :, None]
+        if v.ndim != 5:
+            raise ValueError(f"column {label!r}: videos must be (B, C, T, H, W), got shape {tuple(v.shape)}")
         if v.shape[1] == 1:
             v = v.expand(-1, 3, -1, -1, -1)
         vids[label] = v

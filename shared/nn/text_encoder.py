@@ -111,6 +111,9 @@ class _MLP(nn.Module):
 
 
 class _Layer(nn.Module):
+    """One pre-LN transformer layer of CLIP (causal attention in the text tower; the image tower,
+    ``shared.nn.image_embedding``, builds it with ``causal=False``)."""
+
     def __init__(self, width: int, heads: int, mlp_dim: int, act: str, eps: float, causal: bool = True):
         super().__init__()
         self.layer_norm1, self.self_attn = nn.LayerNorm(width, eps=eps), _Attention(width, heads, causal)
