@@ -213,3 +213,30 @@ def test_motion_module_trains_on_raw_volumes_and_returns_raw_volumes():
     assert loss.ndim == 0 and torch.isfinite(loss)
     z = m.latent.encode(vol)
     assert torch.allclose(m.decode_volume(z), vol, atol=1e-5)
+
+
+def test_data_sets_match_the_world_and_cache(tmp_path):
+    from papers.generative_image_dynamics.data import RenderPairs, SpectralScenes, StillClips, bottleneck, box_resize
+    from shared.data.oscillating_scenes import OscillatingScenes
+
+    world = OscillatingScenes(n=3, frames=24, size=16, num_freqs=6, seed=5)
+    a = SpectralScenes(world, volume_size=8, cache_dir=str(tmp_path))
+    assert len(list(tmp_path.glob("SpectralScenes_*.pt"))) == 1
+    b = SpectralScenes(world, volume_size=8, cache_dir=str(tmp_path))  # loaded from the file
+    it = world[1]
+    assert a[1]["x"].shape == (4, 6, 8, 8) and torch.equal(a[1]["x"], b[1]["x"])
+    assert torch.allclose(a[1]["x"], box_resize(it["spectral_volume"], 8).transpose(0, 1))
+    assert torch.equal(a[1]["still"], it["still"]) and a.volumes().shape == (3, 6, 4, 8, 8)
+    pairs = RenderPairs(world, frames_per_scene=2, motion_size=8)
+    p = pairs[3]  # scene 1, second frame
+    t = [int(tt) for tt in range(1, 24) if torch.equal(it["x"][:, tt], p["x"])]
+    assert t, "the pair's frame is one of the clip's frames"
+    assert torch.allclose(p["flow"], bottleneck(it["displacement"][:, t[0]], 8), atol=1e-6)
+    assert p["weight"].shape == (1, 16, 16) and torch.equal(p["still"], it["still"])
+    clips = StillClips(world, clip_len=5, start_at_zero=0.0)
+    c = clips[2]
+    full = world[2]["x"]
+    starts = [s for s in range(0, 20) if torch.allclose(full[:, s:s + 5], c["x"], atol=1e-6)]
+    assert starts and torch.allclose(c["still"], full[:, 0], atol=1e-6)
+    with pytest.raises(ValueError, match="clip_len"):
+        StillClips(world, clip_len=30)

@@ -49,7 +49,7 @@ from shared.data.spectral import SpectralNormalizer
 from shared.engine.claims import finish, fit_variant, note_reused, seed_job_config, summarise, variant_config
 from shared.engine.parallel import map_jobs
 from shared.engine.teachers import teacher_key
-from shared.engine.video_io import save_video_grid
+from shared.engine.video_io import video_grid_frames
 from shared.methods.registry import module_from_checkpoint
 from shared.metrics.frechet import fd_from_features
 from shared.metrics.oscillation_judge import DEFAULT_OSCILLATION_JUDGE_PATH, load_oscillation_judge
@@ -189,11 +189,32 @@ def _sample_volumes(module, still: torch.Tensor, c, seed: int, sampler: dict | N
                          batch_size=int(c.get("sample_batch", 64)))
 
 
-def _gif(cfg, name: str, rows: list[torch.Tensor]) -> None:
+def labelled_gif(rows: dict[str, torch.Tensor], path: Path, fps: float = 15, scale: int = 3) -> Path:
+    """One row of videos (B, 3, T, H, W) per label, the label written left of its row; frames = the shortest T."""
+    from PIL import Image, ImageDraw
+
+    T = min(v.shape[2] for v in rows.values())
+    grids = [video_grid_frames(v[:, :, :T], nrow=v.shape[0], scale=scale) for v in rows.values()]
+    margin = 8 + 7 * max(len(k) for k in rows)
+    width = margin + max(g.shape[2] for g in grids)
+    frames = []
+    for t in range(T):
+        canvas = Image.new("RGB", (width, sum(g.shape[1] for g in grids)), (255, 255, 255))
+        draw, y = ImageDraw.Draw(canvas), 0
+        for label, g in zip(rows, grids):
+            canvas.paste(Image.fromarray(g[t]), (margin, y))
+            draw.text((4, y + g.shape[1] // 2 - 5), label, fill=(0, 0, 0))
+            y += g.shape[1]
+        frames.append(canvas)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=max(1, round(1000 / fps)), loop=0)
+    return path
+
+
+def _gif(cfg, name: str, rows: dict[str, torch.Tensor]) -> None:
     k = int(cfg.claim.gif_videos)
     frames = int(cfg.claim.get("gif_frames", 60))
-    save_video_grid(torch.cat([r[:k, :, :frames] for r in rows]), Path(cfg.run_dir) / f"{name}.gif", nrow=k, fps=15,
-                    scale=3)
+    labelled_gif({label: v[:k, :, :frames] for label, v in rows.items()}, Path(cfg.run_dir) / f"{name}.gif")
 
 
 def seed_job(cfg_dict: dict, seed: int, kind: str) -> dict:
@@ -221,7 +242,7 @@ def seed_job(cfg_dict: dict, seed: int, kind: str) -> dict:
             out[f"fvd_judge_{name}"] = fvd_judge(videos[name], real, judge)
             out[f"band_energy_{name}"] = [float(v) for v in band_energy(vols[name]).mean(0)]
         if seed == int(c.seeds[0]):
-            _gif(cfg, "still_to_animated", [real, *videos.values()])
+            _gif(cfg, "still_to_animated", {"real": real, **videos})
             torch.save({k: v[:8] for k, v in vols.items()} | {"real": test["volume"][:8]},
                        Path(cfg.run_dir) / f"volumes_seed{seed}.pt")
     elif kind == "looping":
@@ -243,10 +264,10 @@ def seed_job(cfg_dict: dict, seed: int, kind: str) -> dict:
                 out.setdefault("_videos", {})[name] = video
         if seed == int(c.seeds[0]):
             vids = out.pop("_videos")
-            # three loops of each clip back to back: the seam shows at frames N and 2N
-            k = int(c.gif_videos)
-            loops = [torch.cat([vids[n][:k]] * 2, dim=2)[:, :, frames - 30: frames + 30] for n in vids]
-            save_video_grid(torch.cat(loops), Path(cfg.run_dir) / "loop_seam.gif", nrow=k, fps=15, scale=3)
+            # each clip played twice: 30 frames either side of the seam (frame N back to the still)
+            k, h = int(c.gif_videos), min(30, frames // 2)
+            labelled_gif({n: torch.cat([vids[n][:k]] * 2, dim=2)[:, :, frames - h: frames + h] for n in vids},
+                         Path(cfg.run_dir) / "loop_seam.gif")
             _interactive_gif(cfg, renderer, still, v, period)
         out.pop("_videos", None)
     elif kind == "long_horizon":
@@ -269,7 +290,7 @@ def _interactive_gif(cfg, renderer, still, volumes, period) -> None:
         motion = torch.nn.functional.interpolate(resp.reshape(-1, 1, *resp.shape[-2:]), size=(S, S), mode="bilinear",
                                                  align_corners=False).reshape(1, 2, 60, S, S)
         videos.append(render_video(renderer, still[i:i + 1], None, period, 60, motion=motion))
-    save_video_grid(torch.cat(videos), Path(cfg.run_dir) / "interactive_poke.gif", nrow=k, fps=15, scale=3)
+    labelled_gif({"poke": torch.cat(videos)}, Path(cfg.run_dir) / "interactive_poke.gif")
 
 
 # ---------------------------------------------------------------------------------------------------- long horizon
@@ -281,14 +302,13 @@ def training_flops(cfg: DictConfig, overrides: dict, batch_size: int, steps: int
     sub = variant_config(cfg, overrides)
     mod = sub.module
     net = instantiate(mod.net if "net" in mod else sub.model)
-    if isinstance(net, Renderer):
+    if isinstance(net, Renderer):  # splatting checks its flow's values: counted on the CPU (no attention in it)
         S = int(cfg.data.size)
         args = (torch.zeros(batch_size, 3, S, S), torch.zeros(batch_size, 2, S, S), torch.zeros(batch_size, 1, S, S))
-        kw = {}
-    else:
-        shape = tuple(mod.sample_shape)
-        args = (torch.zeros(batch_size, *shape), torch.zeros(batch_size))
-        kw = {"still": torch.zeros(batch_size, 3, int(cfg.data.size), int(cfg.data.size))}
+        return 3.0 * gflops(net, *args, on_meta=False)["gflops"] * 1e9 * int(steps)
+    shape = tuple(mod.sample_shape)
+    args = (torch.zeros(batch_size, *shape), torch.zeros(batch_size))
+    kw = {"still": torch.zeros(batch_size, 3, int(cfg.data.size), int(cfg.data.size))}
     return 3.0 * gflops(net, *args, **kw)["gflops"] * 1e9 * int(steps)
 
 
@@ -366,9 +386,8 @@ def _long_horizon(cfg, seed, test, renderer, judge, times) -> dict:
     if seed == int(c.seeds[0]):
         k = int(c.gif_videos)
         step = max(1, frames // 75)
-        save_video_grid(torch.cat([real[:k, :, ::step], videos["spectral"][:k, :, ::step],
-                                   videos["video"][:k, :, ::step]]), Path(cfg.run_dir) / "real_spectral_video.gif",
-                        nrow=k, fps=15, scale=3)
+        labelled_gif({"real": real[:k, :, ::step], "spectral": videos["spectral"][:k, :, ::step],
+                      "video": videos["video"][:k, :, ::step]}, Path(cfg.run_dir) / "real_spectral_video.gif")
     return out
 
 

@@ -105,9 +105,16 @@ class StillUNet(nn.Module):
         if x.dim() != 5 or x.shape[1] != self.channels:
             raise ValueError(f"StillUNet: x must be (B, {self.channels}, K, h, w), got {tuple(x.shape)}")
         b, _, k, h, w = x.shape
-        pos = torch.arange(k, device=x.device) if positions is None else torch.as_tensor(positions, device=x.device)
-        if pos.shape != (k,) or int(pos.min()) < 0 or int(pos.max()) >= self.axis_len:
-            raise ValueError(f"StillUNet: positions must be {k} indices in [0, {self.axis_len}), got {pos.tolist()}")
+        if positions is None:
+            if k > self.axis_len:
+                raise ValueError(f"StillUNet: {k} slices but the position embedding covers {self.axis_len}")
+            pos = torch.arange(k, device=x.device)
+        else:
+            pos = torch.as_tensor(positions).long().cpu()
+            if pos.shape != (k,) or int(pos.min()) < 0 or int(pos.max()) >= self.axis_len:
+                raise ValueError(f"StillUNet: positions must be {k} indices in [0, {self.axis_len}), got "
+                                 f"{pos.tolist()}")
+            pos = pos.to(x.device)
         if self.still_channels:
             if still is None:
                 raise ValueError("StillUNet: this network is conditioned on a still; pass still=(B, 3, H, W)")
