@@ -44,7 +44,7 @@ def test_spatial_self_attention_frame_modes_match_the_reference(mode):
         plain = layer(video, None, {"num_frames": T})
         for b in range(2):
             for i in range(T):
-                f = lambda j: video[b * T + j][None]  # noqa: E731
+                f = lambda j, b=b: video[b * T + j][None]  # noqa: E731
                 kv = [f(0)] if mode == "first" else [f(0), f(max(i - 1, 0))]
                 torch.testing.assert_close(out[b * T + i][None], attn_manual(layer, f(i), kv), atol=1e-5, rtol=1e-5)
         # a frame attending to itself is self-attention: frame 0 of every clip, and a single-frame "video"

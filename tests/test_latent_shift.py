@@ -56,7 +56,8 @@ def test_paper_scale_config_loads_a_local_sd_folder_and_trains_a_step(tmp_path):
 
     sd = write_tiny_sd_folder(tmp_path / "sd")
     overrides = ["experiment=latent_shift/webvid_sd15", "data=shapes_video", "data.size=16", "data.frames=4",
-                 "data.batch_size=2", "data.num_workers=0", "data.train.n=4", "trainer=cpu", "trainer.precision=32-true",
+                 "data.batch_size=2", "data.num_workers=0", "data.train.n=4", "trainer=cpu",
+                 "trainer.precision=32-true",
                  "callbacks.samples=null", "logger=none", f"model.net.weights={sd}", "data.root=null",
                  f"module.text_encoder.weights={sd}", "model.net.use_checkpoint=false",
                  f"module.latent.autoencoder.weights_path={sd}/vae/diffusion_pytorch_model.safetensors",

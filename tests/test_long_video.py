@@ -53,8 +53,6 @@ def test_one_window_is_the_plain_sampler_bit_for_bit():
 
 
 def test_fusing_a_per_frame_denoiser_changes_nothing_and_overlaps_are_weighted():
-    schedule = DiscreteVP(num_steps=50)
-
     def per_frame(x, t):
         return torch.tanh(x), 0.5 * x
 

@@ -83,7 +83,8 @@ def _module(prior=None):
 def test_the_module_draws_x_T_and_training_eps_from_its_prior_and_without_one_draws_as_before():
     plain = _module()
     g = torch.Generator().manual_seed(3)
-    torch.testing.assert_close(plain.noise(5, g), torch.randn((5, 1, 4, 8, 8), generator=torch.Generator().manual_seed(3)))
+    torch.testing.assert_close(plain.noise(5, g),
+                               torch.randn((5, 1, 4, 8, 8), generator=torch.Generator().manual_seed(3)))
     assert plain.training_noise(torch.zeros(2, 1, 4, 8, 8), g) is None
     prior = MixedNoise(2.0)
     m = _module(prior)

@@ -163,12 +163,7 @@ def run(cfg: DictConfig) -> dict:
             "refnet_video"][:k], "refnet": gifs["refnet_frames"][:k], "embed": gifs["embed_frames"][:k],
             "truth": clips["x"][:k]}
         save_labelled_columns(cols, Path(cfg.run_dir) / "grid.gif", fps=4, scale=4)
-    record = finish(cfg, metrics, paper="animate_anyone", claim=str(c.name), t0=t0,
+    record = finish(cfg, metrics, paper="animate_anyone", claim=str(c.name), t0=t0, artifacts=("*.png", "*.gif"),
                     extra={"nfe": int(c.sampler.steps), "num_samples": n,
                            "judge_sha256": avatar_judge_sha256("puppets", c.judge_path)})
-    if c.get("publish", False):
-        f = Path(cfg.run_dir) / "grid.gif"
-        if f.exists():
-            dest = Path(__file__).resolve().parent / "results" / f"{c.name}_grid.gif"
-            dest.write_bytes(f.read_bytes())
     return record

@@ -174,11 +174,7 @@ def run(cfg: DictConfig) -> dict:
             key = str(c.controls[name].key)
             cols += [(key, control_image(key, src[key][:k])), (f"{name} out", gifs[name][:k])]
         save_labelled_columns(cols, Path(cfg.run_dir) / "input_control_output.gif", fps=4, scale=4)
-    record = finish(cfg, metrics, paper="controlnet_video", claim=str(c.name), t0=t0,
+    record = finish(cfg, metrics, paper="controlnet_video", claim=str(c.name), t0=t0, artifacts=("*.png", "*.gif"),
                     extra={"nfe": int(c.sampler.steps), "num_samples": n,
                            "judge_sha256": shapes_judge_sha256(c.judge_path)})
-    if c.get("publish", True):
-        dest = Path(__file__).resolve().parent / "results"
-        for f in Path(cfg.run_dir).glob("*.gif"):
-            (dest / f"{c.name}_{f.name}").write_bytes(f.read_bytes())
     return record

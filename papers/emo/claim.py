@@ -217,12 +217,7 @@ def run(cfg: DictConfig) -> dict:
         save_labelled_columns({"reference": long["reference"][:kk], "motion frames": gifs["long"][:kk],
                                "independent": gifs["long_independent"][:kk], "truth": long["x"][:kk]},
                               Path(cfg.run_dir) / "long.gif", fps=6, scale=4)
-    record = finish(cfg, metrics, paper="emo", claim=str(c.name), t0=t0,
+    record = finish(cfg, metrics, paper="emo", claim=str(c.name), t0=t0, artifacts=("*.png", "*.gif"),
                     extra={"nfe": int(c.sampler.steps), "num_samples": ns,
                            "judge_sha256": avatar_judge_sha256("talking_faces", c.judge_path)})
-    if c.get("publish", False):
-        for name in ("grid.gif", "long.gif"):
-            src = Path(cfg.run_dir) / name
-            if src.exists():
-                (Path(__file__).resolve().parent / "results" / f"{c.name}_{name}").write_bytes(src.read_bytes())
     return record

@@ -148,10 +148,6 @@ def run(cfg: DictConfig) -> dict:
     for v in c.variants:
         metrics[f"fvd_ratio_{v}_to_per_frame"] = summarise(
             [r[f"fvd_judge_{v}"] / r["fvd_judge_per_frame"] for r in per_seed])
-    record = finish(cfg, metrics, paper="latent_shift", claim=str(c.name), t0=t0,
+    record = finish(cfg, metrics, paper="latent_shift", claim=str(c.name), t0=t0, artifacts=("*.png", "*.gif"),
                     extra={"num_videos": int(c.num_videos), "judge_sha256": judge_sha256(c.judge_path)})
-    if c.get("publish", True):
-        dest = Path(__file__).resolve().parent / "results"
-        for f in Path(cfg.run_dir).glob("*.gif"):
-            (dest / f"{c.name}_{f.name}").write_bytes(f.read_bytes())
     return record

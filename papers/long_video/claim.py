@@ -145,11 +145,7 @@ def run(cfg: DictConfig) -> dict:
     per_seed = map_jobs(seed_job, [(cfg_dict, int(s)) for s in c.seeds], workers=int(c.get("workers", 1)))
     for key in per_seed[0]:
         metrics[key] = summarise([r[key] for r in per_seed])
-    record = finish(cfg, metrics, paper="long_video", claim=str(c.name), t0=t0,
+    record = finish(cfg, metrics, paper="long_video", claim=str(c.name), t0=t0, artifacts=("*.png", "*.gif"),
                     extra={"num_videos": int(c.num_videos), "total_frames": int(c.total_frames),
                            "judge_sha256": judge_sha256(c.judge_path)})
-    if c.get("publish", True):
-        dest = Path(__file__).resolve().parent / "results"
-        for f in Path(cfg.run_dir).glob("*.gif"):
-            (dest / f"{c.name}_{f.name}").write_bytes(f.read_bytes())
     return record

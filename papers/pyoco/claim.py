@@ -116,11 +116,7 @@ def run(cfg: DictConfig) -> dict:
     for prior in c.priors:
         metrics[f"fvd_{prior}_at_half"] = summarise([r[f"fvd_judge.{prior}.{half}"] for r in per_seed])
         metrics[f"fvd_{prior}_at_full"] = summarise([r[f"fvd_judge.{prior}.{full}"] for r in per_seed])
-    record = finish(cfg, metrics, paper="pyoco", claim=str(c.name), t0=t0,
+    record = finish(cfg, metrics, paper="pyoco", claim=str(c.name), t0=t0, artifacts=("*.png", "*.gif"),
                     extra={"num_videos": int(c.num_videos), "budgets": budgets, "half_budget": half,
                            "judge_sha256": judge_sha256(c.judge_path)})
-    if c.get("publish", True):
-        dest = Path(__file__).resolve().parent / "results"
-        for f in Path(cfg.run_dir).glob("*.gif"):
-            (dest / f"{c.name}_{f.name}").write_bytes(f.read_bytes())
     return record

@@ -121,10 +121,6 @@ def run(cfg: DictConfig) -> dict:
     for name in METHODS[1:]:
         metrics[f"appearance_gain_{name}"] = summarise(
             [r[f"appearance_{name}"] - r["appearance_per_frame"] for r in per_seed])
-    record = finish(cfg, metrics, paper="text2video_zero", claim=str(c.name), t0=t0,
+    record = finish(cfg, metrics, paper="text2video_zero", claim=str(c.name), t0=t0, artifacts=("*.png", "*.gif"),
                     extra={"num_videos": int(c.num_videos), "judge_sha256": judge_sha256(c.judge_path)})
-    if c.get("publish", True):
-        dest = Path(__file__).resolve().parent / "results"
-        for f in Path(cfg.run_dir).glob("*.gif"):
-            (dest / f"{c.name}_{f.name}").write_bytes(f.read_bytes())
     return record

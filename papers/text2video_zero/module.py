@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from shared.diffusion.samplers import ddim_sample
 from shared.diffusion.schedules import _bcast
 
-__all__ = ["direction_vector", "direction_velocity", "translate", "motion_field", "ddim_segment", "ddpm_forward", "text2video_zero",
-           "per_frame_videos"]
+__all__ = ["direction_vector", "direction_velocity", "translate", "motion_field", "ddim_segment", "ddpm_forward",
+           "text2video_zero", "per_frame_videos"]
 
 
 def direction_vector(direction: int, num_directions: int = 8) -> tuple[float, float]:

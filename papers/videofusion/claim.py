@@ -95,10 +95,6 @@ def run(cfg: DictConfig) -> dict:
         metrics[key] = summarise([r[key] for r in per_seed])
     metrics["fvd_ratio_videofusion_to_iid"] = summarise(
         [r["fvd_judge_videofusion"] / r["fvd_judge_iid"] for r in per_seed])
-    record = finish(cfg, metrics, paper="videofusion", claim=str(c.name), t0=t0,
+    record = finish(cfg, metrics, paper="videofusion", claim=str(c.name), t0=t0, artifacts=("*.png", "*.gif"),
                     extra={"num_videos": int(c.num_videos), "judge_sha256": judge_sha256(c.judge_path)})
-    if c.get("publish", True):
-        dest = Path(__file__).resolve().parent / "results"
-        for f in Path(cfg.run_dir).glob("*.gif"):
-            (dest / f"{c.name}_{f.name}").write_bytes(f.read_bytes())
     return record

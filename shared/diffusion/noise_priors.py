@@ -33,7 +33,8 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["NoisePrior", "IIDNoise", "MixedNoise", "ProgressiveNoise", "BaseResidualNoise", "empirical_frame_covariance"]
+__all__ = ["NoisePrior", "IIDNoise", "MixedNoise", "ProgressiveNoise", "BaseResidualNoise",
+           "empirical_frame_covariance"]
 
 FRAME_AXIS = 2
 
