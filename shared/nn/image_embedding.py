@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from shared.nn.build import buildable
-from shared.nn.text_encoder import _Layer
+from shared.nn.text_encoder import _Encoder, _Layer
 
 __all__ = ["ImageEmbedder", "image_embedder", "CLIPImageEncoder", "vit_l14_kwargs", "load_clip_image_encoder",
            "CLIP_MEAN", "CLIP_STD"]
@@ -95,12 +95,6 @@ class _VisionEmbeddings(nn.Module):
         self.patch_embedding = nn.Conv2d(3, width, patch_size, stride=patch_size, bias=False)
         self.position_embedding = nn.Embedding((image_size // patch_size) ** 2 + 1, width)
         nn.init.normal_(self.position_embedding.weight, std=0.01)
-
-
-class _Encoder(nn.Module):
-    def __init__(self, layers: list[nn.Module]):
-        super().__init__()
-        self.layers = nn.ModuleList(layers)
 
 
 class _VisionModel(nn.Module):
