@@ -27,14 +27,20 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from shared.engine.claims import finish, fit_variant, seed_job_config, summarise, world_items
-from shared.engine.parallel import map_jobs
-from shared.engine.teachers import stage_for_seed
+from shared.engine.claims import (
+    finish,
+    fit_variant,
+    map_seeds,
+    seed_job_config,
+    summarise,
+    summarise_seeds,
+    world_items,
+)
+from shared.engine.teachers import image_stage_weights
 from shared.engine.video_io import save_labelled_rows
 from shared.metrics.video import frame_consistency
 from shared.metrics.video_identity import appearance_consistency, frame_digit_agreement, identity_swapped
 from shared.metrics.video_judge import digit_accuracy, fvd_judge, judge_sha256, load_video_judge
-from shared.nn.weights import save_weights
 
 
 def ink_consistency(videos: torch.Tensor) -> float:
@@ -86,11 +92,7 @@ def seed_job(cfg_dict: dict, seed: int) -> dict:
     c = cfg.claim
     judge = load_video_judge(c.judge_path) if c.judge_path else load_video_judge()
     run_dir = Path(cfg.run_dir)
-    ts = time.time()
-    image, _, how = stage_for_seed(cfg, c.image, seed)
-    image.eval()
-    out = {"image_stage_s": time.time() - ts, "image_stage_cached": float(how != "trained")}
-    image_file = save_weights(image.sampling_net(True), run_dir / f"weights_seed{seed}" / "image_unet.safetensors")
+    image, image_file, out = image_stage_weights(cfg, c.image, seed)
     models = {}
     for variant in c.variants:
         ts = time.time()
@@ -141,10 +143,8 @@ def run(cfg: DictConfig) -> dict:
     c = cfg.claim
     judge = load_video_judge(c.judge_path) if c.judge_path else load_video_judge()
     metrics: dict = {"judge_checks": judge_checks(cfg, judge)}
-    cfg_dict = OmegaConf.to_container(cfg, resolve=False)
-    per_seed = map_jobs(seed_job, [(cfg_dict, int(s)) for s in c.seeds], workers=int(c.get("workers", 1)))
-    for key in per_seed[0]:
-        metrics[key] = summarise([r[key] for r in per_seed])
+    per_seed = map_seeds(cfg, seed_job)
+    summarise_seeds(per_seed, metrics)
     for v in c.variants:
         metrics[f"fvd_ratio_{v}_to_per_frame"] = summarise(
             [r[f"fvd_judge_{v}"] / r["fvd_judge_per_frame"] for r in per_seed])

@@ -27,15 +27,21 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from shared.engine.claims import finish, fit_variant, seed_job_config, summarise, variant_config, world_items
-from shared.engine.parallel import map_jobs
+from shared.engine.claims import (
+    finish,
+    fit_variant,
+    map_seeds,
+    seed_job_config,
+    summarise,
+    variant_config,
+    world_items,
+)
 from shared.engine.run import build
-from shared.engine.teachers import stage_for_seed
+from shared.engine.teachers import image_stage_weights
 from shared.engine.video_io import save_labelled_rows
 from shared.metrics.video import frame_consistency
 from shared.metrics.video_identity import appearance_consistency, frame_digit_agreement
 from shared.metrics.video_judge import fvd_judge, judge_sha256, load_video_judge
-from shared.nn.weights import save_weights
 
 
 def ink_consistency(videos: torch.Tensor) -> float:
@@ -67,10 +73,7 @@ def seed_job(cfg_dict: dict, seed: int) -> dict:
     c = cfg.claim
     judge = load_video_judge(c.judge_path) if c.judge_path else load_video_judge()
     run_dir = Path(cfg.run_dir)
-    ts = time.time()
-    image, _, how = stage_for_seed(cfg, c.image, seed)
-    out = {"image_stage_s": time.time() - ts, "image_stage_cached": float(how != "trained")}
-    image_file = save_weights(image.sampling_net(True), run_dir / f"weights_seed{seed}" / "image_unet.safetensors")
+    image, image_file, out = image_stage_weights(cfg, c.image, seed)
     n = int(c.num_videos)
     labels = torch.arange(n) % 10
     real = world_items(cfg, n, int(c.real_seed))
@@ -102,8 +105,7 @@ def run(cfg: DictConfig) -> dict:
     real = world_items(cfg, int(c.num_videos), int(c.real_seed))
     other = world_items(cfg, int(c.num_videos), int(c.floor_seed))
     metrics: dict = {"fvd_judge_real_floor": fvd_judge(other, real, judge)}
-    cfg_dict = OmegaConf.to_container(cfg, resolve=False)
-    per_seed = map_jobs(seed_job, [(cfg_dict, int(s)) for s in c.seeds], workers=int(c.get("workers", 1)))
+    per_seed = map_seeds(cfg, seed_job)
     for key in per_seed[0]:
         name, _, sub = key.partition(".")
         summary = summarise([r[key] for r in per_seed])

@@ -25,12 +25,11 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from papers.text2video_zero.module import direction_velocity, per_frame_videos, text2video_zero
-from shared.engine.claims import finish, seed_job_config, summarise, world_items
-from shared.engine.parallel import map_jobs
-from shared.engine.teachers import stage_for_seed
+from shared.engine.claims import finish, map_seeds, seed_job_config, summarise, summarise_seeds, world_items
+from shared.engine.teachers import image_stage_weights
 from shared.engine.video_io import save_labelled_rows
 from shared.metrics.video import frame_consistency
 from shared.metrics.video_identity import appearance_consistency, frame_digit_agreement, identity_swapped
@@ -83,10 +82,7 @@ def seed_job(cfg_dict: dict, seed: int) -> dict:
     cfg = seed_job_config(cfg_dict)
     c = cfg.claim
     judge = load_video_judge(c.judge_path) if c.judge_path else load_video_judge()
-    ts = time.time()
-    module, _, how = stage_for_seed(cfg, c.image, seed)
-    module.eval()
-    out = {"image_stage_s": time.time() - ts, "image_stage_cached": float(how != "trained")}
+    module, _, out = image_stage_weights(cfg, c.image, seed, save=False)
     labels, directions = prompts(int(c.num_videos), 100 + int(seed))
     ts = time.time()
     videos = generate(cfg, module, labels, directions, seed)
@@ -114,10 +110,8 @@ def run(cfg: DictConfig) -> dict:
     c = cfg.claim
     judge = load_video_judge(c.judge_path) if c.judge_path else load_video_judge()
     metrics: dict = {"judge_checks": judge_checks(cfg, judge)}
-    cfg_dict = OmegaConf.to_container(cfg, resolve=False)
-    per_seed = map_jobs(seed_job, [(cfg_dict, int(s)) for s in c.seeds], workers=int(c.get("workers", 1)))
-    for key in per_seed[0]:
-        metrics[key] = summarise([r[key] for r in per_seed])
+    per_seed = map_seeds(cfg, seed_job)
+    summarise_seeds(per_seed, metrics)
     for name in METHODS[1:]:
         metrics[f"appearance_gain_{name}"] = summarise(
             [r[f"appearance_{name}"] - r["appearance_per_frame"] for r in per_seed])

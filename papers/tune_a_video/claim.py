@@ -24,13 +24,18 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from shared.diffusion.samplers import ddim_invert, ddim_sample
-from shared.engine.claims import finish, fit_variant, seed_job_config, summarise, world_items
-from shared.engine.parallel import map_jobs
-from shared.engine.teachers import stage_for_seed
+from shared.engine.claims import (
+    finish,
+    fit_variant,
+    map_seeds,
+    seed_job_config,
+    summarise_seeds,
+    world_items,
+)
+from shared.engine.teachers import image_stage_weights
 from shared.engine.video_io import save_labelled_rows
 from shared.metrics.video_identity import appearance_consistency
 from shared.metrics.video_judge import digit_accuracy, judge_sha256, load_video_judge, motion_accuracy
-from shared.nn.weights import save_weights
 
 
 @torch.no_grad()
@@ -60,10 +65,7 @@ def seed_job(cfg_dict: dict, seed: int) -> dict:
     c = cfg.claim
     judge = load_video_judge(c.judge_path) if c.judge_path else load_video_judge()
     run_dir = Path(cfg.run_dir)
-    ts = time.time()
-    image, _, how = stage_for_seed(cfg, c.image, seed)
-    out = {"image_stage_s": time.time() - ts, "image_stage_cached": float(how != "trained")}
-    image_file = save_weights(image.sampling_net(True), run_dir / f"weights_seed{seed}" / "image_unet.safetensors")
+    image, image_file, out = image_stage_weights(cfg, c.image, seed)
     n, steps, w = int(c.num_sources), int(c.sampler_steps), float(c.guidance_scale)
     src_seed = int(c.source_seed) + int(seed)
     videos, labels, directions = world_items(cfg, n, src_seed, keys=("x", "y", "direction"))
@@ -102,9 +104,8 @@ def run(cfg: DictConfig) -> dict:
     t0 = time.time()
     torch.set_num_threads(1)
     c = cfg.claim
-    cfg_dict = OmegaConf.to_container(cfg, resolve=False)
-    per_seed = map_jobs(seed_job, [(cfg_dict, int(s)) for s in c.seeds], workers=int(c.get("workers", 1)))
-    metrics = {key: summarise([r[key] for r in per_seed]) for key in per_seed[0]}
+    per_seed = map_seeds(cfg, seed_job)
+    metrics = summarise_seeds(per_seed)
     record = finish(cfg, metrics, paper="tune_a_video", claim=str(c.name), t0=t0, artifacts=("*.png", "*.gif"),
                     extra={"num_sources": int(c.num_sources), "judge_sha256": judge_sha256(c.judge_path)})
     return record

@@ -198,6 +198,23 @@ def finish(cfg: DictConfig, metrics: dict, *, paper: str, claim: str, t0: float,
     return record
 
 
+def map_seeds(cfg: DictConfig, seed_job) -> list:
+    """``seed_job(cfg_dict, seed)`` for every seed of ``claim.seeds``, ``claim.workers`` at a time (the config handed
+    over as an unresolved plain container, :func:`seed_job_config` rebuilds it); the per-seed results in order."""
+    from shared.engine.parallel import map_jobs
+
+    cfg_dict = OmegaConf.to_container(cfg, resolve=False)
+    return map_jobs(seed_job, [(cfg_dict, int(s)) for s in cfg.claim.seeds], workers=int(cfg.claim.get("workers", 1)))
+
+
+def summarise_seeds(per_seed: list[dict], metrics: dict | None = None) -> dict:
+    r"""Every key of the per-seed result dicts :func:`summarise`\ d into ``metrics`` (a new dict if None)."""
+    metrics = {} if metrics is None else metrics
+    for key in per_seed[0]:
+        metrics[key] = summarise([r[key] for r in per_seed])
+    return metrics
+
+
 def seed_job_config(cfg_dict: dict) -> DictConfig:
     """The prologue of a per-seed job (possibly in a worker process): one intra-op thread, the config rebuilt from
     the plain container the job was handed."""

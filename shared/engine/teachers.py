@@ -190,3 +190,22 @@ def stage_for_seed(cfg: DictConfig, stage: DictConfig, seed: int):
     over = {k: spec[k] for k in ("model", "module", "data")}
     over["trainer.max_steps"] = int(spec["max_steps"])
     return teacher_for_seed(variant_config(cfg, over, seed), int(seed))
+
+
+def image_stage_weights(cfg: DictConfig, stage: DictConfig, seed: int, save: bool = True):
+    """:func:`stage_for_seed` of the image stage the video papers start from, timed: ``(module in eval mode, its
+    sampling network's weights file or None, {"image_stage_s", "image_stage_cached"})``. With ``save`` the weights go
+    to ``<run_dir>/weights_seed<seed>/image_unet.safetensors`` (what an inflated video model loads strictly)."""
+    import time
+
+    from shared.nn.weights import save_weights
+
+    t0 = time.time()
+    module, _, how = stage_for_seed(cfg, stage, seed)
+    module.eval()
+    out = {"image_stage_s": time.time() - t0, "image_stage_cached": float(how != "trained")}
+    path = None
+    if save:
+        path = save_weights(module.sampling_net(True),
+                            Path(cfg.run_dir) / f"weights_seed{seed}" / "image_unet.safetensors")
+    return module, path, out
