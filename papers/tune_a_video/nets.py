@@ -24,7 +24,7 @@ from torch import nn
 from shared.nn.attention import SpatialSelfAttention, set_frame_attention
 from shared.nn.build import buildable
 from shared.nn.spatial_transformer import BasicTransformerBlock
-from shared.nn.video import inflate_unet, temporal_parameters, vdm_temporal
+from shared.nn.video import inflated_image_unet, temporal_parameters
 
 __all__ = ["tune_a_video_net", "query_parameters", "tuned_parameter_names"]
 
@@ -55,16 +55,7 @@ def query_parameters(net: nn.Module) -> list[nn.Parameter]:
 def tune_a_video_net(net: nn.Module, weights: str | None = None, temporal: Callable[[int], nn.Module] | None = None,
                      frame_attention: str = "sparse_causal") -> nn.Module:
     """The image U-Net ``net`` (trained weights from ``weights``) inflated for one-shot tuning (module docstring)."""
-    if weights:
-        from shared.nn.weights import load_state_dict_strict, read_state_dict
-
-        load_state_dict_strict(net, read_state_dict(weights), what=f"image U-Net weights {weights}")
-    if temporal is None:
-        groups = net.out_norm.num_groups
-
-        def temporal(ch):
-            return vdm_temporal(ch, norm_groups=groups)
-    inflate_unet(net, temporal, insert="attention")
+    inflated_image_unet(net, temporal, weights, insert="attention", freeze=False)
     set_frame_attention(net, frame_attention)
     net.requires_grad_(False)
     for p in temporal_parameters(net):
