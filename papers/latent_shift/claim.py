@@ -38,13 +38,13 @@ from shared.engine.claims import (
 )
 from shared.engine.teachers import image_stage_weights
 from shared.engine.video_io import save_labelled_rows
-from shared.metrics.video import frame_consistency
-from shared.metrics.video_identity import appearance_consistency, frame_digit_agreement, identity_swapped
+from shared.metrics.video_identity import (
+    appearance_consistency,
+    frame_digit_agreement,
+    identity_swapped,
+    ink_consistency,
+)
 from shared.metrics.video_judge import digit_accuracy, fvd_judge, judge_sha256, load_video_judge
-
-
-def ink_consistency(videos: torch.Tensor) -> float:
-    return frame_consistency(videos, feature_fn=lambda f: (f + 1) / 2)
 
 
 def n_params(net: torch.nn.Module) -> int:

@@ -39,13 +39,8 @@ from shared.engine.claims import (
 from shared.engine.run import build
 from shared.engine.teachers import image_stage_weights
 from shared.engine.video_io import save_labelled_rows
-from shared.metrics.video import frame_consistency
-from shared.metrics.video_identity import appearance_consistency, frame_digit_agreement
+from shared.metrics.video_identity import appearance_consistency, frame_digit_agreement, ink_consistency
 from shared.metrics.video_judge import fvd_judge, judge_sha256, load_video_judge
-
-
-def ink_consistency(videos: torch.Tensor) -> float:
-    return frame_consistency(videos, feature_fn=lambda f: (f + 1) / 2)
 
 
 def train_budgets(cfg: DictConfig, prior: str, image_file: Path, seed: int):

@@ -31,15 +31,15 @@ from papers.text2video_zero.module import direction_velocity, per_frame_videos, 
 from shared.engine.claims import finish, map_seeds, seed_job_config, summarise, summarise_seeds, world_items
 from shared.engine.teachers import image_stage_weights
 from shared.engine.video_io import save_labelled_rows
-from shared.metrics.video import frame_consistency
-from shared.metrics.video_identity import appearance_consistency, frame_digit_agreement, identity_swapped
+from shared.metrics.video_identity import (
+    appearance_consistency,
+    frame_digit_agreement,
+    identity_swapped,
+    ink_consistency,
+)
 from shared.metrics.video_judge import digit_accuracy, fvd_judge, judge_sha256, load_video_judge, motion_accuracy
 
 METHODS = ("per_frame", "t2v_zero", "motion_only", "cross_frame_only")
-
-
-def ink_consistency(videos: torch.Tensor) -> float:
-    return frame_consistency(videos, feature_fn=lambda f: (f + 1) / 2)
 
 
 def prompts(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ink", "ink_centroids", "aligned_crops", "appearance_consistency", "seam_consistency",
+__all__ = ["ink", "ink_consistency", "ink_centroids", "aligned_crops", "appearance_consistency", "seam_consistency",
            "identity_swapped", "frame_digit_agreement", "frame_digits"]
 
 
@@ -133,3 +133,11 @@ def frame_digit_agreement(videos: torch.Tensor, judge=None, pairs: str = "consec
     else:
         raise ValueError(f"pairs must be 'consecutive' or 'first', got {pairs!r}")
     return float(same.float().mean())
+
+
+def ink_consistency(videos: torch.Tensor) -> float:
+    """Frame consistency (``shared.metrics.video.frame_consistency``: mean cosine similarity of consecutive frames)
+    of the ink maps ``(x + 1) / 2`` — background pixels contribute nothing, so it reads the digits' strokes."""
+    from shared.metrics.video import frame_consistency
+
+    return frame_consistency(videos, feature_fn=lambda f: (f + 1) / 2)
