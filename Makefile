@@ -17,7 +17,8 @@ export PYTHONHASHSEED := 0
 .PHONY: help install test claims lint demo report bench bench-gpu clean \
         ddpm ddim rectified_flow instaflow knowledge_distillation progressive_distillation \
         consistency_models few_step_table dit vdm pvdm video_ldm animatediff animate_anyone emo judges \
-        text2video_zero long_video latent_shift pyoco videofusion gen1 controlnet_video
+        text2video_zero long_video latent_shift pyoco videofusion tune_a_video gen1 controlnet_video \
+        generative_image_dynamics
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-26s %s\n", $$1, $$2}'
@@ -51,13 +52,14 @@ bench: $(STAMP)  ## time our blocks against diffusers' at the same configuration
 bench-gpu: $(STAMP)  ## the GPU rows (bf16 eager + torch.compile, DiT-B/2 MFU), time-boxed: BUDGET seconds
 	tests/bench/gpu_bench.sh outputs/bench/gpu $(or $(BUDGET),540) $(PY)
 
-judges: $(STAMP)  ## re-train the committed judge networks (digits, moving digits, puppets, talking faces, styled shapes)
+judges: $(STAMP)  ## re-train the judge networks (digits, moving digits, puppets, talking faces, styled shapes, oscillating scenes)
 	$(PY) -m shared.metrics.train_judge
 	$(PY) -m shared.metrics.train_video_judge
 	$(PY) -m shared.metrics.train_avatar_judge --world puppets
 	$(PY) -m shared.metrics.train_avatar_judge --world talking_faces
 	$(PY) -m shared.metrics.train_shapes_judge
 	$(PY) -m shared.metrics.train_shapes_judge --camera
+	$(PY) -m shared.metrics.train_oscillation_judge
 
 ddpm: $(STAMP)  ## DDPM claim check: L_simple vs VLB on digits, 1000-step ancestral sampling
 	$(TRAIN) experiment=ddpm/digits_claim $(PUBLISH)
@@ -144,13 +146,25 @@ videofusion: $(STAMP)  ## VideoFusion: base + residual noise with a base (image)
 	$(TRAIN) experiment=videofusion/moving_digits_claim $(PUBLISH)
 	$(PY) -m tools.report --paper videofusion
 
+tune_a_video: $(STAMP)  ## Tune-A-Video: one-shot tuning (sparse-causal attention, tuned queries) + DDIM-inversion edits
+	$(TRAIN) experiment=tune_a_video/moving_digits_claim $(PUBLISH)
+	$(PY) -m tools.report --paper tune_a_video
+
 gen1: $(STAMP)  ## Gen-1: structure (depth at level t_s) + content (a frame's embedding) guided video synthesis, temporal guidance
 	$(TRAIN) experiment=gen1/styled_shapes_claim $(PUBLISH)
 	$(PY) -m tools.report --paper gen1
 
 controlnet_video: $(STAMP)  ## ControlNet on a frozen video model: depth / edge control, per-frame quality and consistency kept
 	$(TRAIN) experiment=controlnet_video/styled_shapes_claim $(PUBLISH)
+	$(TRAIN) experiment=controlnet_video/styled_shapes_camera_claim $(PUBLISH)
 	$(PY) -m tools.report --paper controlnet_video
+
+generative_image_dynamics: $(STAMP)  ## Generative Image Dynamics: adaptive normalisation, coordinated bands, long horizon, loops
+	$(TRAIN) experiment=generative_image_dynamics/oscillating_normalisation $(PUBLISH)
+	$(TRAIN) experiment=generative_image_dynamics/oscillating_coordination $(PUBLISH)
+	$(TRAIN) experiment=generative_image_dynamics/oscillating_long_horizon $(PUBLISH)
+	$(TRAIN) experiment=generative_image_dynamics/oscillating_looping $(PUBLISH)
+	$(PY) -m tools.report --paper generative_image_dynamics
 
 clean:  ## remove outputs (keeps .venv)
 	rm -rf outputs reports
