@@ -159,6 +159,8 @@ def _name_blocks(unet: nn.Module) -> None:
 class EMONet(ReferenceDenoiser):
     """:class:`~shared.nn.reference.ReferenceDenoiser` + speed layers and motion frames (module docstring)."""
 
+    guide_name = "a face locator (guide: the face region)"
+
     def __init__(self, denoiser: UNet, reference_net: ReferenceNet | None = None, guider: nn.Module | None = None,
                  audio_encoder: nn.Module | None = None, speed_encoder: SpeedEncoder | None = None):
         super().__init__(denoiser, reference_net=reference_net, guider=guider, audio_encoder=audio_encoder)
@@ -193,14 +195,7 @@ class EMONet(ReferenceDenoiser):
         b = x.shape[0]
         context = self.reference_context(None, b, x.device)
         kw = self.extra_ctx(x, reference, context, speed=speed, motion_frames=motion_frames)
-        if self.guider is not None:
-            if guide is None:
-                raise ValueError("EMO's network has a face locator: pass guide (the face region)")
-            g = self.guide_features(guide, x)
-            if self.guider.target == "input":
-                x = x + (rearrange(g, "(b t) c h w -> b c t h w", b=b) if x.ndim == 5 else g)
-            else:
-                kw["input_residual"] = g
+        x = self.apply_guider(x, guide, kw)
         if self.audio_encoder is not None and audio is not None:
             kw["audio_tokens"] = self.audio_encoder(audio)
         return self.denoiser(x, t, context=context, **kw)

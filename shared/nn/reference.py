@@ -199,6 +199,21 @@ class ReferenceDenoiser(nn.Module):
             reference = self.reference_encoder(reference)
         return self.reference_net(reference, context)
 
+    guide_name = "a guider"   # how the one-line error for a missing ``guide`` names it (EMO: its face locator)
+
+    def apply_guider(self, x: torch.Tensor, guide: torch.Tensor | None, kw: dict) -> torch.Tensor:
+        """``x`` with the guider's features of ``guide`` added (``target="input"``), or unchanged with them put in
+        ``kw["input_residual"]`` (added after the U-Net's first convolution); ``x`` itself without a guider."""
+        if self.guider is None:
+            return x
+        if guide is None:
+            raise ValueError(f"this network has {self.guide_name}: pass guide")
+        g = self.guide_features(guide, x)
+        if self.guider.target == "input":
+            return x + (rearrange(g, "(b t) c h w -> b c t h w", b=x.shape[0]) if x.ndim == 5 else g)
+        kw["input_residual"] = g
+        return x
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, reference: torch.Tensor | None = None,
                 guide: torch.Tensor | None = None, audio: torch.Tensor | None = None, **extra) -> torch.Tensor:
         b = x.shape[0]
@@ -210,14 +225,7 @@ class ReferenceDenoiser(nn.Module):
                 raise ValueError("this network has a ReferenceNet: pass reference")
             bank = self.reference_bank(reference, context)
             kw["reference_read"] = bank
-        if self.guider is not None:
-            if guide is None:
-                raise ValueError("this network has a guider: pass guide")
-            g = self.guide_features(guide, x)
-            if self.guider.target == "input":
-                x = x + (rearrange(g, "(b t) c h w -> b c t h w", b=b) if x.ndim == 5 else g)
-            else:
-                kw["input_residual"] = g
+        x = self.apply_guider(x, guide, kw)
         if self.audio_encoder is not None and audio is not None:
             tokens = self.audio_encoder(audio)
             frames = x.shape[2] if x.ndim == 5 else 1
