@@ -405,7 +405,7 @@ CASES: list[Case] = [
     Case("image_size_not_divisible", ["model.image_size=7", "data.size=7"], "model.image_size=7"),
     Case("num_res_blocks_zero", ["model.num_res_blocks=0"], "model.num_res_blocks"),
     Case("dropout_above_one", ["model.dropout=1.5"], "model.dropout"),
-    Case("model_data_size_mismatch", ["data.size=16"], "data.size"),
+    Case("model_data_size_mismatch", ["module.sample_shape=[1,16,16]"], "data.size"),   # the default follows data.size
     Case("in_channels_mismatch", ["model.in_channels=3"], "in_channels"),
     # ---------------------------------------------------------------- data values and paths
     Case("batch_size_zero", ["data.batch_size=0"], "data.batch_size"),

@@ -317,7 +317,22 @@ def _rotate_yaw(v: np.ndarray, yaw: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------- the world
 
 
-class Puppets(_World):
+class _OneFrameWorld(_World):
+    """An avatar world whose ``video(index, only=t)`` renders frame ``t`` alone: a frames-only item renders one
+    frame (Puppets, TalkingFaces)."""
+
+    def __getitem__(self, index: int) -> dict:
+        if not self.frames_only:
+            return super().__getitem__(index)
+        if not 0 <= index < self.n:
+            raise IndexError(f"index {index} out of range for {type(self).__name__} of length {self.n}")
+        t = int(self._rng(index, stream=1).integers(self.frames))
+        out = frame_of(self.video(index, only=t), 0, self)  # renders frame t only
+        out["frame_index"] = torch.tensor(t, dtype=torch.long)
+        return out
+
+
+class Puppets(_OneFrameWorld):
     """Pose-driven articulated figures with held-out identities and motions (module docstring).
 
     Args:
@@ -561,16 +576,6 @@ class Puppets(_World):
             "caption": f"person {k} {_VERBS[MOTIONS[m]]}",
             "frame_caption": f"person {k}",
         }
-
-    def __getitem__(self, index: int) -> dict:
-        if not self.frames_only:
-            return super().__getitem__(index)
-        if not 0 <= index < self.n:
-            raise IndexError(f"index {index} out of range for {type(self).__name__} of length {self.n}")
-        t = int(self._rng(index, stream=1).integers(self.frames))
-        out = frame_of(self.video(index, only=t), 0, self)  # renders frame t only
-        out["frame_index"] = torch.tensor(t, dtype=torch.long)
-        return out
 
 
 def frame_of(item: dict, t: int, world) -> dict:

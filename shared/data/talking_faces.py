@@ -59,9 +59,8 @@ import numpy as np
 import torch
 
 from shared.data.audio import AudioFrameFeatures, SpeechEncoder
-from shared.data.puppets import HAIR_COLOURS, SKIN_TONES, frame_of, heldout_identity_set
+from shared.data.puppets import HAIR_COLOURS, SKIN_TONES, _OneFrameWorld, heldout_identity_set
 from shared.data.raster import box_downsample, sample_grid
-from shared.data.video_worlds import _World
 
 __all__ = ["FaceIdentity", "MOUTH_INTERIOR", "PHONEMES", "TalkingFaces", "face_identity", "synth_speech"]
 
@@ -168,7 +167,7 @@ _LISSAJOUS_AMP = np.array([0.35, 0.15, 0.12])  # yaw, pitch, roll amplitudes (ra
 _LISSAJOUS_FREQ = np.array([1.0, 2.0, 1.0])
 
 
-class TalkingFaces(_World):
+class TalkingFaces(_OneFrameWorld):
     """Audio-driven talking faces (module docstring).
 
     Args:
@@ -393,13 +392,3 @@ class TalkingFaces(_World):
             "caption": f"person {k} talking",
             "frame_caption": f"person {k}",
         }
-
-    def __getitem__(self, index: int) -> dict:
-        if not self.frames_only:
-            return super().__getitem__(index)
-        if not 0 <= index < self.n:
-            raise IndexError(f"index {index} out of range for {type(self).__name__} of length {self.n}")
-        t = int(self._rng(index, stream=1).integers(self.frames))
-        out = frame_of(self.video(index, only=t), 0, self)  # renders frame t only
-        out["frame_index"] = torch.tensor(t, dtype=torch.long)
-        return out
