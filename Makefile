@@ -16,10 +16,12 @@ export PYTHONHASHSEED := 0
 .DEFAULT_GOAL := help
 .PHONY: help install test claims claims-long claims-gpu lint demo report bench bench-gpu clean \
         ddpm ddim rectified_flow instaflow knowledge_distillation progressive_distillation \
-        consistency_models few_step_table dit vdm pvdm video_ldm animatediff judges
+        consistency_models few_step_table dit vdm pvdm video_ldm animatediff animate_anyone emo judges \
+        text2video_zero long_video latent_shift pyoco videofusion tune_a_video gen1 controlnet_video \
+        generative_image_dynamics
 
 help:  ## list the targets
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-26s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-26s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -58,9 +60,14 @@ bench: $(STAMP)  ## time our blocks against diffusers' at the same configuration
 bench-gpu: $(STAMP)  ## the GPU rows (bf16 eager + torch.compile, DiT-B/2 MFU), time-boxed: BUDGET seconds
 	tests/bench/gpu_bench.sh outputs/bench/gpu $(or $(BUDGET),540) $(PY)
 
-judges: $(STAMP)  ## re-train the committed judge networks (digits, moving digits)
+judges: $(STAMP)  ## re-train the judge networks (digits, moving digits, puppets, talking faces, styled shapes, oscillating scenes)
 	$(PY) -m shared.metrics.train_judge
 	$(PY) -m shared.metrics.train_video_judge
+	$(PY) -m shared.metrics.train_avatar_judge --world puppets
+	$(PY) -m shared.metrics.train_avatar_judge --world talking_faces
+	$(PY) -m shared.metrics.train_shapes_judge
+	$(PY) -m shared.metrics.train_shapes_judge --camera
+	$(PY) -m shared.metrics.train_oscillation_judge
 
 ddpm: $(STAMP)  ## DDPM claim check: L_simple vs VLB on digits, 1000-step ancestral sampling
 	$(TRAIN) experiment=ddpm/digits_claim $(PUBLISH)
@@ -120,6 +127,54 @@ animatediff: $(STAMP)  ## AnimateDiff: a motion module plugged into personalised
 	$(TRAIN) experiment=animatediff/moving_digits_claim $(PUBLISH)
 	$(TRAIN) experiment=animatediff/sprites_claim $(PUBLISH)
 	$(PY) -m tools.report --paper animatediff
+
+animate_anyone: $(STAMP)  ## Animate Anyone: ReferenceNet vs image embedding, pose following, temporal stage (Puppets)
+	$(TRAIN) experiment=animate_anyone/puppets_claim $(PUBLISH)
+	$(PY) -m tools.report --paper animate_anyone
+
+emo: $(STAMP)  ## EMO: audio layers (lip sync vs no audio), identity, speed layers, motion frames (TalkingFaces)
+	$(TRAIN) experiment=emo/talking_faces_claim $(PUBLISH)
+	$(PY) -m tools.report --paper emo
+
+text2video_zero: $(STAMP)  ## Text2Video-Zero: training-free video from the image model (motion in the latents + cross-frame attention)
+	$(TRAIN) experiment=text2video_zero/moving_digits_claim $(PUBLISH)
+	$(PY) -m tools.report --paper text2video_zero
+
+long_video: $(STAMP)  ## Long video: FreeNoise window fusion + noise rescheduling, LVDM autoregressive extension vs naive concatenation
+	$(TRAIN) experiment=long_video/moving_digits_claim $(PUBLISH)
+	$(PY) -m tools.report --paper long_video
+
+latent_shift: $(STAMP)  ## Latent-Shift: parameter-free temporal shift in the image U-Net, fine-tuned on videos
+	$(TRAIN) experiment=latent_shift/moving_digits_claim $(PUBLISH)
+	$(PY) -m tools.report --paper latent_shift
+
+pyoco: $(STAMP)  ## PYoCo: mixed / progressive correlated noise priors vs i.i.d. noise when fine-tuning image -> video
+	$(TRAIN) experiment=pyoco/moving_digits_claim $(PUBLISH)
+	$(PY) -m tools.report --paper pyoco
+
+videofusion: $(STAMP)  ## VideoFusion: base + residual noise with a base (image) and a residual (video) generator vs i.i.d. noise
+	$(TRAIN) experiment=videofusion/moving_digits_claim $(PUBLISH)
+	$(PY) -m tools.report --paper videofusion
+
+tune_a_video: $(STAMP)  ## Tune-A-Video: one-shot tuning (sparse-causal attention, tuned queries) + DDIM-inversion edits
+	$(TRAIN) experiment=tune_a_video/moving_digits_claim $(PUBLISH)
+	$(PY) -m tools.report --paper tune_a_video
+
+gen1: $(STAMP)  ## Gen-1: structure (depth at level t_s) + content (a frame's embedding) guided video synthesis, temporal guidance
+	$(TRAIN) experiment=gen1/styled_shapes_claim $(PUBLISH)
+	$(PY) -m tools.report --paper gen1
+
+controlnet_video: $(STAMP)  ## ControlNet on a frozen video model: depth / edge control, per-frame quality and consistency kept
+	$(TRAIN) experiment=controlnet_video/styled_shapes_claim $(PUBLISH)
+	$(TRAIN) experiment=controlnet_video/styled_shapes_camera_claim $(PUBLISH)
+	$(PY) -m tools.report --paper controlnet_video
+
+generative_image_dynamics: $(STAMP)  ## Generative Image Dynamics: adaptive normalisation, coordinated bands, long horizon, loops
+	$(TRAIN) experiment=generative_image_dynamics/oscillating_normalisation $(PUBLISH)
+	$(TRAIN) experiment=generative_image_dynamics/oscillating_coordination $(PUBLISH)
+	$(TRAIN) experiment=generative_image_dynamics/oscillating_long_horizon $(PUBLISH)
+	$(TRAIN) experiment=generative_image_dynamics/oscillating_looping $(PUBLISH)
+	$(PY) -m tools.report --paper generative_image_dynamics
 
 clean:  ## remove outputs (keeps .venv)
 	rm -rf outputs reports

@@ -88,15 +88,25 @@ def test_claim(experiment, index, claim_runs):
                              f"({record['source']})"
 
 
+# A paper whose claims have not been run yet says so at the top of its README (and nothing else stands in for results).
+NOT_RUN = re.compile(r"\*\*Status: (the claim has not|no claim has) been run yet")
+
+
 def test_every_claim_check_resolves_against_its_committed_results():
     """Each make-target claim has checks and committed evidence, and every check's metric paths exist in it (a
-    renamed metric would otherwise only surface after a 10-minute claim run)."""
+    renamed metric would otherwise only surface after a 10-minute claim run). A claim without evidence is allowed
+    only while its paper's README states that the claim has not been run; a README that says so beside committed
+    evidence is stale."""
     claims = make_target_claims()
     assert len(claims) >= 15, claims
     for exp in claims:
         block, _ = claim_block(exp)
         assert parse_expected(block), f"{exp}: no checks in its expected: block"
         metrics = committed(exp)
-        assert metrics is not None, f"{exp}: no committed results"
+        not_run = NOT_RUN.search((ROOT / "papers" / exp.split("/")[0] / "README.md").read_text())
+        if metrics is None:
+            assert not_run, f"{exp}: no committed results, and its README does not state that it has not been run"
+            continue
+        assert not not_run, f"{exp}: committed results, but its README still says the claim has not been run"
         for r in evaluate_expected(block, metrics):
             assert isinstance(r["passed"], bool)

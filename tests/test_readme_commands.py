@@ -8,7 +8,8 @@ bash code blocks (continuations joined, comments dropped) and inline ``python -m
   it (Hydra's parser and the config tree: an override of a key that does not exist, ``+key`` on a key that does,
   a missing group option all fail here), every value of a sweep; the plain-training, sample and evaluate forms
   are also *run* in quick mode, on a checkpoint this test trains in seconds (``<run>`` placeholders);
-* ``python -m tools.*`` — the tool's own argument parser accepts the arguments; ``tools.report --multirun`` runs
+* ``python -m tools.*`` and ``python -m shared.metrics.train_*`` (judge re-training) — the tool's own argument
+  parser accepts the arguments; ``tools.report --multirun`` runs
   on a sweep folder made here;
 * ``make <target>`` — the target exists; its recipe's experiments compose (and run in quick mode in
   ``tests/test_engine.py``);
@@ -183,7 +184,7 @@ def _tool_accepts(module: str, args: list[str], monkeypatch) -> None:
 def _make_targets() -> dict[str, str]:
     text = (ROOT / "Makefile").read_text()
     targets = {}
-    for m in re.finditer(r"^([a-zA-Z_-]+):[^\n]*\n((?:\t[^\n]*\n)*)", text, flags=re.M):
+    for m in re.finditer(r"^([a-zA-Z0-9_-]+):[^\n]*\n((?:\t[^\n]*\n)*)", text, flags=re.M):
         targets[m.group(1)] = m.group(2)
     return targets
 
@@ -220,8 +221,8 @@ def check(cmd: str, run: Path, sweep: Path, monkeypatch, tmp_path) -> str:
 
             main(args)
             return "ran"
-        if module.startswith("tools."):
-            _tool_accepts(module, args, monkeypatch)
+        if module.startswith("tools.") or re.fullmatch(r"shared\.metrics\.train_\w+", module):
+            _tool_accepts(module, args, monkeypatch)   # judge re-training: the parser accepts the printed flags
             return "parsed"
     raise AssertionError(f"`{cmd}`: a command form this test does not know; add a rule to "
                          "tests/test_readme_commands.py")

@@ -420,7 +420,46 @@ def _motion_case(size: str) -> Case:
     )
 
 
-CASE_BUILDERS = {"unet2d": _unet2d_case, "dit": _dit_case, "unet3d": _unet3d_case, "motion": _motion_case}
+def _shift_case(size: str) -> Case:
+    """Latent-Shift's cost (An et al. 2023, Sec. 3.2): the same 2D U-Net made temporal by the parameter-free shift
+    in every residual block (ours) vs by VDM-style temporal attention after every residual stage ("theirs" is OUR
+    temporal-attention inflation, not a diffusers model: the comparison the paper makes, shift vs attention)."""
+    from shared.nn.temporal_shift import add_temporal_shift
+    from shared.nn.unet import UNet
+    from shared.nn.video import inflated_image_unet, vdm_temporal
+
+    small = dict(base=64, mult=(1, 2, 2), blocks=2, attn=(16,), res=32, frames=8, batch=1, in_ch=4, groups=32,
+                 head=64)
+    cfgs = {"tiny": dict(small, base=16, mult=(1, 2), blocks=1, attn=(8,), res=16, frames=4, groups=8, head=16),
+            "small": small, "ddpm": dict(small, batch=2), "gpu": dict(small, frames=16, batch=4)}
+    c = cfgs[size]
+
+    def image():
+        return UNet(in_channels=c["in_ch"], image_size=c["res"], base_channels=c["base"], channel_mult=c["mult"],
+                    num_res_blocks=c["blocks"], attention_resolutions=c["attn"], head_channels=c["head"],
+                    norm_groups=c["groups"])
+
+    def ours():
+        return Side(add_temporal_shift(image(), 0.125), lambda m, b: m(b["x"], b["t"]))
+
+    def theirs():
+        net = inflated_image_unet(image(), lambda ch: vdm_temporal(ch, head_channels=c["head"],
+                                                                  norm_groups=c["groups"]), insert="resblock")
+        return Side(net, lambda m, b: m(b["x"], b["t"]))
+
+    def batch():
+        g = torch.Generator().manual_seed(0)
+        return {"x": torch.randn(c["batch"], c["in_ch"], c["frames"], c["res"], c["res"], generator=g),
+                "t": torch.randint(0, 1000, (c["batch"],), generator=g).float()}
+
+    return Case(f"shift[{size}]", c, ours, theirs, batch,
+                note="Latent-Shift (temporal shift in every residual block, 0 extra parameters) vs the same U-Net "
+                "with temporal attention after every residual stage (our VDM block; not diffusers): the "
+                "parameter gap is the attention's, by design")
+
+
+CASE_BUILDERS = {"unet2d": _unet2d_case, "dit": _dit_case, "unet3d": _unet3d_case, "motion": _motion_case,
+                 "shift": _shift_case}
 
 
 def build_case(name: str, size: str) -> Case:

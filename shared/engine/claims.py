@@ -198,6 +198,23 @@ def finish(cfg: DictConfig, metrics: dict, *, paper: str, claim: str, t0: float,
     return record
 
 
+def map_seeds(cfg: DictConfig, seed_job) -> list:
+    """``seed_job(cfg_dict, seed)`` for every seed of ``claim.seeds``, ``claim.workers`` at a time (the config handed
+    over as an unresolved plain container, :func:`seed_job_config` rebuilds it); the per-seed results in order."""
+    from shared.engine.parallel import map_jobs
+
+    cfg_dict = OmegaConf.to_container(cfg, resolve=False)
+    return map_jobs(seed_job, [(cfg_dict, int(s)) for s in cfg.claim.seeds], workers=int(cfg.claim.get("workers", 1)))
+
+
+def summarise_seeds(per_seed: list[dict], metrics: dict | None = None) -> dict:
+    r"""Every key of the per-seed result dicts :func:`summarise`\ d into ``metrics`` (a new dict if None)."""
+    metrics = {} if metrics is None else metrics
+    for key in per_seed[0]:
+        metrics[key] = summarise([r[key] for r in per_seed])
+    return metrics
+
+
 def seed_job_config(cfg_dict: dict) -> DictConfig:
     """The prologue of a per-seed job (possibly in a worker process): one intra-op thread, the config rebuilt from
     the plain container the job was handed."""
@@ -235,3 +252,29 @@ def module_config(cfg: DictConfig, override: DictConfig | dict, **fields) -> Dic
         if value is not None:
             m[key] = value
     return m
+
+
+def stage_overrides(nested: dict, prefix: str = "") -> dict:
+    """A claim stage's nested overrides (``claim.stages.<stage>``) as dotted keys for :func:`fit_variant`; lists and
+    a ``conditions`` mapping stay leaves (a stage's conditions replace the module's whole declaration)."""
+    out = {}
+    for k, v in nested.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict) and k != "conditions":
+            out.update(stage_overrides(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+def train_stage(cfg: DictConfig, stage: str, tag: str, seed: int, extra: dict | None = None):
+    """Train stage ``cfg.claim.stages[stage]`` (plus dotted ``extra`` overrides) into ``<run_dir>/<tag>`` with
+    :func:`fit_variant` and export what it trained (``module.export_weights``) to ``<tag>/export.safetensors``, once;
+    returns ``(export path, module)``. A re-run in the same folder resumes the variant and keeps its export."""
+    path = Path(cfg.run_dir) / tag / "export.safetensors"
+    over = stage_overrides(OmegaConf.to_container(cfg.claim.stages[stage], resolve=True))
+    over.update(extra or {})
+    module = fit_variant(cfg, tag, over, seed)
+    if not path.exists():
+        module.export_weights(path)
+    return path, module

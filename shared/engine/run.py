@@ -70,7 +70,7 @@ CONFIG_FILE = "config.yaml"
 # Config keys that do not change what a run trains: excluded from its identity (see the module docstring).
 VOLATILE_KEYS = (
     "run_dir", "ckpt_path", "paths", "hydra", "logger", "callbacks", "compile",
-    "pipeline", "claim", "report", "expected", "smoke_overrides",
+    "pipeline", "claim", "report", "expected", "quick_overrides",
     "trainer.max_steps", "trainer.max_epochs", "trainer.enable_progress_bar", "trainer.enable_model_summary",
     "trainer.log_every_n_steps", "data.num_workers", "data.pin_memory",
 )

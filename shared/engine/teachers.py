@@ -174,3 +174,38 @@ def teacher_ddim_fd(cfg: DictConfig, teacher, seed: int, reference: torch.Tensor
         if int(seed) == int(c.seeds[0]) and int(steps) in save_steps:
             save_image_grid(x[:64], f"{cfg.run_dir}/teacher_ddim_{steps}step.png", nrow=8)
     return out
+
+
+def stage_for_seed(cfg: DictConfig, stage: DictConfig, seed: int):
+    """:func:`teacher_for_seed` of a *stage recipe* instead of the experiment's own model: ``stage`` holds ``model``,
+    ``module``, ``data`` (each replacing the experiment's node whole; interpolations resolve in the result, so
+    ``net: ${model}`` is the stage's model) and ``max_steps``. The same recipe and seed give the same cached model
+    in every experiment that names it (e.g. the image model several video papers start from)."""
+    from shared.engine.claims import variant_config
+
+    spec = OmegaConf.to_container(stage, resolve=False)
+    missing = [k for k in ("model", "module", "data", "max_steps") if k not in spec]
+    if missing:
+        raise ValueError(f"a stage recipe needs model, module, data and max_steps; missing {missing}")
+    over = {k: spec[k] for k in ("model", "module", "data")}
+    over["trainer.max_steps"] = int(spec["max_steps"])
+    return teacher_for_seed(variant_config(cfg, over, seed), int(seed))
+
+
+def image_stage_weights(cfg: DictConfig, stage: DictConfig, seed: int, save: bool = True):
+    """:func:`stage_for_seed` of the image stage the video papers start from, timed: ``(module in eval mode, its
+    sampling network's weights file or None, {"image_stage_s", "image_stage_cached"})``. With ``save`` the weights go
+    to ``<run_dir>/weights_seed<seed>/image_unet.safetensors`` (what an inflated video model loads strictly)."""
+    import time
+
+    from shared.nn.weights import save_weights
+
+    t0 = time.time()
+    module, _, how = stage_for_seed(cfg, stage, seed)
+    module.eval()
+    out = {"image_stage_s": time.time() - t0, "image_stage_cached": float(how != "trained")}
+    path = None
+    if save:
+        path = save_weights(module.sampling_net(True),
+                            Path(cfg.run_dir) / f"weights_seed{seed}" / "image_unet.safetensors")
+    return module, path, out

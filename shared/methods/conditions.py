@@ -31,8 +31,8 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["Condition", "LabelCondition", "TextCondition", "TensorCondition", "PassThrough", "Conditions",
-           "take", "cond_len", "KNOWN_KEYS"]
+__all__ = ["Condition", "LabelCondition", "TextCondition", "TensorCondition", "LevelCondition", "PassThrough",
+           "Conditions", "take", "cond_len", "KNOWN_KEYS"]
 
 # Keys of ``sample(cond=...)`` that are not network inputs but observed parts of the sample itself: the sampling
 # loop completes ``x`` where ``known`` is False given ``x_known`` where it is True (video extension, inpainting).
@@ -119,6 +119,53 @@ class Condition(nn.Module):
 
 class TensorCondition(Condition):
     """A tensor condition (images, pose maps, audio features, depth, embeddings, micro-conditioning)."""
+
+
+class LevelCondition(TensorCondition):
+    """A tensor condition encoded at a *level of detail* — the encoder is called ``encoder(value, level)`` (Gen-1's
+    structure level ``t_s``, Esser et al. 2023 Sec. 3.3: depth obscured more at higher levels,
+    ``shared.nn.structure.StructureEncoder``). Training draws one level per item, uniformly in
+    ``0..encoder.max_level``, from the step's generator after the dropout draw; sampling uses :attr:`level` (``None``:
+    the encoder's own ``level``), set for a block of code with :meth:`at_level`."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.encoder is None or not hasattr(self.encoder, "max_level"):
+            raise ValueError(f"condition {self.key!r}: a LevelCondition needs an encoder with max_level "
+                             "(e.g. shared.nn.structure.StructureEncoder)")
+        self.level: int | None = None
+
+    def at_level(self, level: int | None):
+        """Context manager: sample at structure level ``level``."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def ctx():
+            old, self.level = self.level, level
+            try:
+                yield self
+            finally:
+                self.level = old
+        return ctx()
+
+    def encode(self, value: Any, level=None) -> Any:
+        return self.encoder(value, self.level if level is None else level)
+
+    def network_value(self, value: Any, generator: torch.Generator | None = None, drop: bool = False,
+                      device=None) -> Any:
+        value = self.prepare(value, device)
+        if not drop:
+            return self.encode(value)
+        n = cond_len(value)
+        mask = _drop_mask(n, self.drop_prob, generator, device) if self.drop_prob > 0 else None
+        dev = generator.device if generator is not None else device
+        levels = torch.randint(0, int(self.encoder.max_level) + 1, (n,), generator=generator, device=dev).to(device)
+        enc = self.encode(value, levels) if mask is None or self.drop_encoded else None
+        if mask is None:
+            return enc
+        if self.drop_encoded:
+            return self.where(mask, self.null_like(enc), enc)
+        return self.encode(self.where(mask, self.null_like(value), value), levels)
 
 
 class PassThrough(Condition):

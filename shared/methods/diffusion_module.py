@@ -15,6 +15,10 @@ declared conditions (:mod:`shared.methods.conditions`) and the one sampling loop
   only the per-batch part (DiT's learned-variance sampler) or add a sampler (consistency sampling), or the
   per-step network (DiT guides only its eps channels).
 
+Noise: ``noise_prior`` (None: i.i.d. ``N(0, I)``, as always) is a :class:`shared.diffusion.noise_priors.NoisePrior`
+— correlated noise over the frames of a video (PYoCo, VideoFusion). The sampling loop's :meth:`noise` (``x_T``)
+and the default objective's ``eps`` (:meth:`training_noise`) are drawn from it; nothing else changes.
+
 Without an explicit ``conditions`` list the module declares what its parts imply, as before the seam existed:
 class labels ``y`` when the network has ``num_classes`` (dropped with ``cond_drop_prob``) and captions when a
 ``text_encoder`` is given (cross-attention ``context``, dropped to ``""`` with ``cond_drop_prob``).
@@ -47,7 +51,7 @@ class DiffusionModule(RunModule):
                  ema_decay: float | None = 0.9999, ema_warmup: bool = False, cond_drop_prob: float = 0.0,
                  sampler: dict | None = None, clip_x0: float | None = 1.0, seed: int = 0,
                  sample_shape: tuple | list | None = None, text_encoder: nn.Module | None = None,
-                 conditions: Mapping[str, Condition] | list | None = None):
+                 conditions: Mapping[str, Condition] | list | None = None, noise_prior: nn.Module | None = None):
         super().__init__(optimizer, lr_scheduler, seed)
         if ema_decay is not None and not (0.0 <= float(ema_decay) < 1.0):
             raise ValueError(f"module.ema_decay must be in [0, 1) (or null for no EMA), got {ema_decay!r}")
@@ -59,6 +63,10 @@ class DiffusionModule(RunModule):
         self.cond_drop_prob, self.clip_x0 = float(cond_drop_prob), clip_x0
         self.sampler_cfg = dict(sampler or {"name": "ddim", "steps": 50, "eta": 0.0})
         self.sample_shape = tuple(sample_shape) if sample_shape is not None else None
+        if noise_prior is not None and not callable(getattr(noise_prior, "sample", None)):
+            raise ValueError(f"module.noise_prior must have sample(shape, generator, device, dtype), got "
+                             f"{type(noise_prior).__name__}")
+        self.noise_prior = noise_prior
         self.conditions = Conditions(self.default_conditions(net, text_encoder, conditions))
         self.conditions.bind(net)
         for c in self.conditions.values():
@@ -94,10 +102,16 @@ class DiffusionModule(RunModule):
     def training_loss(self, batch: dict, generator: torch.Generator):
         return self.objective(batch["x"], generator, **self.condition(batch, generator))
 
+    def training_noise(self, x0: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor | None:
+        """The training ``eps`` for ``x0`` from the noise prior; None (the loss draws i.i.d. noise) without one."""
+        if self.noise_prior is None:
+            return None
+        return self.noise_prior.sample(x0.shape, generator, x0.device, x0.dtype)
+
     def objective(self, x0: torch.Tensor, generator: torch.Generator, **net_kwargs):
         """The paper's training objective given clean data and the network's condition keywords."""
         return diffusion_loss(self.net, x0, self.schedule, self.prediction, self.loss_weighting,
-                              generator=generator, **net_kwargs)
+                              generator=generator, eps=self.training_noise(x0, generator), **net_kwargs)
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         if self.ema is not None:
@@ -161,6 +175,8 @@ class DiffusionModule(RunModule):
         shape = tuple(shape or self.sample_shape or ())
         if not shape:
             raise ValueError("module.sample_shape is not set: pass x_T or configure sample_shape")
+        if self.noise_prior is not None:
+            return self.noise_prior.sample((n, *shape), generator, self.device)
         return torch.randn((n, *shape), generator=generator, device=self.device)
 
     def sample_batch(self, x_T: torch.Tensor, cond: Mapping, sampler: dict, generator: torch.Generator | None,

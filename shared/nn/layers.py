@@ -74,7 +74,13 @@ class ResBlock(CtxBlock):
     """DDPM residual block: GN–SiLU–conv, + projected embedding, GN–SiLU–dropout–conv(zero init), skip.
 
     ``scale_shift_norm`` uses ADM's FiLM form ``GN(h) * (1 + scale) + shift`` instead of addition.
+
+    ``temporal_shift`` (None by default; set by :func:`shared.nn.temporal_shift.add_temporal_shift`): a
+    parameter-free ``f(h, num_frames)`` applied to the residual branch before ``conv1`` (TSM's residual shift,
+    Latent-Shift); it adds nothing to the state dict.
     """
+
+    temporal_shift: nn.Module | None = None
 
     def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float = 0.0, norm_groups: int = 32,
                  scale_shift_norm: bool = False, use_checkpoint: bool = False):
@@ -88,8 +94,11 @@ class ResBlock(CtxBlock):
         self.conv2 = zero_module(nn.Conv2d(out_ch, out_ch, 3, padding=1))
         self.skip = nn.Identity() if in_ch == out_ch else nn.Conv2d(in_ch, out_ch, 1)
 
-    def _forward(self, x, emb):
-        h = self.conv1(F.silu(self.norm1(x)))
+    def _forward(self, x, emb, frames: int = 1):
+        h = F.silu(self.norm1(x))
+        if self.temporal_shift is not None:
+            h = self.temporal_shift(h, frames)
+        h = self.conv1(h)
         e = self.emb_proj(F.silu(emb))[:, :, None, None]
         if self.scale_shift_norm:
             scale, shift = e.chunk(2, dim=1)
@@ -100,9 +109,10 @@ class ResBlock(CtxBlock):
         return self.skip(x) + h
 
     def forward(self, x, emb=None, ctx=None):
+        frames = int((ctx or {}).get("num_frames", 1))
         if self.use_checkpoint and self.training and torch.is_grad_enabled():
-            return checkpoint(self._forward, x, emb, use_reentrant=False)
-        return self._forward(x, emb)
+            return checkpoint(self._forward, x, emb, frames, use_reentrant=False)
+        return self._forward(x, emb, frames)
 
 
 class Downsample(nn.Module):

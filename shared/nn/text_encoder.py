@@ -70,11 +70,11 @@ class CLIPTokenizer:
 
 
 class _Attention(nn.Module):
-    def __init__(self, width: int, heads: int):
+    def __init__(self, width: int, heads: int, causal: bool = True):
         super().__init__()
         if width % heads:
             raise ValueError(f"width {width} is not divisible by {heads} heads")
-        self.heads = heads
+        self.heads, self.causal = heads, bool(causal)
         self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(width, width) for _ in range(4))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -84,7 +84,7 @@ class _Attention(nn.Module):
             return t.view(b, n, self.heads, c // self.heads).transpose(1, 2)
 
         out = F.scaled_dot_product_attention(split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x)),
-                                             is_causal=True)
+                                             is_causal=self.causal)
         return self.out_proj(out.transpose(1, 2).reshape(b, n, c))
 
 
@@ -111,9 +111,12 @@ class _MLP(nn.Module):
 
 
 class _Layer(nn.Module):
-    def __init__(self, width: int, heads: int, mlp_dim: int, act: str, eps: float):
+    """One pre-LN transformer layer of CLIP (causal attention in the text tower; the image tower,
+    ``shared.nn.image_embedding``, builds it with ``causal=False``)."""
+
+    def __init__(self, width: int, heads: int, mlp_dim: int, act: str, eps: float, causal: bool = True):
         super().__init__()
-        self.layer_norm1, self.self_attn = nn.LayerNorm(width, eps=eps), _Attention(width, heads)
+        self.layer_norm1, self.self_attn = nn.LayerNorm(width, eps=eps), _Attention(width, heads, causal)
         self.layer_norm2, self.mlp = nn.LayerNorm(width, eps=eps), _MLP(width, mlp_dim, act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

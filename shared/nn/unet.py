@@ -17,6 +17,17 @@ feed-forward; ``transformer_depth`` blocks, ``use_linear_proj`` for SD-2-style l
 time embedding is already SD's (``[cos, sin]``, i.e. diffusers ``flip_sin_to_cos=True, freq_shift=0``). With these
 options the layout is CompVis' SD U-Net; ``shared/nn/sd_unet.py`` has the SD-1.5 config and the diffusers /
 CompVis weight loader. The defaults build exactly the network above (same parameters and outputs).
+
+Conditioning hooks through ``ctx`` (keyword arguments of ``forward`` beyond ``y`` / ``context`` land there):
+``input_residual`` (B*T, base_channels, H, W) is added to the output of the first convolution (a ControlNet-style
+conditioning encoder such as Animate Anyone's Pose Guider in the public re-implementation's layout,
+``shared/nn/guider.py``); ``reference_read`` / ``reference_write`` are the spatial transformers' reference banks
+(``shared/nn/reference.py``).
+
+Additive control (ControlNet, Zhang et al. 2023; ``shared/nn/controlnet.py``): ``down_residuals`` (one tensor per
+input block, added to its skip connection) and ``mid_residual`` (added to the middle block's output) — diffusers'
+``down_block_additional_residuals`` / ``mid_block_additional_residual``. For video input they are per frame, in the
+``(B*T, C, H, W)`` layout the blocks see.
 """
 from __future__ import annotations
 
@@ -117,30 +128,40 @@ class UNet(nn.Module):
         return emb
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
-                context: torch.Tensor | None = None, **ctx_extra) -> torch.Tensor:
+                context: torch.Tensor | None = None, down_residuals: list[torch.Tensor] | None = None,
+                mid_residual: torch.Tensor | None = None, **ctx_extra) -> torch.Tensor:
+        residuals = None if down_residuals is None and mid_residual is None else (down_residuals, mid_residual)
         if x.dim() == 5:
-            return self._forward_video(x, t, y, context, **ctx_extra)
+            return self._forward_video(x, t, y, context, residuals, **ctx_extra)
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected (B, {self.in_channels}, H, W) or (B, C, T, H, W), got {tuple(x.shape)}")
         ctx = {"num_frames": ctx_extra.pop("num_frames", 1), "context": context, **ctx_extra}
         t = torch.as_tensor(t, device=x.device).float().expand(x.shape[0])
-        return self._forward_blocks(x, self.embed(t, y), ctx)
+        return self._forward_blocks(x, self.embed(t, y), ctx, residuals)
 
-    def _forward_video(self, x, t, y, context, **ctx_extra):
+    def _forward_video(self, x, t, y, context, residuals=None, **ctx_extra):
         b, _, frames = x.shape[:3]
         t = torch.as_tensor(t, device=x.device).float().expand(b)
         h = rearrange(x, "b c t h w -> (b t) c h w")
         rep = lambda z: None if z is None else z.repeat_interleave(frames, dim=0)  # noqa: E731
         ctx = {"num_frames": frames, "context": rep(context), **ctx_extra}
-        out = self._forward_blocks(h, self.embed(rep(t), rep(y)), ctx)
+        out = self._forward_blocks(h, self.embed(rep(t), rep(y)), ctx, residuals)
         return rearrange(out, "(b t) c h w -> b c t h w", b=b)
 
-    def _forward_blocks(self, h, emb, ctx):
+    def _forward_blocks(self, h, emb, ctx, residuals=None):
+        down, mid = residuals if residuals is not None else (None, None)
+        if down is not None and len(down) != len(self.input_blocks):
+            raise ValueError(f"down_residuals has {len(down)} tensors, the U-Net has {len(self.input_blocks)} "
+                             "input blocks")
         skips = []
-        for block in self.input_blocks:
+        for i, block in enumerate(self.input_blocks):
             h = block(h, emb, ctx)
-            skips.append(h)
+            if i == 0 and ctx.get("input_residual") is not None:  # a conditioning encoder's features after conv_in
+                h = h + ctx["input_residual"]
+            skips.append(h if down is None else h + down[i])
         h = self.middle_block(h, emb, ctx)
+        if mid is not None:
+            h = h + mid
         for block in self.output_blocks:
             h = block(h, emb, ctx, skips=skips)  # pops its skip
         return self.out_conv(F.silu(self.out_norm(h)))

@@ -343,3 +343,23 @@ def video_unet(temporal: Callable[[int], nn.Module] | None = None, insert: str =
             return vdm_temporal(ch, unet_kwargs.get("num_heads", 1), unet_kwargs.get("head_channels", -1),
                                 unet_kwargs.get("norm_groups", 32))
     return inflate_unet(unet, temporal, insert, where, position)
+
+
+@buildable
+def inflated_image_unet(net: UNet, temporal: Callable[[int], nn.Module] | None = None, weights: str | None = None,
+                        insert: str = "resblock", where: Sequence[str] = ("input", "middle", "output"),
+                        freeze: bool = False, position: str = "end") -> UNet:
+    """A config-buildable :func:`video_from_image`: the image U-Net ``net`` (its trained weights loaded strictly from
+    ``weights``, a state dict of the bare net) inflated with ``temporal`` blocks (default :func:`vdm_temporal` with
+    the net's head settings); ``freeze=False`` fine-tunes every weight (PYoCo, VideoFusion), ``True`` only the
+    temporal blocks. Zero-initialised temporal outputs: equal to the image model frame by frame at the start."""
+    if weights:
+        from shared.nn.weights import load_state_dict_strict, read_state_dict
+
+        load_state_dict_strict(net, read_state_dict(weights), what=f"image U-Net weights {weights}")
+    if temporal is None:
+        groups = net.out_norm.num_groups
+
+        def temporal(ch):
+            return vdm_temporal(ch, norm_groups=groups)
+    return video_from_image(net, temporal, insert=insert, where=where, freeze=freeze, copy=False, position=position)

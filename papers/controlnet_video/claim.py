@@ -1,0 +1,180 @@
+"""Video ControlNet claim check (issue 21) on the styled-shapes world: 8 frames at 16x16, known depth and edges.
+
+Protocol (``cfg.claim``, fixed in the committed config before the comparison was run).
+
+0. *Judges* (committed, ``shared.metrics.shapes_judge``): the depth estimator and the style features (per-frame
+   ``FD_judge``). Recorded first: the control errors of real videos against their own controls vs against another
+   video's (do the judges separate "follows the control" from "does not"?).
+1. *Autoencoder* (frozen first stage, trained once per run, ``autoencoder_seed``): 16x16x3 frames -> 4x8x8 latents.
+2. *Base* per seed: an unconditional latent video model (2D U-Net + temporal layers), trained once and then frozen
+   (``trainer.max_steps``); every ControlNet of that seed steers the same base.
+3. *ControlNets* per seed and control (``claim.use_controls`` of ``claim.controls``: depth, edges; the camera
+   claim: Plücker maps): a trainable copy of the base's encoder (image layers; it runs per frame) with zero
+   convolutions and the 16 -> 8 px hint encoder (``shared.nn.controlnet``), trained for ``controlnet_steps`` with
+   the base frozen (only the copy updates).
+
+Evaluation per seed, ``num_samples`` held-out test videos as control sources, the same initial noise for the base
+and every controlled model:
+
+* ``depth_err_*``: RMSE between the judge's depth of the output and the world's depth of the control source (all
+  pixels); ``edge_f1_*``: F1 of the judged depth's discontinuities against the source's edges;
+* ``fd_frames_*``: per-frame ``FD_judge`` (style features of every frame) to real test frames;
+* ``consistency_*``: mean cosine similarity of consecutive frames;
+* with ``claim.camera_judge`` (the camera world: ``data.train.camera=true``, Plücker ``camera_map`` control):
+  ``pan_acc_*`` / ``zoom_acc_*``, the camera judge's accuracy for the source's pan direction (chance 1/4) and zoom
+  (chance 1/2).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from shared.engine.claims import finish, fit_variant, summarise, world_items
+from shared.engine.video_io import save_labelled_columns
+from shared.metrics.frechet import gaussian_stats
+from shared.metrics.shapes_judge import (
+    camera_accuracy,
+    depth_edges,
+    depth_rmse,
+    edge_f1,
+    estimate_depth,
+    fd_frames,
+    load_camera_judge,
+    load_shapes_judge,
+    shapes_judge_sha256,
+    style_features,
+)
+from shared.metrics.video import frame_consistency
+from shared.nn.weights import save_weights
+
+
+def control_errors(videos: torch.Tensor, src: dict, judge, camera_judge=None) -> dict:
+    """The judges' control errors of ``videos`` against the control sources ``src`` (world depth and edges; the
+    camera's pan and zoom with a camera judge)."""
+    est = estimate_depth(videos, judge)
+    out = {"depth_err": depth_rmse(est, src["depth"]), "edge_f1": edge_f1(depth_edges(est), src["edges"])}
+    if camera_judge is not None:
+        out.update(camera_accuracy(videos, src["camera_pan"], src["camera_zoom"], camera_judge))
+    return out
+
+
+def control_image(key: str, value: torch.Tensor) -> torch.Tensor:
+    """A control map as a 1-channel video in [-1, 1] for the GIFs (depth: near bright)."""
+    if key == "depth":
+        return (1 - 2 * (value - 0.3) / 0.7).clamp(-1, 1)[:, None]
+    if key == "camera_map":  # the Plücker moment (channels 3-5) as RGB: it changes with the camera's position
+        m = value[:, 3:6]
+        return (m / m.abs().amax(dim=(1, 2, 3, 4), keepdim=True).clamp_min(1e-6)).clamp(-1, 1)
+    return (2 * value - 1).clamp(-1, 1)[:, None]
+
+
+def controlnet_overrides(cfg: DictConfig, name: str, base_file: Path, ae_file: Path, scale: float) -> dict:
+    c = cfg.claim
+    ctl = c.controls[name]
+    base_model = OmegaConf.to_container(cfg.model, resolve=True)
+    encoder = OmegaConf.to_container(ctl.encoder, resolve=True) if ctl.get("encoder") is not None else None
+    return {
+        "model": {"_target_": "shared.nn.controlnet.controlled_unet", "base": base_model,
+                  "hint_channels": int(ctl.hint_channels), "hint_block": list(c.hint_block),
+                  "base_weights": str(base_file)},
+        "module.conditions": {"control": {"_target_": "shared.methods.conditions.TensorCondition",
+                                          "key": str(ctl.key), "kwarg": "control", "encoder": encoder}},
+        "module.latent.autoencoder.weights_path": str(ae_file), "module.latent.scale_factor": scale,
+        "module.optimizer.lr": float(c.controlnet_lr), "trainer.max_steps": int(c.controlnet_steps),
+    }
+
+
+def seed_job(cfg: DictConfig, seed: int, judge, src: dict, real_stats: tuple, ae_file: Path,
+             camera_judge=None) -> tuple[dict, dict]:
+    c = cfg.claim
+    run_dir = Path(cfg.run_dir)
+    out: dict = {}
+    ts = time.time()
+    base = fit_variant(cfg, f"base_seed{seed}", {"module.latent.autoencoder.weights_path": str(ae_file)}, seed)
+    out["base_train_time_s"] = time.time() - ts
+    base_file = save_weights(base.sampling_net(True), run_dir / f"base_seed{seed}" / "base_unet.safetensors")
+    scale = base.latent.scale_factor
+    n = int(c.num_samples)
+    x_T = torch.randn((n, *base.sample_shape), generator=torch.Generator().manual_seed(int(c.sample_seed) + seed))
+    sampler = OmegaConf.to_container(c.sampler, resolve=True)
+
+    def draw(module, cond=None):
+        return module.sample(x_T=x_T.clone(), cond=cond or {}, sampler=sampler,
+                             generator=torch.Generator().manual_seed(seed)).clamp(-1, 1)
+
+    samples = {"base": draw(base)}
+    for name in c.use_controls:
+        ts = time.time()
+        module = fit_variant(cfg, f"controlnet_{name}_seed{seed}",
+                             controlnet_overrides(cfg, name, base_file, ae_file, scale), seed)
+        out[f"controlnet_train_time_s_{name}"] = time.time() - ts
+        trainable = sum(p.numel() for p in module.net.parameters() if p.requires_grad)
+        out[f"controlnet_trainable_params_{name}"] = float(trainable)
+        key = str(c.controls[name].key)
+        samples[name] = draw(module, {key: src[key]})
+    for name, x in samples.items():
+        for k, v in control_errors(x, src, judge, camera_judge).items():
+            out[f"{k}_{name}"] = v
+        out[f"fd_frames_{name}"] = fd_frames(x, real_stats, judge)
+        out[f"consistency_{name}"] = frame_consistency(x)
+    for name in c.use_controls:
+        out[f"ratio_depth_err_{name}_to_base"] = out[f"depth_err_{name}"] / out["depth_err_base"]
+        out[f"ratio_fd_frames_{name}_to_base"] = out[f"fd_frames_{name}"] / out["fd_frames_base"]
+    return out, samples
+
+
+def run(cfg: DictConfig) -> dict:
+    t0 = time.time()
+    torch.set_num_threads(1)
+    c = cfg.claim
+    judge = load_shapes_judge(c.judge_path)
+    camera_judge = load_camera_judge(c.get("camera_judge_path")) if c.get("camera_judge") else None
+    n = int(c.num_samples)
+    keys = ("x", "depth", "edges", "camera_map", "camera_pan", "camera_zoom") if camera_judge is not None \
+        else ("x", "depth", "edges")
+    items = dict(zip(keys, world_items(cfg, 2 * n, int(c.real_seed), keys=keys)))
+    src = {k: v[:n] for k, v in items.items()}
+    ref = world_items(cfg, n, int(c.floor_seed))
+    real_stats = gaussian_stats(style_features(ref, judge))
+    own, swapped = control_errors(src["x"], src, judge, camera_judge), \
+        control_errors(items["x"][n:], src, judge, camera_judge)
+    metrics: dict = {   # the judges' separations on real videos (before any model)
+        **{f"judge_{k}_real_own_control": v for k, v in own.items()},
+        **{f"judge_{k}_real_other_control": v for k, v in swapped.items()},
+        "fd_frames_real_floor": fd_frames(src["x"], real_stats, judge), "consistency_real": frame_consistency(src["x"]),
+    }
+    ae_cfg = OmegaConf.to_container(c.autoencoder_module, resolve=True)
+    ts = time.time()
+    ae = fit_variant(cfg, "autoencoder", {"module": ae_cfg, "trainer.max_steps": int(c.autoencoder_steps),
+                                          "data.batch_size": int(c.autoencoder_batch_size),
+                                          "claim.autoencoder_module": None}, int(c.autoencoder_seed))
+    ae_file = save_weights(ae.net, Path(cfg.run_dir) / "autoencoder.safetensors")
+    metrics["autoencoder_time_s"] = time.time() - ts
+    with torch.no_grad():
+        rec = ae.reconstruct(src["x"].transpose(1, 2).flatten(0, 1))
+        rec = rec.reshape(n, -1, *rec.shape[1:]).transpose(1, 2)
+    metrics["judge_depth_err_reconstructions"] = control_errors(rec, src, judge)["depth_err"]
+    metrics["fd_frames_reconstructions"] = fd_frames(rec, real_stats, judge)
+    per_seed, gifs = [], None
+    for seed in c.seeds:
+        ts = time.time()
+        res, samples = seed_job(cfg, int(seed), judge, src, real_stats, ae_file, camera_judge)
+        res["seed_wall_time_s"] = time.time() - ts
+        per_seed.append(res)
+        gifs = gifs or samples
+    for key in per_seed[0]:
+        metrics[key] = summarise([r[key] for r in per_seed])
+    k = int(c.gif_videos)
+    if k > 0:
+        cols = [("source", src["x"][:k]), ("uncontrolled", gifs["base"][:k])]
+        for name in c.use_controls:
+            key = str(c.controls[name].key)
+            cols += [(key, control_image(key, src[key][:k])), (f"{name} out", gifs[name][:k])]
+        save_labelled_columns(cols, Path(cfg.run_dir) / "input_control_output.gif", fps=4, scale=4)
+    record = finish(cfg, metrics, paper="controlnet_video", claim=str(c.name), t0=t0, artifacts=("*.png", "*.gif"),
+                    extra={"nfe": int(c.sampler.steps), "num_samples": n,
+                           "judge_sha256": shapes_judge_sha256(c.judge_path)})
+    return record

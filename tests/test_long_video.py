@@ -1,0 +1,144 @@
+"""Long-video sampling (shared/diffusion/long_video.py): window fusion with one window is the plain sampler, fusion of
+a per-frame denoiser changes nothing, FreeNoise's rescheduled noise repeats earlier frames shuffled within blocks,
+autoregressive extension keeps the context frames, and every video backbone of the project runs the wrappers."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from shared.diffusion.long_video import (
+    autoregressive_extend,
+    concatenate_windows,
+    freenoise_noise,
+    fused_window_denoiser,
+    window_starts,
+    window_weights,
+)
+from shared.diffusion.parameterization import make_denoiser
+from shared.diffusion.samplers import ddim_sample
+from shared.diffusion.schedules import DiscreteVP
+
+
+def test_windows_and_weights():
+    assert window_starts(8, 8, 4) == [0]
+    assert window_starts(16, 8, 4) == [0, 4, 8]
+    assert window_starts(18, 8, 4) == [0, 4, 8, 10]     # the last window ends at the last frame
+    assert window_weights(5).tolist() == [1, 2, 3, 2, 1] and window_weights(4).tolist() == [1, 2, 2, 1]
+    assert window_weights(3, "flat").tolist() == [1, 1, 1]
+    with pytest.raises(ValueError, match="shorter than the model's window"):
+        window_starts(6, 8, 4)
+    with pytest.raises(ValueError, match="stride 9 > window 8"):
+        window_starts(16, 8, 9)
+    with pytest.raises(ValueError, match="weighting must be one of"):
+        window_weights(4, "gauss")
+
+
+def _temporal_denoiser(schedule):
+    """A toy denoiser that mixes frames (x0_hat of a frame depends on its neighbours within the window)."""
+    def den(x, t):
+        x0 = 0.5 * x + 0.25 * (x.roll(1, dims=2) + x.roll(-1, dims=2))
+        a, s = schedule.alpha_sigma(torch.as_tensor(t).float().expand(x.shape[0]))
+        eps = (x - a.view(-1, 1, 1, 1, 1) * x0) / s.view(-1, 1, 1, 1, 1)
+        return x0, eps
+    return den
+
+
+def test_one_window_is_the_plain_sampler_bit_for_bit():
+    schedule = DiscreteVP(num_steps=50)
+    den = _temporal_denoiser(schedule)
+    x_T = torch.randn(2, 1, 8, 4, 4)
+    plain = ddim_sample(den, x_T, schedule, steps=5)
+    fused = ddim_sample(fused_window_denoiser(den, window=8, stride=4), x_T, schedule, steps=5)
+    assert torch.equal(plain, fused)
+
+
+def test_fusing_a_per_frame_denoiser_changes_nothing_and_overlaps_are_weighted():
+    def per_frame(x, t):
+        return torch.tanh(x), 0.5 * x
+
+    fused = fused_window_denoiser(per_frame, window=4, stride=2)
+    x = torch.randn(1, 2, 10, 3, 3)
+    a, e = fused(x, torch.tensor([10.0]))
+    torch.testing.assert_close(a, torch.tanh(x))
+    torch.testing.assert_close(e, 0.5 * x)
+    # a window-position-dependent denoiser: each frame gets the pyramid-weighted mean over its windows
+
+    def position(x, t):
+        pos = torch.arange(x.shape[2], dtype=x.dtype).view(1, 1, -1, 1, 1).expand_as(x)
+        return pos, pos
+
+    a, _ = fused_window_denoiser(position, window=4, stride=2)(torch.zeros(1, 1, 6, 1, 1), 0)
+    # frame 2 is position 2 of window [0, 4) (weight 2) and position 0 of window [2, 6) (weight 1)
+    assert a[0, 0, 2, 0, 0].item() == pytest.approx((2 * 2 + 1 * 0) / 3)
+    assert a[0, 0, 0, 0, 0].item() == 0 and a[0, 0, 5, 0, 0].item() == 3
+
+
+def test_freenoise_noise_repeats_earlier_frames_shuffled_within_blocks():
+    g = torch.Generator().manual_seed(0)
+    z = freenoise_noise((2, 1, 20, 3, 3), window=8, stride=4, generator=g)
+    base = torch.randn((2, 1, 20, 3, 3), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(z[:, :, :8], base[:, :, :8])                  # the first window: i.i.d. draws
+    for i in range(8, 20, 4):
+        block = z[:, :, i:i + 4]
+        source = z[:, :, i - 8:i - 4]
+        matched = [any(torch.equal(block[:, :, j], source[:, :, k]) for k in range(4)) for j in range(block.shape[2])]
+        assert all(matched)
+        assert len({int(k) for j in range(block.shape[2]) for k in range(4)
+                    if torch.equal(block[:, :, j], source[:, :, k])}) == block.shape[2]   # a permutation
+
+
+def test_autoregressive_extension_keeps_context_and_naive_concatenation():
+    first = torch.randn(2, 1, 8, 4, 4)
+    calls = []
+
+    def complete(x_known, known):
+        calls.append((x_known.clone(), known.clone()))
+        return torch.where(known, x_known, torch.full_like(x_known, float(len(calls))))
+
+    video = autoregressive_extend(complete, first, total=20, context=4)
+    assert video.shape == (2, 1, 20, 4, 4) and len(calls) == 3
+    assert torch.equal(video[:, :, :8], first)
+    assert torch.equal(calls[0][0][:, :, :4], first[:, :, 4:]) and calls[0][1][:, :, :4].all()
+    assert not calls[0][1][:, :, 4:].any()
+    assert (video[:, :, 8:12] == 1).all() and (video[:, :, 12:16] == 2).all()
+    with pytest.raises(ValueError, match="context must lie in"):
+        autoregressive_extend(complete, first, 20, 8)
+    v = concatenate_windows(lambda k: torch.full((1, 1, 8, 2, 2), float(k)), total=20, window=8)
+    assert v.shape[2] == 20 and v[0, 0, 19, 0, 0] == 2 and v[0, 0, 7, 0, 0] == 0
+
+
+def _backbones():
+    from shared.nn.motion_module import from_image_model, motion_module
+    from shared.nn.temporal_mix import video_ldm_temporal
+    from shared.nn.temporal_shift import add_temporal_shift
+    from shared.nn.unet import UNet
+    from shared.nn.video import video_from_image, video_unet
+
+    def image():
+        return UNet(in_channels=1, image_size=8, base_channels=8, channel_mult=(1, 2), num_res_blocks=1,
+                    attention_resolutions=(4,), norm_groups=4)
+
+    return {
+        "vdm": video_unet(in_channels=1, image_size=8, base_channels=8, channel_mult=(1, 2), num_res_blocks=1,
+                          attention_resolutions=(4,), norm_groups=4),
+        "animatediff": from_image_model(image(), motion_module(heads=2, norm_groups=4, max_len=24), copy=False),
+        "video_ldm": video_from_image(image(), lambda ch: video_ldm_temporal(ch, norm_groups=4), copy=False),
+        "latent_shift": add_temporal_shift(image(), 0.25),
+    }
+
+
+@pytest.mark.parametrize("name", ["vdm", "animatediff", "video_ldm", "latent_shift"])
+def test_every_video_backbone_runs_window_fusion_and_one_window_equals_it(name):
+    torch.manual_seed(0)
+    net = _backbones()[name].eval()
+    for p in net.parameters():
+        p.data.add_(0.05 * torch.randn_like(p))
+    schedule = DiscreteVP(num_steps=100)
+    den = make_denoiser(net, schedule, "eps", clip_x0=1.0)
+    with torch.no_grad():
+        x_T = freenoise_noise((1, 1, 12, 8, 8), window=8, stride=4, generator=torch.Generator().manual_seed(1))
+        out = ddim_sample(fused_window_denoiser(den, 8, 4), x_T, schedule, steps=2)
+        assert out.shape == (1, 1, 12, 8, 8) and torch.isfinite(out).all()
+        short = x_T[:, :, :8]
+        assert torch.equal(ddim_sample(fused_window_denoiser(den, 8, 4), short, schedule, steps=2),
+                           ddim_sample(den, short, schedule, steps=2))

@@ -1,0 +1,71 @@
+"""Tune-A-Video (papers/tune_a_video): the inflated net starts as the image model on frame 0 (sparse-causal attention
+of frame 0 is its own self-attention, temporal layers zero), keys and values span the first and previous frame, only
+the query projections and temporal layers train, and after tuning every untuned weight is bit-identical."""
+from __future__ import annotations
+
+import torch
+
+from papers.tune_a_video.data import OneVideo
+from papers.tune_a_video.nets import tune_a_video_net, tuned_parameter_names
+from shared.diffusion.schedules import DiscreteVP
+from shared.methods.diffusion_module import DiffusionModule
+from shared.nn.attention import SpatialSelfAttention
+from shared.nn.unet import UNet
+
+
+def image():
+    torch.manual_seed(0)
+    net = UNet(in_channels=1, image_size=8, base_channels=8, channel_mult=(1, 2), num_res_blocks=1,
+               attention_resolutions=(4,), num_classes=10, norm_groups=4)
+    for p in net.parameters():
+        p.data.add_(0.05 * torch.randn_like(p))
+    return net
+
+
+def test_inflated_net_is_the_image_model_on_frame_zero_and_attends_sparse_causally():
+    img = image().eval()
+    import copy
+
+    net = tune_a_video_net(copy.deepcopy(img)).eval()
+    x, t, y = torch.randn(2, 1, 4, 8, 8), torch.tensor([10.0, 60.0]), torch.tensor([1, 2])
+    with torch.no_grad():
+        out = net(x, t, y=y)
+        torch.testing.assert_close(out[:, :, 0], img(x[:, :, 0], t, y=y), atol=1e-5, rtol=0)
+        assert (out[:, :, 2] - img(x[:, :, 2], t, y=y)).abs().max() > 1e-4     # frame 2 sees frames 0 and 1
+        # frame 2's output does not depend on frame 3 (causal), but on frame 1 (its previous frame)
+        x3 = x.clone()
+        x3[:, :, 3] += 1.0
+        torch.testing.assert_close(net(x3, t, y=y)[:, :, :3], out[:, :, :3], atol=1e-5, rtol=0)
+    assert all(m.frame_attention == "sparse_causal" for m in net.modules() if isinstance(m, SpatialSelfAttention))
+
+
+def test_only_queries_and_temporal_layers_train_and_the_rest_stays_bit_identical():
+    net = tune_a_video_net(image())
+    names = tuned_parameter_names(net)
+    assert names and all(".qkv." in n or n.startswith(tuple(net.temporal_names)) for n in names)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    m = DiffusionModule(net, DiscreteVP(num_steps=100), sample_shape=(1, 4, 8, 8), ema_decay=None)
+    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=1e-2)
+    for step in range(3):
+        loss = m.training_loss({"x": torch.rand(1, 1, 4, 8, 8) * 2 - 1, "y": torch.tensor([4])},
+                               torch.Generator().manual_seed(step))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = net.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(".qkv." in k or k.startswith(tuple(net.temporal_names)) for k in changed)
+    for mod_name, mod in net.named_modules():
+        if isinstance(mod, SpatialSelfAttention):
+            c = mod.qkv.out_channels // 3
+            w0, w1 = before[f"{mod_name}.qkv.weight"], after[f"{mod_name}.qkv.weight"]
+            assert torch.equal(w0[c:], w1[c:]) and not torch.equal(w0[:c], w1[:c])   # keys/values frozen
+            assert torch.equal(before[f"{mod_name}.qkv.bias"][c:], after[f"{mod_name}.qkv.bias"][c:])
+
+
+def test_one_video_dataset_repeats_one_item():
+    ds = OneVideo("shared.data.video_worlds.MovingDigits", index=3, n=5, frames=4, size=16, split="test", seed=7)
+    from shared.data.video_worlds import MovingDigits
+
+    ref = MovingDigits(n=10, frames=4, size=16, split="test", seed=7)[3]
+    assert len(ds) == 5 and torch.equal(ds[4]["x"], ref["x"]) and int(ds[0]["y"]) == int(ref["y"])
