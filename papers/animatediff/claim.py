@@ -183,7 +183,7 @@ def run(cfg: DictConfig) -> dict:
     t0 = time.time()
     torch.set_num_threads(1)
     c = cfg.claim
-    judge = load_video_judge(c.judge_path) if c.judge_path else load_video_judge()
+    judge = load_video_judge(c.judge_path or None)
     n, T, S = int(c.num_samples), int(cfg.data.frames), int(cfg.data.size)
 
     def real(digits, seed):

@@ -112,7 +112,7 @@ def seed_job(cfg_dict: dict, seed: int) -> dict:
     torch.set_num_threads(1)
     cfg = OmegaConf.create(cfg_dict)
     c = cfg.claim
-    judge = load_video_judge(c.judge_path) if c.judge_path else load_video_judge()
+    judge = load_video_judge(c.judge_path or None)
     real = videos(cfg, int(c.num_samples), int(c.real_seed))
     run_dir, out = Path(cfg.run_dir), {}
     n_steps = int(cfg.trainer.max_steps)
@@ -178,7 +178,7 @@ def run(cfg: DictConfig) -> dict:
     t0 = time.time()
     c = cfg.claim
     torch.set_num_threads(1)
-    judge = load_video_judge(c.judge_path) if c.judge_path else load_video_judge()
+    judge = load_video_judge(c.judge_path or None)
     real = videos(cfg, int(c.num_samples), int(c.real_seed))
     other = videos(cfg, int(c.num_samples), int(c.floor_seed))
     metrics: dict = {"fvd_judge_real_floor": fvd_judge(other, real, judge)}

@@ -66,7 +66,7 @@ def train_budgets(cfg: DictConfig, prior: str, image_file: Path, seed: int):
 def seed_job(cfg_dict: dict, seed: int) -> dict:
     cfg = seed_job_config(cfg_dict)
     c = cfg.claim
-    judge = load_video_judge(c.judge_path) if c.judge_path else load_video_judge()
+    judge = load_video_judge(c.judge_path or None)
     run_dir = Path(cfg.run_dir)
     image, image_file, out = image_stage_weights(cfg, c.image, seed)
     n = int(c.num_videos)
@@ -96,7 +96,7 @@ def run(cfg: DictConfig) -> dict:
     t0 = time.time()
     torch.set_num_threads(1)
     c = cfg.claim
-    judge = load_video_judge(c.judge_path) if c.judge_path else load_video_judge()
+    judge = load_video_judge(c.judge_path or None)
     real = world_items(cfg, int(c.num_videos), int(c.real_seed))
     other = world_items(cfg, int(c.num_videos), int(c.floor_seed))
     metrics: dict = {"fvd_judge_real_floor": fvd_judge(other, real, judge)}

@@ -81,7 +81,7 @@ def generate(cfg: DictConfig, module, labels, directions, seed: int) -> dict[str
 def seed_job(cfg_dict: dict, seed: int) -> dict:
     cfg = seed_job_config(cfg_dict)
     c = cfg.claim
-    judge = load_video_judge(c.judge_path) if c.judge_path else load_video_judge()
+    judge = load_video_judge(c.judge_path or None)
     module, _, out = image_stage_weights(cfg, c.image, seed, save=False)
     labels, directions = prompts(int(c.num_videos), 100 + int(seed))
     ts = time.time()
@@ -108,7 +108,7 @@ def run(cfg: DictConfig) -> dict:
     t0 = time.time()
     torch.set_num_threads(1)
     c = cfg.claim
-    judge = load_video_judge(c.judge_path) if c.judge_path else load_video_judge()
+    judge = load_video_judge(c.judge_path or None)
     metrics: dict = {"judge_checks": judge_checks(cfg, judge)}
     per_seed = map_seeds(cfg, seed_job)
     summarise_seeds(per_seed, metrics)

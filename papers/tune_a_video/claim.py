@@ -63,7 +63,7 @@ def scores(v: torch.Tensor, directions, source, target, judge) -> dict:
 def seed_job(cfg_dict: dict, seed: int) -> dict:
     cfg = seed_job_config(cfg_dict)
     c = cfg.claim
-    judge = load_video_judge(c.judge_path) if c.judge_path else load_video_judge()
+    judge = load_video_judge(c.judge_path or None)
     run_dir = Path(cfg.run_dir)
     image, image_file, out = image_stage_weights(cfg, c.image, seed)
     n, steps, w = int(c.num_sources), int(c.sampler_steps), float(c.guidance_scale)

@@ -42,7 +42,7 @@ def seed_job(cfg_dict: dict, seed: int) -> dict:
     """Train both variants of one seed, sample, extend and score; returns that seed's metrics."""
     cfg = seed_job_config(cfg_dict)
     c = cfg.claim
-    judge = load_video_judge(c.judge_path) if c.judge_path else load_video_judge()
+    judge = load_video_judge(c.judge_path or None)
     real, _ = real_videos(cfg, int(c.num_samples), int(c.real_seed))
     ctx, ctx_digits = real_videos(cfg, int(c.num_extensions), int(c.context_seed))
     known = frames_mask(ctx.shape, list(c.known_frames))
@@ -92,7 +92,7 @@ def seed_job(cfg_dict: dict, seed: int) -> dict:
 def run(cfg: DictConfig) -> dict:
     t0 = time.time()
     c = cfg.claim
-    judge = load_video_judge(c.judge_path) if c.judge_path else load_video_judge()
+    judge = load_video_judge(c.judge_path or None)
     real, _ = real_videos(cfg, int(c.num_samples), int(c.real_seed))
     other, _ = real_videos(cfg, int(c.num_samples), int(c.floor_seed))
     metrics: dict = {"fvd_judge_real_floor": fvd_judge(other, real, judge)}

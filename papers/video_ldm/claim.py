@@ -108,7 +108,7 @@ def seed_job(cfg_dict: dict, seed: int) -> dict:
     c = cfg.claim
     run_dir, out = Path(cfg.run_dir), {}
     weights = run_dir / f"weights_seed{seed}"
-    judge = load_video_judge(c.judge_path) if c.judge_path else load_video_judge()
+    judge = load_video_judge(c.judge_path or None)
     real = real_videos(cfg, int(c.num_samples), int(c.real_seed))
     real_static = static_stats(real, judge)
     times: dict[str, float] = {}
@@ -219,7 +219,7 @@ def run(cfg: DictConfig) -> dict:
     t0 = time.time()
     torch.set_num_threads(1)
     c = cfg.claim
-    judge = load_video_judge(c.judge_path) if c.judge_path else load_video_judge()
+    judge = load_video_judge(c.judge_path or None)
     n = int(c.num_samples)
     real = real_videos(cfg, n, int(c.real_seed))
     other = real_videos(cfg, n, int(c.floor_seed))

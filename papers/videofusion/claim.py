@@ -57,7 +57,7 @@ def judge_checks(cfg: DictConfig, judge) -> dict:
 def seed_job(cfg_dict: dict, seed: int) -> dict:
     cfg = seed_job_config(cfg_dict)
     c = cfg.claim
-    judge = load_video_judge(c.judge_path) if c.judge_path else load_video_judge()
+    judge = load_video_judge(c.judge_path or None)
     run_dir = Path(cfg.run_dir)
     image, image_file, out = image_stage_weights(cfg, c.image, seed)
     n = int(c.num_videos)
@@ -90,7 +90,7 @@ def run(cfg: DictConfig) -> dict:
     t0 = time.time()
     torch.set_num_threads(1)
     c = cfg.claim
-    judge = load_video_judge(c.judge_path) if c.judge_path else load_video_judge()
+    judge = load_video_judge(c.judge_path or None)
     metrics: dict = {"judge_checks": judge_checks(cfg, judge)}
     per_seed = map_seeds(cfg, seed_job)
     summarise_seeds(per_seed, metrics)
