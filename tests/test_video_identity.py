@@ -58,5 +58,11 @@ def test_labelled_rows_gif(tmp_path):
     p = save_labelled_rows(rows, tmp_path / "cmp.gif", scale=2)
     im = Image.open(p)
     assert im.n_frames == 6 and im.size[1] == 2 * (8 * 2 + 2 * 2)
-    with pytest.raises(ValueError, match="at least one row"):
+    with pytest.raises(ValueError, match="at least one"):
         save_labelled_rows({}, tmp_path / "x.gif")
+    # a list of pairs keeps its order; the frame counter adds one 14-pixel header line
+    p = save_labelled_rows(list(rows.items()), tmp_path / "cmp_t.gif", scale=2, frame_counter=True)
+    assert Image.open(p).size[1] == im.size[1] + 14 and Image.open(p).n_frames == 6
+    with pytest.raises(ValueError, match=r"save_labelled_rows writes \.gif or \.mp4, got '.*cmp\.png'"):
+        save_labelled_rows(rows, tmp_path / "cmp.png")
+    assert not (tmp_path / "cmp.png").exists()

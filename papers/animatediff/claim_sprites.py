@@ -35,7 +35,7 @@ from omegaconf import DictConfig
 from papers.animatediff.claim import METHODS, build, draw, train_stage
 from shared.data.sprite_worlds import Sprites
 from shared.engine.claims import finish, summarise, world_items
-from shared.engine.video_io import save_labelled_video_grid
+from shared.engine.video_io import save_labelled_rows
 from shared.metrics.sprite_judge import SpriteJudge, separation
 
 
@@ -135,7 +135,7 @@ def run(cfg: DictConfig) -> dict:
                       ("lora_mm", "LoRA fine-tune +\nmotion module"),
                       ("motion_lora", "base + motion module\n+ MotionLoRA (left)")]
             rows = [("real test clips", real[:k])] + [(label, gifs[key][:k]) for key, label in labels if key in gifs]
-            save_labelled_video_grid(rows, Path(cfg.run_dir) / "grid.gif", fps=4, scale=3)
+            save_labelled_rows(rows, Path(cfg.run_dir) / "grid.gif", fps=4, scale=3, frame_counter=True)
     for key in per_seed[0]:
         metrics[key] = summarise([r[key] for r in per_seed])
     record = finish(cfg, metrics, paper="animatediff", claim=str(c.name), t0=t0,

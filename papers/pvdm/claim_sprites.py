@@ -24,7 +24,7 @@ from papers.pvdm.claim import step_memory, time_steps
 from shared.data.sprite_worlds import Sprites
 from shared.engine.claims import finish, fit_variant, summarise, world_items
 from shared.engine.parallel import map_jobs
-from shared.engine.video_io import save_labelled_video_grid
+from shared.engine.video_io import save_labelled_rows
 from shared.metrics.sprite_judge import SpriteJudge, separation
 from shared.metrics.video import psnr
 from shared.nn.unet import count_parameters
@@ -90,7 +90,7 @@ def seed_job(cfg_dict: dict, seed: int) -> dict:
         labels = [("ae_rec", "triplane autoencoder:\nreconstructions"), ("pixel", "pixel 3D U-Net\nsamples"),
                   ("pvdm", "PVDM (triplane +\n2D U-Net) samples")]
         rows = [("real test clips", real[:k])] + [(lab, samples[key][:k]) for key, lab in labels if key in samples]
-        save_labelled_video_grid(rows, run_dir / "grid.gif", fps=4, scale=3)
+        save_labelled_rows(rows, run_dir / "grid.gif", fps=4, scale=3, frame_counter=True)
     return out
 
 

@@ -36,7 +36,7 @@ from shared.data.sprite_worlds import Sprites
 from shared.diffusion.conditioning import frames_mask
 from shared.engine.claims import finish, fit_variant, seed_job_config, summarise, world_items
 from shared.engine.parallel import map_jobs
-from shared.engine.video_io import save_labelled_video_grid
+from shared.engine.video_io import save_labelled_rows
 from shared.metrics.sprite_judge import SpriteJudge, separation
 from shared.metrics.video import psnr
 
@@ -120,10 +120,10 @@ def seed_job(cfg_dict: dict, seed: int) -> dict:
                   "ext_reconstruction": f"reconstruction\nguidance, w_r={float(c.get('w_r') or 0):g}"}
         real = real_clips(cfg, k, int(c.real_seed))[0]
         rows = [("real test clips", real)] + [(labels[v], samples[v][:k]) for v in VARIANTS if v in samples]
-        save_labelled_video_grid(rows, run_dir / "samples.gif", fps=4, scale=3)
+        save_labelled_rows(rows, run_dir / "samples.gif", fps=4, scale=3, frame_counter=True)
         if "ext_real" in samples:
             rows = [(labels[v], samples[v][:k]) for v in ("ext_real", "ext_replacement", "ext_reconstruction")]
-            save_labelled_video_grid(rows, run_dir / "extension.gif", fps=4, scale=3)
+            save_labelled_rows(rows, run_dir / "extension.gif", fps=4, scale=3, frame_counter=True)
     return out
 
 

@@ -32,7 +32,7 @@ from papers.video_ldm.module import swap_spatial_weights
 from shared.data.sprite_worlds import Sprites
 from shared.engine.claims import finish, fit_variant, seed_job_config, summarise, world_items
 from shared.engine.parallel import map_jobs
-from shared.engine.video_io import save_labelled_video_grid
+from shared.engine.video_io import save_labelled_rows
 from shared.metrics.sprite_judge import SpriteJudge, separation
 from shared.metrics.video import psnr
 from shared.nn.temporal_mix import merge_alphas
@@ -157,7 +157,7 @@ def seed_job(cfg_dict: dict, seed: int) -> dict:
         keys = [None, "per_frame", "video", "style_per_frame", "transfer"]
         rows = [(label, v if key is None else samples[key][:k]) for (label, v), key in zip(rows, keys)
                 if key is None or key in samples]
-        save_labelled_video_grid(rows, run_dir / "grid.gif", fps=4, scale=3)
+        save_labelled_rows(rows, run_dir / "grid.gif", fps=4, scale=3, frame_counter=True)
     return out
 
 

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["save_image_grid", "save_labelled_columns", "save_labelled_rows", "save_labelled_video_grid",
-           "save_video_grid", "to_uint8", "video_grid_frames"]
+__all__ = ["save_image_grid", "save_labelled_columns", "save_labelled_rows", "save_video_grid",
+           "to_uint8", "video_grid_frames"]
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -107,6 +107,25 @@ def _write_mp4(frames: np.ndarray, path: Path, fps: float, crf: int) -> None:
             container.mux(packet)
 
 
+def _check_suffix(path: str | Path, writer: str, suffixes: tuple[str, ...]) -> Path:
+    """``path`` as a Path, or a one-line error naming the writer, the path and the extensions it writes."""
+    path = Path(path)
+    if path.suffix.lower() not in suffixes:
+        raise ValueError(f"{writer} writes {' or '.join(suffixes)}, got '{path}'")
+    return path
+
+
+def _write_frames(frames: np.ndarray, path: str | Path, fps: float, crf: int = 18) -> Path:
+    """Write (T, H, W, 3) uint8 frames to ``path`` (.gif with PIL, .mp4 with PyAV); creates missing parents."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".gif":
+        _write_gif(frames, path, fps)
+    else:
+        _write_mp4(frames, path, fps, crf)
+    return path
+
+
 def save_video_grid(
     videos: torch.Tensor,
     path: str | Path,
@@ -119,61 +138,8 @@ def save_video_grid(
 ) -> Path:
     """Write videos (B, C, T, H, W) in [-1, 1] as one grid video; the format follows the extension
     (``.gif`` or ``.mp4``)."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in (".gif", ".mp4"):
-        raise ValueError(f"save_video_grid writes .gif or .mp4, got '{path}'")
-    frames = video_grid_frames(videos, nrow, padding, pad_value, scale)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".gif":
-        _write_gif(frames, path, fps)
-    else:
-        _write_mp4(frames, path, fps, crf)
-    return path
-
-
-def save_labelled_video_grid(
-    rows: list[tuple[str, torch.Tensor]],
-    path: str | Path,
-    fps: float = 4,
-    scale: int = 3,
-    padding: int = 2,
-    label_width: int = 150,
-) -> Path:
-    """One GIF/MP4 whose rows are labelled video sets, e.g. ``[("real", v1), ("per-frame", v2), ("video", v3)]``
-    (each (k, C, T, H, W) in [-1, 1]; the rows' k, T, H and W must agree): every row is a strip of its k clips
-    (``scale`` x nearest), its label written in a left column (PIL's built-in bitmap font, white on black), and the
-    frame counter ``t = i / T`` in the top-left corner, so a viewer can compare the rows frame by frame."""
-    from PIL import Image, ImageDraw
-
-    if not rows:
-        raise ValueError("save_labelled_video_grid needs at least one (label, videos) row")
-    shapes = {tuple(v.shape[:1]) + tuple(v.shape[2:]) for _, v in rows}
-    if len(shapes) != 1:
-        raise ValueError(f"the rows' videos must share (k, T, H, W), got {sorted(shapes)}")
-    strips = [video_grid_frames(v, nrow=v.shape[0], padding=padding, pad_value=1.0, scale=scale) for _, v in rows]
-    t, h, w, _ = strips[0].shape
-    frames = []
-    for i in range(t):
-        canvas = Image.new("RGB", (label_width + w, len(rows) * h + 14), (0, 0, 0))
-        draw = ImageDraw.Draw(canvas)
-        draw.text((4, 2), f"t = {i + 1} / {t}", fill=(255, 255, 255))
-        for r, ((label, _), strip) in enumerate(zip(rows, strips)):
-            canvas.paste(Image.fromarray(strip[i]), (label_width, 14 + r * h))
-            for k, line in enumerate(str(label).split("\n")):
-                draw.text((4, 14 + r * h + h // 2 - 6 + 11 * k - 5 * (str(label).count("\n"))), line,
-                          fill=(255, 255, 255))
-        frames.append(np.asarray(canvas))
-    frames = np.stack(frames)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() == ".gif":
-        _write_gif(frames, path, fps)
-    elif path.suffix.lower() == ".mp4":
-        _write_mp4(frames, path, fps, 18)
-    else:
-        raise ValueError(f"save_labelled_video_grid writes .gif or .mp4, got '{path}'")
-    return path
+    _check_suffix(path, "save_video_grid", (".gif", ".mp4"))
+    return _write_frames(video_grid_frames(videos, nrow, padding, pad_value, scale), path, fps, crf)
 
 
 def save_labelled_columns(columns: Mapping[str, torch.Tensor] | Sequence[tuple[str, torch.Tensor]],
@@ -184,9 +150,9 @@ def save_labelled_columns(columns: Mapping[str, torch.Tensor] | Sequence[tuple[s
     item i of every column (a column of fewer frames holds its last); the label is written above its column."""
     from PIL import Image, ImageDraw
 
-    path = Path(path)
-    if path.suffix.lower() != ".gif" or not columns:
-        raise ValueError(f"save_labelled_columns writes a .gif of at least one column, got '{path}'")
+    path = _check_suffix(path, "save_labelled_columns", (".gif",))
+    if not columns:
+        raise ValueError(f"save_labelled_columns needs at least one column, got none for '{path}'")
     vids = {}
     for label, v in (columns.items() if isinstance(columns, Mapping) else columns):
         v = v.detach().float().cpu()
@@ -219,9 +185,7 @@ def save_labelled_columns(columns: Mapping[str, torch.Tensor] | Sequence[tuple[s
         for j, label in enumerate(vids):
             draw.text((j * cell_w + 1, 0), label[: max(1, cell_w // 6)], fill=(0, 0, 0))
         out.append(np.asarray(im))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _write_gif(np.stack(out), path, fps)
-    return path
+    return _write_frames(np.stack(out), path, fps)
 
 
 def _label_strip(text: str, height: int, width: int) -> np.ndarray:
@@ -238,29 +202,35 @@ def _label_strip(text: str, height: int, width: int) -> np.ndarray:
     return np.asarray(im)
 
 
-def save_labelled_rows(rows: dict[str, torch.Tensor], path: str | Path, fps: float = 4, scale: int = 3,
-                       padding: int = 2, label_width: int | None = None) -> Path:
-    """One GIF/MP4 comparing methods: row ``k`` tiles the videos (B, C, T, H, W) of ``rows[label_k]`` side by side,
-    with ``label_k`` written on a strip to its left (``\\n`` breaks lines). Rows of fewer frames hold their last."""
-    if not rows:
-        raise ValueError("save_labelled_rows needs at least one row")
-    grids = {k: video_grid_frames(v, nrow=v.shape[0], padding=padding, scale=scale) for k, v in rows.items()}
-    t = max(g.shape[0] for g in grids.values())
-    width = max(g.shape[2] for g in grids.values())
-    lw = label_width or 6 * max(len(line) for k in rows for line in k.split("\n")) + 8
+def save_labelled_rows(rows: Mapping[str, torch.Tensor] | Sequence[tuple[str, torch.Tensor]], path: str | Path,
+                       fps: float = 4, scale: int = 3, padding: int = 2, label_width: int | None = None,
+                       frame_counter: bool = False) -> Path:
+    """One GIF/MP4 comparing methods: row ``k`` tiles the videos (B, C, T, H, W) in [-1, 1] of the k-th
+    ``(label, videos)`` (``rows`` is a dict or a list of pairs) side by side, with the label written on a strip to its
+    left (``\\n`` breaks lines). Rows of fewer frames hold their last. ``frame_counter`` adds a header line
+    ``t = i / T`` so a viewer can compare the rows frame by frame."""
+    from PIL import Image, ImageDraw
+
+    items = list(rows.items() if isinstance(rows, Mapping) else rows)
+    if not items:
+        raise ValueError("save_labelled_rows needs at least one (label, videos) row")
+    path = _check_suffix(path, "save_labelled_rows", (".gif", ".mp4"))
+    grids = [video_grid_frames(v, nrow=v.shape[0], padding=padding, scale=scale) for _, v in items]
+    t = max(g.shape[0] for g in grids)
+    width = max(g.shape[2] for g in grids)
+    lw = label_width or 6 * max(len(line) for k, _ in items for line in str(k).split("\n")) + 8
     out = []
-    for label, g in grids.items():
+    for (label, _), g in zip(items, grids):
         g = np.concatenate([g, np.repeat(g[-1:], t - g.shape[0], axis=0)]) if g.shape[0] < t else g
         g = np.pad(g, ((0, 0), (0, 0), (0, width - g.shape[2]), (0, 0)), constant_values=255)
-        strip = np.broadcast_to(_label_strip(label, g.shape[1], lw), (t, g.shape[1], lw, 3))
+        strip = np.broadcast_to(_label_strip(str(label), g.shape[1], lw), (t, g.shape[1], lw, 3))
         out.append(np.concatenate([strip, g], axis=2))
     frames = np.ascontiguousarray(np.concatenate(out, axis=1))
-    path = Path(path)
-    if path.suffix.lower() not in (".gif", ".mp4"):
-        raise ValueError(f"save_labelled_rows writes .gif or .mp4, got '{path}'")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() == ".gif":
-        _write_gif(frames, path, fps)
-    else:
-        _write_mp4(frames, path, fps, 18)
-    return path
+    if frame_counter:
+        header = []
+        for i in range(t):
+            im = Image.new("RGB", (frames.shape[2], 14), (0, 0, 0))
+            ImageDraw.Draw(im).text((4, 2), f"t = {i + 1} / {t}", fill=(255, 255, 255))
+            header.append(np.asarray(im))
+        frames = np.ascontiguousarray(np.concatenate([np.stack(header), frames], axis=1))
+    return _write_frames(frames, path, fps)
