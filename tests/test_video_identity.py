@@ -66,3 +66,20 @@ def test_labelled_rows_gif(tmp_path):
     with pytest.raises(ValueError, match=r"save_labelled_rows writes \.gif or \.mp4, got '.*cmp\.png'"):
         save_labelled_rows(rows, tmp_path / "cmp.png")
     assert not (tmp_path / "cmp.png").exists()
+
+
+def test_video_scores_and_real_vs_swapped():
+    from shared.metrics.video_identity import real_vs_swapped, video_scores
+
+    x, _ = clips(n=12)
+    s = video_scores(x, ("appearance", "ink_consistency"), key="{metric}_real")
+    assert list(s) == ["appearance_real", "ink_consistency_real"]
+    assert s["appearance_real"] == pytest.approx(appearance_consistency(x))
+    with pytest.raises(ValueError, match="unknown video score 'lpips'"):
+        video_scores(x, ("lpips",))
+    with pytest.raises(ValueError, match="'fvd_judge' needs real="):
+        video_scores(x, ("fvd_judge",))
+    checks = real_vs_swapped(x, ("appearance", "ink_consistency"))
+    assert set(checks) == {"appearance_real", "appearance_swapped", "ink_consistency_real", "ink_consistency_swapped"}
+    # the controls must be separable: real clips keep their appearance, swapped ones do not
+    assert checks["appearance_real"] > checks["appearance_swapped"] + 0.1

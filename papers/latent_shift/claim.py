@@ -27,24 +27,13 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from shared.engine.claims import (
-    finish,
-    fit_variant,
-    map_seeds,
-    seed_job_config,
-    summarise,
-    summarise_seeds,
-    world_items,
-)
+from shared.engine.claims import fit_variant, run_seeded_claim, seed_job_config, summarise, world_items
 from shared.engine.teachers import image_stage_weights
 from shared.engine.video_io import save_labelled_rows
-from shared.metrics.video_identity import (
-    appearance_consistency,
-    frame_digit_agreement,
-    identity_swapped,
-    ink_consistency,
-)
-from shared.metrics.video_judge import digit_accuracy, fvd_judge, judge_sha256, load_video_judge
+from shared.metrics.video_identity import real_vs_swapped, video_scores
+from shared.metrics.video_judge import judge_sha256, load_video_judge
+
+SCORES = ("fvd_judge", "appearance", "digit_agreement", "digit_accuracy", "ink_consistency")
 
 
 def n_params(net: torch.nn.Module) -> int:
@@ -76,15 +65,11 @@ def forward_time(nets: dict, shape, repeats: int) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def judge_checks(cfg: DictConfig, judge) -> dict:
-    real = world_items(cfg, int(cfg.claim.num_videos), int(cfg.claim.real_seed))
-    swapped = identity_swapped(real)
-    other = world_items(cfg, int(cfg.claim.num_videos), int(cfg.claim.floor_seed))
-    return {"appearance_real": appearance_consistency(real), "appearance_swapped": appearance_consistency(swapped),
-            "digit_agreement_real": frame_digit_agreement(real, judge),
-            "digit_agreement_swapped": frame_digit_agreement(swapped, judge),
-            "fvd_judge_real_floor": fvd_judge(other, real, judge),
-            "fvd_judge_swapped": fvd_judge(swapped, real, judge)}
+def judge_checks(cfg: DictConfig) -> dict:
+    c = cfg.claim
+    return real_vs_swapped(world_items(cfg, int(c.num_videos), int(c.real_seed)),
+                           ("fvd_judge", "appearance", "digit_agreement"), load_video_judge(c.judge_path or None),
+                           floor=world_items(cfg, int(c.num_videos), int(c.floor_seed)))
 
 
 def seed_job(cfg_dict: dict, seed: int) -> dict:
@@ -114,12 +99,7 @@ def seed_job(cfg_dict: dict, seed: int) -> dict:
         x_T = torch.randn((n, *module.sample_shape), generator=g())
         videos[variant] = module.sample(x_T=x_T, cond={"y": labels}, sampler=sampler, generator=g())
     for name, v in videos.items():
-        v = v.clamp(-1, 1)
-        out[f"fvd_judge_{name}"] = fvd_judge(v, real, judge)
-        out[f"appearance_{name}"] = appearance_consistency(v)
-        out[f"digit_agreement_{name}"] = frame_digit_agreement(v, judge)
-        out[f"digit_accuracy_{name}"] = digit_accuracy(v, labels, judge)
-        out[f"ink_consistency_{name}"] = ink_consistency(v)
+        out.update(video_scores(v.clamp(-1, 1), SCORES, judge, f"{{metric}}_{name}", real=real, labels=labels))
     nets = {"image": image.sampling_net(True), **{k: m.sampling_net(True) for k, m in models.items()}}
     for k, net in nets.items():
         out[f"params_{k}"] = float(n_params(net))
@@ -138,16 +118,11 @@ def seed_job(cfg_dict: dict, seed: int) -> dict:
 
 
 def run(cfg: DictConfig) -> dict:
-    t0 = time.time()
-    torch.set_num_threads(1)
     c = cfg.claim
-    judge = load_video_judge(c.judge_path or None)
-    metrics: dict = {"judge_checks": judge_checks(cfg, judge)}
-    per_seed = map_seeds(cfg, seed_job)
-    summarise_seeds(per_seed, metrics)
-    for v in c.variants:
-        metrics[f"fvd_ratio_{v}_to_per_frame"] = summarise(
-            [r[f"fvd_judge_{v}"] / r["fvd_judge_per_frame"] for r in per_seed])
-    record = finish(cfg, metrics, paper="latent_shift", claim=str(c.name), t0=t0, artifacts=("*.png", "*.gif"),
-                    extra={"num_videos": int(c.num_videos), "judge_sha256": judge_sha256(c.judge_path)})
-    return record
+
+    def ratios(per_seed: list[dict]) -> dict:
+        return {f"fvd_ratio_{v}_to_per_frame": summarise([r[f"fvd_judge_{v}"] / r["fvd_judge_per_frame"]
+                                                          for r in per_seed]) for v in c.variants}
+
+    return run_seeded_claim(cfg, seed_job, paper="latent_shift", checks=judge_checks, derived=ratios,
+                            extra={"num_videos": int(c.num_videos), "judge_sha256": judge_sha256(c.judge_path)})

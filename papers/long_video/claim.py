@@ -36,14 +36,7 @@ from shared.diffusion.long_video import (
     fused_window_denoiser,
 )
 from shared.diffusion.samplers import ddim_sample
-from shared.engine.claims import (
-    finish,
-    fit_variant,
-    map_seeds,
-    seed_job_config,
-    summarise_seeds,
-    world_items,
-)
+from shared.engine.claims import fit_variant, run_seeded_claim, seed_job_config, world_items
 from shared.engine.teachers import image_stage_weights
 from shared.engine.video_io import save_labelled_rows
 from shared.metrics.video_identity import appearance_consistency, frame_digit_agreement, seam_consistency
@@ -65,9 +58,10 @@ def scores(videos: torch.Tensor, window: int, real_clips: torch.Tensor, judge) -
             / len(starts)}
 
 
-def judge_checks(cfg: DictConfig, judge) -> dict:
+def judge_checks(cfg: DictConfig) -> dict:
     """Real ``total``-frame videos vs real clips concatenated: the seam and drift scores must tell them apart."""
     c = cfg.claim
+    judge = load_video_judge(c.judge_path or None)
     n, window, total = int(c.num_videos), int(cfg.data.frames), int(c.total_frames)
     real_long = world_items(cfg, n, int(c.real_seed), frames=total)
     parts = [world_items(cfg, n, int(c.real_seed) + 1 + k) for k in range(-(-total // window))]
@@ -138,14 +132,7 @@ def seed_job(cfg_dict: dict, seed: int) -> dict:
 
 
 def run(cfg: DictConfig) -> dict:
-    t0 = time.time()
-    torch.set_num_threads(1)
     c = cfg.claim
-    judge = load_video_judge(c.judge_path or None)
-    metrics: dict = {"judge_checks": judge_checks(cfg, judge)}
-    per_seed = map_seeds(cfg, seed_job)
-    summarise_seeds(per_seed, metrics)
-    record = finish(cfg, metrics, paper="long_video", claim=str(c.name), t0=t0, artifacts=("*.png", "*.gif"),
-                    extra={"num_videos": int(c.num_videos), "total_frames": int(c.total_frames),
-                           "judge_sha256": judge_sha256(c.judge_path)})
-    return record
+    return run_seeded_claim(cfg, seed_job, paper="long_video", checks=judge_checks,
+                            extra={"num_videos": int(c.num_videos), "total_frames": int(c.total_frames),
+                                   "judge_sha256": judge_sha256(c.judge_path)})

@@ -39,7 +39,7 @@ from shared.engine.claims import (
 from shared.engine.run import build
 from shared.engine.teachers import image_stage_weights
 from shared.engine.video_io import save_labelled_rows
-from shared.metrics.video_identity import appearance_consistency, frame_digit_agreement, ink_consistency
+from shared.metrics.video_identity import video_scores
 from shared.metrics.video_judge import fvd_judge, judge_sha256, load_video_judge
 
 
@@ -79,10 +79,8 @@ def seed_job(cfg_dict: dict, seed: int) -> dict:
             g = torch.Generator().manual_seed(int(c.sample_seed) + 1000 * int(seed))
             v = module.sample(n, cond={"y": labels}, sampler=dict(c.sampler), generator=g).clamp(-1, 1)
             key = f"{prior}.{budget}"
-            out[f"fvd_judge.{key}"] = fvd_judge(v, real, judge)
-            out[f"appearance.{key}"] = appearance_consistency(v)
-            out[f"digit_agreement.{key}"] = frame_digit_agreement(v, judge)
-            out[f"ink_consistency.{key}"] = ink_consistency(v)
+            out.update(video_scores(v, ("fvd_judge", "appearance", "digit_agreement", "ink_consistency"), judge,
+                                    f"{{metric}}.{key}", real=real))
             if budget == int(c.budgets[-1]):
                 gifs[prior] = v[: int(c.gif_videos)]
         out[f"train_and_eval_s.{prior}"] = time.time() - ts

@@ -28,18 +28,14 @@ import torch
 from omegaconf import DictConfig
 
 from papers.text2video_zero.module import direction_velocity, per_frame_videos, text2video_zero
-from shared.engine.claims import finish, map_seeds, seed_job_config, summarise, summarise_seeds, world_items
+from shared.engine.claims import run_seeded_claim, seed_job_config, summarise, world_items
 from shared.engine.teachers import image_stage_weights
 from shared.engine.video_io import save_labelled_rows
-from shared.metrics.video_identity import (
-    appearance_consistency,
-    frame_digit_agreement,
-    identity_swapped,
-    ink_consistency,
-)
-from shared.metrics.video_judge import digit_accuracy, fvd_judge, judge_sha256, load_video_judge, motion_accuracy
+from shared.metrics.video_identity import real_vs_swapped, video_scores
+from shared.metrics.video_judge import judge_sha256, load_video_judge
 
 METHODS = ("per_frame", "t2v_zero", "motion_only", "cross_frame_only")
+SCORES = ("motion_accuracy", "appearance", "digit_agreement", "digit_accuracy", "ink_consistency", "fvd_judge")
 
 
 def prompts(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,16 +46,12 @@ def prompts(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return idx // 8, idx % 8
 
 
-def judge_checks(cfg: DictConfig, judge) -> dict:
+def judge_checks(cfg: DictConfig) -> dict:
     """The metrics on real data: they must separate real from identity-swapped clips (before any comparison)."""
-    items = world_items(cfg, int(cfg.claim.num_videos), int(cfg.claim.real_seed), keys=("x", "direction"))
-    real, directions = items
-    swapped = identity_swapped(real)
-    return {"appearance_real": appearance_consistency(real), "appearance_swapped": appearance_consistency(swapped),
-            "digit_agreement_real": frame_digit_agreement(real, judge),
-            "digit_agreement_swapped": frame_digit_agreement(swapped, judge),
-            "motion_accuracy_real": motion_accuracy(real, directions, judge),
-            "ink_consistency_real": ink_consistency(real)}
+    judge = load_video_judge(cfg.claim.judge_path or None)
+    real, directions = world_items(cfg, int(cfg.claim.num_videos), int(cfg.claim.real_seed), keys=("x", "direction"))
+    return real_vs_swapped(real, ("appearance", "digit_agreement"), judge) | video_scores(
+        real, ("motion_accuracy", "ink_consistency"), judge, "{metric}_real", directions=directions)
 
 
 def generate(cfg: DictConfig, module, labels, directions, seed: int) -> dict[str, torch.Tensor]:
@@ -89,12 +81,8 @@ def seed_job(cfg_dict: dict, seed: int) -> dict:
     out["sample_time_s"] = time.time() - ts
     real = world_items(cfg, int(c.num_videos), int(c.real_seed))
     for name, v in videos.items():
-        out[f"motion_accuracy_{name}"] = motion_accuracy(v, directions, judge)
-        out[f"appearance_{name}"] = appearance_consistency(v)
-        out[f"digit_agreement_{name}"] = frame_digit_agreement(v, judge)
-        out[f"digit_accuracy_{name}"] = digit_accuracy(v, labels, judge)
-        out[f"ink_consistency_{name}"] = ink_consistency(v)
-        out[f"fvd_judge_{name}"] = fvd_judge(v, real, judge)
+        out.update(video_scores(v, SCORES, judge, f"{{metric}}_{name}", real=real, labels=labels,
+                                directions=directions))
     if int(seed) == int(c.seeds[0]):
         k = int(c.gif_videos)
         save_labelled_rows({"per-frame\n(baseline)": videos["per_frame"][:k], "Text2Video-Zero": videos["t2v_zero"][:k],
@@ -105,16 +93,11 @@ def seed_job(cfg_dict: dict, seed: int) -> dict:
 
 
 def run(cfg: DictConfig) -> dict:
-    t0 = time.time()
-    torch.set_num_threads(1)
     c = cfg.claim
-    judge = load_video_judge(c.judge_path or None)
-    metrics: dict = {"judge_checks": judge_checks(cfg, judge)}
-    per_seed = map_seeds(cfg, seed_job)
-    summarise_seeds(per_seed, metrics)
-    for name in METHODS[1:]:
-        metrics[f"appearance_gain_{name}"] = summarise(
-            [r[f"appearance_{name}"] - r["appearance_per_frame"] for r in per_seed])
-    record = finish(cfg, metrics, paper="text2video_zero", claim=str(c.name), t0=t0, artifacts=("*.png", "*.gif"),
-                    extra={"num_videos": int(c.num_videos), "judge_sha256": judge_sha256(c.judge_path)})
-    return record
+
+    def gains(per_seed: list[dict]) -> dict:
+        return {f"appearance_gain_{name}": summarise([r[f"appearance_{name}"] - r["appearance_per_frame"]
+                                                      for r in per_seed]) for name in METHODS[1:]}
+
+    return run_seeded_claim(cfg, seed_job, paper="text2video_zero", checks=judge_checks, derived=gains,
+                            extra={"num_videos": int(c.num_videos), "judge_sha256": judge_sha256(c.judge_path)})

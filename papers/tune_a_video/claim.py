@@ -24,14 +24,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from shared.diffusion.samplers import ddim_invert, ddim_sample
-from shared.engine.claims import (
-    finish,
-    fit_variant,
-    map_seeds,
-    seed_job_config,
-    summarise_seeds,
-    world_items,
-)
+from shared.engine.claims import fit_variant, run_seeded_claim, seed_job_config, world_items
 from shared.engine.teachers import image_stage_weights
 from shared.engine.video_io import save_labelled_rows
 from shared.metrics.video_identity import appearance_consistency
@@ -101,11 +94,6 @@ def seed_job(cfg_dict: dict, seed: int) -> dict:
 
 
 def run(cfg: DictConfig) -> dict:
-    t0 = time.time()
-    torch.set_num_threads(1)
     c = cfg.claim
-    per_seed = map_seeds(cfg, seed_job)
-    metrics = summarise_seeds(per_seed)
-    record = finish(cfg, metrics, paper="tune_a_video", claim=str(c.name), t0=t0, artifacts=("*.png", "*.gif"),
-                    extra={"num_sources": int(c.num_sources), "judge_sha256": judge_sha256(c.judge_path)})
-    return record
+    return run_seeded_claim(cfg, seed_job, paper="tune_a_video",
+                            extra={"num_sources": int(c.num_sources), "judge_sha256": judge_sha256(c.judge_path)})

@@ -19,39 +19,23 @@ Protocol (``cfg.claim``, fixed in the experiment config before the comparison ru
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from shared.engine.claims import (
-    finish,
-    fit_variant,
-    map_seeds,
-    seed_job_config,
-    summarise,
-    summarise_seeds,
-    world_items,
-)
+from shared.engine.claims import fit_variant, run_seeded_claim, seed_job_config, summarise, world_items
 from shared.engine.teachers import image_stage_weights
 from shared.engine.video_io import save_labelled_rows
-from shared.metrics.video_identity import (
-    appearance_consistency,
-    frame_digit_agreement,
-    identity_swapped,
-    ink_consistency,
-)
-from shared.metrics.video_judge import fvd_judge, judge_sha256, load_video_judge
+from shared.metrics.video_identity import real_vs_swapped, video_scores
+from shared.metrics.video_judge import judge_sha256, load_video_judge
 
 
-def judge_checks(cfg: DictConfig, judge) -> dict:
-    real = world_items(cfg, int(cfg.claim.num_videos), int(cfg.claim.real_seed))
-    other = world_items(cfg, int(cfg.claim.num_videos), int(cfg.claim.floor_seed))
-    swapped = identity_swapped(real)
-    return {"fvd_judge_real_floor": fvd_judge(other, real, judge), "fvd_judge_swapped": fvd_judge(swapped, real, judge),
-            "ink_consistency_real": ink_consistency(real), "ink_consistency_swapped": ink_consistency(swapped),
-            "appearance_real": appearance_consistency(real), "appearance_swapped": appearance_consistency(swapped)}
+def judge_checks(cfg: DictConfig) -> dict:
+    c = cfg.claim
+    return real_vs_swapped(world_items(cfg, int(c.num_videos), int(c.real_seed)),
+                           ("fvd_judge", "ink_consistency", "appearance"), load_video_judge(c.judge_path or None),
+                           floor=world_items(cfg, int(c.num_videos), int(c.floor_seed)))
 
 
 def seed_job(cfg_dict: dict, seed: int) -> dict:
@@ -73,10 +57,8 @@ def seed_job(cfg_dict: dict, seed: int) -> dict:
         g = torch.Generator().manual_seed(int(c.sample_seed) + 1000 * int(seed))
         v = module.sample(n, cond={"y": labels}, sampler=dict(c.sampler), generator=g).clamp(-1, 1)
         videos[variant] = v
-        out[f"fvd_judge_{variant}"] = fvd_judge(v, real, judge)
-        out[f"ink_consistency_{variant}"] = ink_consistency(v)
-        out[f"appearance_{variant}"] = appearance_consistency(v)
-        out[f"digit_agreement_{variant}"] = frame_digit_agreement(v, judge)
+        out.update(video_scores(v, ("fvd_judge", "ink_consistency", "appearance", "digit_agreement"), judge,
+                                f"{{metric}}_{variant}", real=real))
         out[f"params_{variant}"] = float(sum(p.numel() for p in module.net.parameters()))
     if int(seed) == int(c.seeds[0]):
         k = int(c.gif_videos)
@@ -87,15 +69,11 @@ def seed_job(cfg_dict: dict, seed: int) -> dict:
 
 
 def run(cfg: DictConfig) -> dict:
-    t0 = time.time()
-    torch.set_num_threads(1)
     c = cfg.claim
-    judge = load_video_judge(c.judge_path or None)
-    metrics: dict = {"judge_checks": judge_checks(cfg, judge)}
-    per_seed = map_seeds(cfg, seed_job)
-    summarise_seeds(per_seed, metrics)
-    metrics["fvd_ratio_videofusion_to_iid"] = summarise(
-        [r["fvd_judge_videofusion"] / r["fvd_judge_iid"] for r in per_seed])
-    record = finish(cfg, metrics, paper="videofusion", claim=str(c.name), t0=t0, artifacts=("*.png", "*.gif"),
-                    extra={"num_videos": int(c.num_videos), "judge_sha256": judge_sha256(c.judge_path)})
-    return record
+
+    def ratio(per_seed: list[dict]) -> dict:
+        return {"fvd_ratio_videofusion_to_iid": summarise([r["fvd_judge_videofusion"] / r["fvd_judge_iid"]
+                                                           for r in per_seed])}
+
+    return run_seeded_claim(cfg, seed_job, paper="videofusion", checks=judge_checks, derived=ratio,
+                            extra={"num_videos": int(c.num_videos), "judge_sha256": judge_sha256(c.judge_path)})

@@ -215,6 +215,23 @@ def summarise_seeds(per_seed: list[dict], metrics: dict | None = None) -> dict:
     return metrics
 
 
+def run_seeded_claim(cfg: DictConfig, seed_job, *, paper: str, checks=None, derived=None,
+                     extra: dict | None = None, artifacts=("*.png", "*.gif")) -> dict:
+    """The body of a per-seed claim's ``run``: ``checks(cfg)`` (the judge checks on real data, before any model) as
+    ``metrics["judge_checks"]``, ``seed_job`` on every seed (:func:`map_seeds`), every per-seed key summarised,
+    ``derived(per_seed)`` (ratios, gains) added, then :func:`finish` under ``claim.name``."""
+    import torch
+
+    t0 = time.time()
+    torch.set_num_threads(1)
+    metrics: dict = {} if checks is None else {"judge_checks": checks(cfg)}
+    per_seed = map_seeds(cfg, seed_job)
+    summarise_seeds(per_seed, metrics)
+    if derived is not None:
+        metrics.update(derived(per_seed))
+    return finish(cfg, metrics, paper=paper, claim=str(cfg.claim.name), t0=t0, artifacts=artifacts, extra=extra)
+
+
 def seed_job_config(cfg_dict: dict) -> DictConfig:
     """The prologue of a per-seed job (possibly in a worker process): one intra-op thread, the config rebuilt from
     the plain container the job was handed."""

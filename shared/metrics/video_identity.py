@@ -141,3 +141,47 @@ def ink_consistency(videos: torch.Tensor) -> float:
     from shared.metrics.video import frame_consistency
 
     return frame_consistency(videos, feature_fn=lambda f: (f + 1) / 2)
+
+
+def video_scores(videos: torch.Tensor, metrics: Sequence[str], judge=None, key: str = "{metric}",
+                 real: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                 directions: torch.Tensor | None = None) -> dict[str, float]:
+    """The named scores of ``videos`` (B, C, T, H, W) in the given order, keyed by ``key.format(metric=name)``:
+    ``fvd_judge`` (against ``real``), ``appearance`` (:func:`appearance_consistency`), ``digit_agreement``
+    (:func:`frame_digit_agreement`), ``digit_accuracy`` (against ``labels``), ``motion_accuracy`` (against
+    ``directions``) and ``ink_consistency`` — one place that reads a generated or real video set the same way in
+    every MovingDigits claim."""
+    from shared.metrics.video_judge import digit_accuracy, fvd_judge, motion_accuracy
+
+    needs = {"fvd_judge": ("real", real), "digit_accuracy": ("labels", labels),
+             "motion_accuracy": ("directions", directions)}
+    score = {"fvd_judge": lambda v: fvd_judge(v, real, judge), "appearance": appearance_consistency,
+             "digit_agreement": lambda v: frame_digit_agreement(v, judge),
+             "digit_accuracy": lambda v: digit_accuracy(v, labels, judge),
+             "motion_accuracy": lambda v: motion_accuracy(v, directions, judge), "ink_consistency": ink_consistency}
+    out = {}
+    for m in metrics:
+        if m not in score:
+            raise ValueError(f"unknown video score {m!r}; expected one of {sorted(score)}")
+        if m in needs and needs[m][1] is None:
+            raise ValueError(f"video score {m!r} needs {needs[m][0]}=")
+        out[key.format(metric=m)] = float(score[m](videos))
+    return out
+
+
+def real_vs_swapped(real: torch.Tensor, metrics: Sequence[str], judge=None, floor: torch.Tensor | None = None,
+                    **refs) -> dict[str, float]:
+    """A claim's judge checks before any comparison: the named :func:`video_scores` of real clips and of their
+    identity-swapped controls (``<metric>_real`` / ``<metric>_swapped``; ``fvd_judge`` of the swapped set against the
+    real one), plus ``fvd_judge_real_floor`` — a second real set ``floor`` against ``real`` — when ``floor`` is given.
+    The scores must separate the two sets for the claim to be able to see the property it compares."""
+    from shared.metrics.video_judge import fvd_judge
+
+    swapped = identity_swapped(real)
+    plain = [m for m in metrics if m != "fvd_judge"]
+    out = {} if floor is None else {"fvd_judge_real_floor": fvd_judge(floor, real, judge)}
+    if "fvd_judge" in metrics:
+        out["fvd_judge_swapped"] = fvd_judge(swapped, real, judge)
+    out.update(video_scores(real, plain, judge, "{metric}_real", **refs))
+    out.update(video_scores(swapped, plain, judge, "{metric}_swapped", **refs))
+    return out
