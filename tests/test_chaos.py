@@ -26,7 +26,9 @@ import pytest
 import torch
 from conftest import ROOT, compose
 
-COMMON = ["callbacks.samples=null", "trainer.enable_progress_bar=false", "logger=csv", "seed=5"]
+# step checkpoints every 8 steps, so most kills land after one and the resume reads it (not only a fresh start)
+COMMON = ["callbacks.samples=null", "trainer.enable_progress_bar=false", "logger=csv", "seed=5",
+          "callbacks.checkpoint.every_n_train_steps=8"]
 IMAGE = ["data.size=8", "data.batch_size=16", "data.train.classes=[0]", "model.base_channels=8", "model.norm_groups=4",
          "trainer.max_steps=40", *COMMON]
 VIDEO = ["data=moving_digits", "data.frames=4", "data.size=8", "data.train.n=48", "data.val.n=8", "data.batch_size=8",
