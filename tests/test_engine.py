@@ -39,11 +39,25 @@ def write_fake_cifar(root: Path, n: int = 8) -> Path:
     return root
 
 
+def write_frame_folder(root: Path, n: int = 8) -> Path:
+    """One video as a folder of its frames, the layout ``<root>/<video>/<clip>/*.png`` (FrameFolderDataset)."""
+    from PIL import Image
+
+    clip = root / "video" / "clip"
+    clip.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(clip / f"{i:05d}.png")
+    return root
+
+
 def fake_data_root(cfg, tmp_path: Path) -> list[str]:
     """Overrides pointing real-dataset configs at tiny files of the right format written here."""
     target = str(OmegaConf.select(cfg, "data.train._target_", default=""))
     if target.endswith("Cifar10Dataset"):
         return [f"data.root={write_fake_cifar(tmp_path / 'cifar')}"]
+    if str(OmegaConf.select(cfg, "data.train.world", default="")).endswith("FrameFolderDataset"):
+        return [f"data.root={write_frame_folder(tmp_path / 'frames')}"]
     return []
 
 

@@ -69,3 +69,29 @@ def test_one_video_dataset_repeats_one_item():
 
     ref = MovingDigits(n=10, frames=4, size=16, split="test", seed=7)[3]
     assert len(ds) == 5 and torch.equal(ds[4]["x"], ref["x"]) and int(ds[0]["y"]) == int(ref["y"])
+
+
+def test_sd_architecture_tunes_only_its_query_projections_and_temporal_layers():
+    """The paper-scale net (conf/model/tune_a_video_sd15.yaml): SD's spatial transformers keep their keys, values,
+    feed-forward and convolutions frozen; attn1.to_q / attn2.to_q and the temporal attention train, and the
+    inflated net equals the image U-Net on frame 0 (temporal layers zero, sparse-causal attention of frame 0)."""
+    import copy
+
+    from shared.nn.sd_unet import sd15_unet
+
+    torch.manual_seed(0)
+    img = sd15_unet(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(4,),
+                    norm_groups=8, num_heads=2, context_dim=8, in_channels=2, out_channels=2, image_size=8).eval()
+    net = tune_a_video_net(copy.deepcopy(img)).eval()
+    from shared.nn.video import temporal_parameters
+
+    names = tuned_parameter_names(net)
+    temporal = {id(p) for p in temporal_parameters(net)}
+    params = dict(net.named_parameters())
+    assert temporal and all(".to_q." in n or id(params[n]) in temporal for n in names), names
+    assert any("attn1.to_q" in n for n in names) and any("attn2.to_q" in n for n in names)
+    assert not any(".to_k." in n or ".to_v." in n or ".ff." in n for n in names)
+    x, t, ctx = torch.randn(1, 2, 3, 8, 8), torch.tensor([100.0]), torch.randn(1, 5, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x, t, context=ctx)[:, :, 0], img(x[:, :, 0], t, context=ctx),
+                                   atol=1e-5, rtol=0)
