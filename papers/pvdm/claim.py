@@ -158,6 +158,16 @@ def seed_job(cfg_dict: dict, seed: int) -> dict:
 
     # 3. cost of one training step, measured here (same batch, same thread, alternating rounds)
     batch = {"x": videos(cfg, int(cfg.data.batch_size), int(c.timing_seed), split="train")}
+    out["fvd_ratio_pvdm_to_pixel"] = out["fvd_judge_pvdm"] / out["fvd_judge_pixel"]
+    out.update(step_costs(models, ae, batch, c, n_steps))
+    return out
+
+
+def step_costs(models: dict, ae, batch: dict, c: DictConfig, n_steps: int) -> dict[str, float]:
+    """Seconds and memory of one training step of the pixel model, PVDM's diffusion model and its autoencoder on the
+    same ``batch`` (:func:`time_steps`, alternating rounds; :func:`step_memory`), their ratios, and the whole PVDM
+    training (autoencoder stage + diffusion stage) vs the pixel model's in measured step time."""
+    out: dict[str, float] = {}
     timed = time_steps({"pixel": models["pixel"], "pvdm": models["pvdm"], "autoencoder": ae}, batch,
                        int(c.timing_rounds), int(c.timing_steps))
     for name, s in timed.items():
@@ -167,8 +177,6 @@ def seed_job(cfg_dict: dict, seed: int) -> dict:
         out[f"activation_mb_{name}"] = mem["activations_mb"]
     out["step_time_ratio_pvdm_to_pixel"] = timed["pvdm"] / timed["pixel"]
     out["memory_ratio_pvdm_to_pixel"] = out["memory_mb_pvdm"] / out["memory_mb_pixel"]
-    out["fvd_ratio_pvdm_to_pixel"] = out["fvd_judge_pvdm"] / out["fvd_judge_pixel"]
-    # the whole PVDM training (autoencoder stage + diffusion stage) vs the pixel model's, in measured step time
     out["train_cost_ratio_total"] = ((int(c.ae_steps) * timed["autoencoder"] + n_steps * timed["pvdm"])
                                      / (n_steps * timed["pixel"]))
     return out

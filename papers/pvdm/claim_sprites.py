@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from papers.pvdm.claim import step_memory, time_steps
+from papers.pvdm.claim import step_costs
 from shared.data.sprite_worlds import Sprites
 from shared.engine.claims import finish, fit_variant, summarise, world_items
 from shared.engine.parallel import map_jobs
@@ -74,17 +74,7 @@ def seed_job(cfg_dict: dict, seed: int) -> dict:
         out["params_autoencoder"] = count_parameters(ae.net)
         out["coherent_ratio_pvdm_to_pixel"] = out["pvdm_coherent"] / max(out["pixel_coherent"], 1e-6)
         batch = {"x": clips(cfg, int(cfg.data.batch_size), int(c.timing_seed), split="train")}
-        timed = time_steps({"pixel": models["pixel"], "pvdm": models["pvdm"], "autoencoder": ae}, batch,
-                           int(c.timing_rounds), int(c.timing_steps))
-        for name, s in timed.items():
-            out[f"step_time_s_{name}"] = s
-            mem = step_memory(models[name] if name != "autoencoder" else ae, batch)
-            out[f"memory_mb_{name}"] = mem["total_mb"]
-            out[f"activation_mb_{name}"] = mem["activations_mb"]
-        out["step_time_ratio_pvdm_to_pixel"] = timed["pvdm"] / timed["pixel"]
-        out["memory_ratio_pvdm_to_pixel"] = out["memory_mb_pvdm"] / out["memory_mb_pixel"]
-        out["train_cost_ratio_total"] = ((int(c.ae_steps) * timed["autoencoder"] + n_steps * timed["pvdm"])
-                                         / (n_steps * timed["pixel"]))
+        out.update(step_costs(models, ae, batch, c, n_steps))
     if seed == c.seeds[0] and int(c.gif_videos) > 0:
         k = int(c.gif_videos)
         labels = [("ae_rec", "triplane autoencoder:\nreconstructions"), ("pixel", "pixel 3D U-Net\nsamples"),
