@@ -84,6 +84,7 @@ rectified_flow: $(STAMP)  ## Rectified flow: 2D toys and digits, reflow and dist
 
 instaflow: $(STAMP)  ## InstaFlow: class-conditional reflow + distillation vs direct distillation
 	$(TRAIN) experiment=instaflow/digits_claim $(PUBLISH)
+	$(TRAIN) experiment=instaflow/sprites_claim $(PUBLISH)
 	$(PY) -m tools.report --paper instaflow
 
 knowledge_distillation: $(STAMP)  ## one-step student of a DDIM teacher
