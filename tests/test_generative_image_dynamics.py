@@ -240,3 +240,26 @@ def test_data_sets_match_the_world_and_cache(tmp_path):
     assert starts and torch.allclose(c["still"], full[:, 0], atol=1e-6)
     with pytest.raises(ValueError, match="clip_len"):
         StillClips(world, clip_len=30)
+
+
+def test_stage_cache_keys_are_shared_across_the_claims_and_distinct_per_seed():
+    """The renderer stage keeps its network under ``module`` (``model: null``): its cache key must still be computable,
+    and the claims that share a recipe (renderer, adaptive motion model) must name the same cache file."""
+    from conftest import compose
+
+    from papers.generative_image_dynamics.claim import motion_overrides, renderer_overrides, variants
+    from shared.engine.claims import variant_config
+    from shared.engine.teachers import teacher_key
+
+    def keys(experiment: str, seed: int) -> tuple[str, str]:
+        extra = ["claim.loop_weights=[0.0,1.0]"] if experiment.endswith("looping") else []
+        cfg = compose([f"experiment=generative_image_dynamics/{experiment}", "run_dir=/tmp/unused",
+                       "data.train.cache_dir=null", "data.train.world.n=8", *extra])
+        renderer = variant_config(cfg, renderer_overrides(cfg), seed)
+        motion = variant_config(cfg, motion_overrides(cfg, variants(cfg.claim)["adaptive"]), seed)
+        return teacher_key(renderer, seed), teacher_key(motion, seed)
+
+    base = keys("oscillating_normalisation", 0)
+    assert keys("oscillating_looping", 0) == base == keys("oscillating_long_horizon", 0)
+    other = keys("oscillating_normalisation", 1)
+    assert other[0] != base[0] and other[1] != base[1]

@@ -106,7 +106,8 @@ def teacher_key(cfg: DictConfig, seed: int) -> str:
     """Hash of everything that determines the trained teacher."""
     from shared.engine.claims import variant_config
     sub = variant_config(cfg, None, seed)
-    parts = {k: upgrade_config(OmegaConf.to_container(sub[k], resolve=True)) for k in ("model", "module", "data")}
+    parts = {k: upgrade_config(OmegaConf.to_container(sub[k], resolve=True)) if sub.get(k) is not None else None
+             for k in ("model", "module", "data")}  # a stage with its network under ``module`` has model: null
     parts["max_steps"] = int(sub.trainer.max_steps)
     parts["seed"] = int(seed)
     parts["code"] = source_digest([*config_targets(parts), "shared.engine.run"])
