@@ -172,6 +172,7 @@ controlnet_video: $(STAMP)  ## ControlNet on a frozen video model: depth / edge 
 	$(PY) -m tools.report --paper controlnet_video
 
 generative_image_dynamics: $(STAMP)  ## Generative Image Dynamics: adaptive normalisation, coordinated bands, long horizon, loops
+	$(TRAIN) experiment=generative_image_dynamics/oscillating_stages claim.workers=2
 	$(TRAIN) experiment=generative_image_dynamics/oscillating_normalisation $(PUBLISH)
 	$(TRAIN) experiment=generative_image_dynamics/oscillating_coordination $(PUBLISH)
 	$(TRAIN) experiment=generative_image_dynamics/oscillating_long_horizon $(PUBLISH)

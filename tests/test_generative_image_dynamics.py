@@ -243,23 +243,34 @@ def test_data_sets_match_the_world_and_cache(tmp_path):
 
 
 def test_stage_cache_keys_are_shared_across_the_claims_and_distinct_per_seed():
-    """The renderer stage keeps its network under ``module`` (``model: null``): its cache key must still be computable,
-    and the claims that share a recipe (renderer, adaptive motion model) must name the same cache file."""
+    """The renderer stage keeps its network under ``module`` (``model: null``): its cache key must still be computable;
+    every stage a claim uses must be one `oscillating_stages` trains (same recipe -> same cache file), per seed."""
     from conftest import compose
 
     from papers.generative_image_dynamics.claim import motion_overrides, renderer_overrides, variants
     from shared.engine.claims import variant_config
     from shared.engine.teachers import teacher_key
 
-    def keys(experiment: str, seed: int) -> tuple[str, str]:
+    def cfg_of(experiment: str):
         extra = ["claim.loop_weights=[0.0,1.0]"] if experiment.endswith("looping") else []
-        cfg = compose([f"experiment=generative_image_dynamics/{experiment}", "run_dir=/tmp/unused",
-                       "data.train.cache_dir=null", "data.train.world.n=8", *extra])
-        renderer = variant_config(cfg, renderer_overrides(cfg), seed)
-        motion = variant_config(cfg, motion_overrides(cfg, variants(cfg.claim)["adaptive"]), seed)
-        return teacher_key(renderer, seed), teacher_key(motion, seed)
+        return compose([f"experiment=generative_image_dynamics/{experiment}", "run_dir=/tmp/unused",
+                        "data.train.cache_dir=null", "data.train.world.n=8", *extra])
 
-    base = keys("oscillating_normalisation", 0)
-    assert keys("oscillating_looping", 0) == base == keys("oscillating_long_horizon", 0)
-    other = keys("oscillating_normalisation", 1)
-    assert other[0] != base[0] and other[1] != base[1]
+    def keys(cfg, names, seed: int) -> set[str]:
+        out = {teacher_key(variant_config(cfg, renderer_overrides(cfg), seed), seed)}
+        for over in names.values():
+            out.add(teacher_key(variant_config(cfg, motion_overrides(cfg, over), seed), seed))
+        return out
+
+    stages = cfg_of("oscillating_stages")
+    trained = {seed: keys(stages, {str(v["name"]): dict(v["overrides"]) for v in stages.claim.stage_variants}, seed)
+               for seed in (0, 1)}
+    assert len(trained[0]) == 4 and not trained[0] & trained[1]
+    for experiment in ("oscillating_normalisation", "oscillating_coordination", "oscillating_looping",
+                       "oscillating_long_horizon"):
+        cfg = cfg_of(experiment)
+        assert [int(s) for s in cfg.claim.seeds] == [0, 1]
+        used = variants(cfg.claim)
+        if "motion_variant" in cfg.claim:
+            used = {str(cfg.claim.motion_variant): used[str(cfg.claim.motion_variant)]}
+        assert keys(cfg, used, 0) <= trained[0], experiment

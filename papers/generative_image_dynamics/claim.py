@@ -364,23 +364,30 @@ def generate_long_video(module, still: torch.Tensor, frames: int, clip_len: int,
         t0 += L - overlap
 
 
+def video_stage(cfg, seed: int, times: dict, out: dict):
+    """The video-diffusion baseline of the long-horizon claim, trained for as many steps as its training FLOPs
+    reach those of the motion model + renderer (``claim.motion_variant``), or loaded from the stage cache."""
+    c = cfg.claim
+    m_over = motion_overrides(cfg, variants(c)[str(c.motion_variant)])
+    r_over = renderer_overrides(cfg)
+    spectral_flops = (training_flops(cfg, m_over, int(cfg.data.batch_size), int(c.motion_steps))
+                      + training_flops(cfg, r_over, int(c.renderer.batch_size), int(c.renderer.steps)))
+    per_step = training_flops(cfg, video_overrides(cfg, 1), int(c.video.batch_size), 1)
+    steps = max(1, round(spectral_flops / per_step)) if not cfg.trainer.get("fast_dev_run") else 1
+    out["train_tflops_spectral"], out["train_tflops_video"] = spectral_flops / 1e12, steps * per_step / 1e12
+    out["video_steps"] = steps
+    return stage(cfg, "video", f"video_seed{seed}", video_overrides(cfg, steps), seed, times)
+
+
 def _long_horizon(cfg, seed, test, renderer, judge, times) -> dict:
     c = cfg.claim
     out = {}
     still, frames, period = test["still"], int(c.video_frames), int(cfg.data.frames)
     real = test["x"][:, :, :frames]
     name = str(c.motion_variant)
-    m_over = motion_overrides(cfg, variants(c)[name])
-    motion = stage(cfg, "motion", f"motion_{name}_seed{seed}", m_over, seed, times)
-    r_over = renderer_overrides(cfg)
-    spectral_flops = (training_flops(cfg, m_over, int(cfg.data.batch_size), int(c.motion_steps))
-                      + training_flops(cfg, r_over, int(c.renderer.batch_size), int(c.renderer.steps)))
+    motion = stage(cfg, "motion", f"motion_{name}_seed{seed}", motion_overrides(cfg, variants(c)[name]), seed, times)
     v = c.video
-    per_step = training_flops(cfg, video_overrides(cfg, 1), int(v.batch_size), 1)
-    steps = max(1, round(spectral_flops / per_step)) if not cfg.trainer.get("fast_dev_run") else 1
-    out["train_tflops_spectral"], out["train_tflops_video"] = spectral_flops / 1e12, steps * per_step / 1e12
-    out["video_steps"] = steps
-    video_model = stage(cfg, "video", f"video_seed{seed}", video_overrides(cfg, steps), seed, times)
+    video_model = video_stage(cfg, seed, times, out)
     ts = time.time()
     vols = _sample_volumes(motion, still, c, seed)
     videos = {"spectral": render_video(renderer, still, vols, period, frames)}
@@ -476,11 +483,89 @@ def run_looping(cfg: DictConfig) -> dict:
     return _run(cfg, "looping", summary)
 
 
+def _stages_job(cfg_dict: dict, seed: int) -> dict:
+    cfg = seed_job_config(cfg_dict)
+    c, times, out = cfg.claim, {}, {}
+    stage(cfg, "renderer", f"renderer_seed{seed}", renderer_overrides(cfg), seed, times)
+    for v in c.stage_variants:
+        over = dict(OmegaConf.to_container(v, resolve=True).get("overrides") or {})
+        stage(cfg, "motion", f"motion_{v['name']}_seed{seed}", motion_overrides(cfg, over), seed, times)
+    video_stage(cfg, seed, times, out)
+    return {**{f"train_time_s_{k}": t for k, t in times.items()}, **out}
+
+
+def run_stages(cfg: DictConfig) -> dict:
+    """Train into the stage cache every network the four claims share (``oscillating_stages.yaml``): per seed the
+    renderer, the motion models of ``claim.stage_variants`` and the long-horizon video baseline. Measures them
+    (``train_time_s_*`` in the run's results.json, never published); the claims then load them."""
+    t0 = time.time()
+    torch.set_num_threads(1)
+    c = cfg.claim
+    cfg_dict = OmegaConf.to_container(cfg, resolve=False)
+    per_seed = map_jobs(_stages_job, [(cfg_dict, int(s)) for s in c.seeds], workers=int(c.get("workers", 1)))
+    metrics = {f"seed{int(s)}": r for s, r in zip(c.seeds, per_seed)}
+    metrics["train_time_s_total"] = round(sum(v for r in per_seed for k, v in r.items()
+                                              if k.startswith("train_time_s_")), 1)
+    return finish(cfg, metrics, paper=PAPER, claim=str(c.name), t0=t0, copy_to_paper=False)
+
+
+def choose_loop_weight(rows: dict[float, dict], seam_ratio: float, fvd_ratio: float, fvd_margin: float):
+    """The development rule fixed in ``oscillating_looping_dev.yaml``: the smallest weight whose seam is at most
+    ``seam_ratio`` x the unguided one with FVD_judge at most ``fvd_ratio`` x the unguided one; failing that, the weight
+    with the smallest seam among those within ``fvd_margin`` x; ``None`` if no weight keeps FVD_judge within that."""
+    ok = [u for u in sorted(rows) if rows[u]["seam_ratio"] <= seam_ratio and rows[u]["fvd_ratio"] <= fvd_ratio]
+    if ok:
+        return ok[0]
+    within = [u for u in rows if rows[u]["fvd_ratio"] <= fvd_margin]
+    return min(within, key=lambda u: rows[u]["seam_ratio"]) if within else None
+
+
+def run_loop_weight_dev(cfg: DictConfig) -> dict:
+    """Choose the looping claim's guided weight on a development model (``oscillating_looping_dev.yaml``): the
+    adaptive motion model and renderer of a seed outside the protocol's, development scenes (another test seed),
+    unguided sampling once and guided sampling for every weight of ``claim.dev_weights``, the same initial noise.
+    Never published; the run's results.json names the weight the rule picks."""
+    t0 = time.time()
+    torch.set_num_threads(1)
+    c = cfg.claim
+    judge = _judge(c)
+    test = test_scenes(cfg, int(c.test_n), int(c.test_seed))
+    still, frames, period = test["still"], int(c.video_frames), int(cfg.data.frames)
+    real = test["x"][:, :, :frames]
+    metrics, times = {}, {}
+    for seed in c.seeds:
+        seed = int(seed)
+        renderer = stage(cfg, "renderer", f"renderer_seed{seed}", renderer_overrides(cfg), seed, times).net.eval()
+        name = str(c.motion_variant)
+        module = stage(cfg, "motion", f"motion_{name}_seed{seed}", motion_overrides(cfg, variants(c)[name]), seed,
+                       times)
+        rows = {}
+        for u in [0.0, *[float(w) for w in c.dev_weights]]:
+            extra = {"loop_guidance": u, "loop_frames": frames} if u > 0 else None
+            ts = time.time()
+            v = _sample_volumes(module, still, c, seed, extra)
+            row = {"sample_time_s": round(time.time() - ts, 1), **loop_metrics(renderer, still, v, period, frames),
+                   "fvd_judge": fvd_judge(render_video(renderer, still, v, period, frames), real, judge)}
+            rows[u] = row
+        for row in rows.values():
+            row["seam_ratio"] = row["loop_seam_px"] / max(rows[0.0]["loop_seam_px"], 1e-12)
+            row["fvd_ratio"] = row["fvd_judge"] / max(rows[0.0]["fvd_judge"], 1e-12)
+        chosen = choose_loop_weight({u: r for u, r in rows.items() if u > 0}, float(c.dev_seam_ratio),
+                                    float(c.dev_fvd_ratio), float(c.fvd_margin))
+        metrics[f"seed{seed}"] = {"weights": {str(u): r for u, r in rows.items()}, "chosen_weight": chosen}
+        log.info("loop weight development, seed %d: %s -> chosen %s", seed,
+                 {u: (round(r["seam_ratio"], 3), round(r["fvd_ratio"], 3)) for u, r in rows.items()}, chosen)
+    metrics.update({f"train_time_s_{k}": v for k, v in times.items()})
+    return finish(cfg, metrics, paper=PAPER, claim=str(c.name), t0=t0, copy_to_paper=False,
+                  extra={"judge_sha256": _judge_sha(c)})
+
+
 def run_long_horizon(cfg: DictConfig) -> dict:
     def summary(m, per_seed):
         _ratio(m, "fvd_judge_spectral", "fvd_judge_video", "ratio_fvd_spectral_to_video")
     return _run(cfg, "long_horizon", summary)
 
 
-__all__ = ["run_normalisation", "run_coordination", "run_looping", "run_long_horizon", "stage", "band_energy",
+__all__ = ["run_normalisation", "run_coordination", "run_looping", "run_long_horizon", "run_loop_weight_dev",
+           "choose_loop_weight", "run_stages", "video_stage", "stage", "band_energy",
            "spectrum_log_error", "fd_spectrum", "drift", "loop_metrics"]
