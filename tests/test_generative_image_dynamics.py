@@ -274,3 +274,22 @@ def test_stage_cache_keys_are_shared_across_the_claims_and_distinct_per_seed():
         if "motion_variant" in cfg.claim:
             used = {str(cfg.claim.motion_variant): used[str(cfg.claim.motion_variant)]}
         assert keys(cfg, used, 0) <= trained[0], experiment
+
+
+@pytest.mark.parametrize("experiment", ["oscillating_normalisation", "oscillating_coordination",
+                                        "oscillating_long_horizon", "oscillating_looping"])
+def test_claims_summarise_two_seeds_in_quick_mode(experiment, tmp_path):
+    """The protocols run two seeds; quick mode runs one — the per-seed records must share their keys (stage times
+    were once named by seed, and the first protocol run failed when summarising)."""
+    import json
+
+    from conftest import compose
+
+    from shared.engine.train import run
+
+    cfg = compose([f"experiment=generative_image_dynamics/{experiment}", "quick=true", "claim.seeds=[0,1]",
+                   "trainer.enable_progress_bar=false", "logger=none", f"run_dir={tmp_path / 'run'}"])
+    run(cfg)
+    metrics = json.loads((tmp_path / "run" / "results.json").read_text())["metrics"]
+    times = [k for k in metrics if k.startswith("train_time_s_")]
+    assert times and all(len(metrics[k]["per_seed"]) == 2 for k in times)

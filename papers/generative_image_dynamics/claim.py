@@ -286,7 +286,8 @@ def seed_job(cfg_dict: dict, seed: int, kind: str) -> dict:
         out.pop("_videos", None)
     elif kind == "long_horizon":
         out.update(_long_horizon(cfg, seed, test, renderer, judge, times))
-    out.update({f"train_time_s_{k}": v for k, v in times.items()})
+    # stage tags end in _seed<N>; the per-seed records must share their keys to be summarised across seeds
+    out.update({f"train_time_s_{k.removesuffix(f'_seed{seed}')}": v for k, v in times.items()})
     return out
 
 
