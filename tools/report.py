@@ -84,7 +84,7 @@ def paper_table(paper: str, root=None) -> str:
         lines.append("")
         lines.append("| measure | paper | ours |")
         lines.append("|---|---|---|")
-        lines += [f"| {r['label']} | {r['paper']} | {r['ours']} |" for r in rows_of(res)]
+        lines += [f"| {_md_cell(r['label'])} | {_md_cell(r['paper'])} | {_md_cell(r['ours'])} |" for r in rows_of(res)]
         lines.append("")
     if not lines:
         return "_No committed results yet._\n"
