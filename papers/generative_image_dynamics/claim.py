@@ -67,10 +67,12 @@ def _save(module, path: Path) -> None:
     tmp.replace(path)
 
 
-def stage(cfg: DictConfig, kind: str, tag: str, overrides: dict, seed: int, times: dict):
-    """Train (``fit_variant``) or load from the stage cache the module of ``cfg`` + ``overrides`` for ``seed``: the
-    cache file is named by ``kind`` and the hash of the stage's model/module/data config, steps, seed and source
+def stage(cfg: DictConfig, kind: str, name: str, overrides: dict, seed: int, times: dict):
+    """Train (``fit_variant``, into ``<run>/<name>_seed<seed>``) or load from the stage cache the module of ``cfg`` +
+    ``overrides`` for ``seed``, its training seconds in ``times[name]`` (0 when loaded): the cache file is named by
+    ``kind`` and the hash of the stage's model/module/data config, steps, seed and source
     (`shared.engine.teachers.teacher_key`), so claims whose stages agree share them."""
+    tag = f"{name}_seed{seed}"
     sub = variant_config(cfg, overrides, seed)
     smoke = bool(cfg.trainer.get("fast_dev_run"))
     cache = None
@@ -78,14 +80,24 @@ def stage(cfg: DictConfig, kind: str, tag: str, overrides: dict, seed: int, time
         cache = Path(cfg.paths.output_dir) / "gid_cache" / "stages" / f"{kind}_{teacher_key(sub, seed)}.ckpt"
         if cache.is_file():
             note_reused(f"stage:{tag}")
-            times[tag] = 0.0
+            times[name] = 0.0
             return module_from_checkpoint(cache)
     t0 = time.time()
     module = fit_variant(cfg, tag, overrides, seed)
-    times[tag] = round(time.time() - t0, 1)
+    times[name] = round(time.time() - t0, 1)
     if cache is not None:
         _save(module, cache)
     return module
+
+
+def renderer_stage(cfg: DictConfig, seed: int, times: dict):
+    """The renderer network (eval mode) of ``seed``."""
+    return stage(cfg, "renderer", "renderer", renderer_overrides(cfg), seed, times).net.eval()
+
+
+def motion_stage(cfg: DictConfig, name: str, variant: dict, seed: int, times: dict):
+    """The motion model of variant ``name`` (its config overrides ``variant``) for ``seed``."""
+    return stage(cfg, "motion", f"motion_{name}", motion_overrides(cfg, variant), seed, times)
 
 
 def normaliser_scales(cfg: DictConfig, per_frequency: bool, power: float) -> list[float]:
@@ -171,9 +183,9 @@ def loop_metrics(renderer, still: torch.Tensor, volumes: torch.Tensor, period: i
 
 
 # ---------------------------------------------------------------------------------------------------- per seed
-def variants(c) -> dict[str, dict]:
-    """``claim.variants`` (a list of ``{name, overrides}``) as ``{name: overrides}``."""
-    return {str(v["name"]): dict(OmegaConf.to_container(v, resolve=True).get("overrides") or {}) for v in c.variants}
+def variants(c, key: str = "variants") -> dict[str, dict]:
+    """``claim.<key>`` (a list of ``{name, overrides}``) as ``{name: overrides}``."""
+    return {str(v["name"]): dict(OmegaConf.to_container(v, resolve=True).get("overrides") or {}) for v in c[key]}
 
 
 def _judge(c):
@@ -231,6 +243,18 @@ def _gif(cfg, name: str, rows: dict[str, torch.Tensor]) -> None:
     labelled_gif({label: v[:k, :, :frames] for label, v in rows.items()}, Path(cfg.run_dir) / f"{name}.gif")
 
 
+def loop_row(module, renderer, judge, test: dict, c, seed: int, weight: float, period: int, frames: int):
+    """Sample the test stills' volumes unguided (``weight`` 0) or with motion self-guidance at ``weight``; returns
+    (the seam metrics, sampling time and FVD_judge of the rendered clips, the volumes, the videos)."""
+    extra = {"loop_guidance": weight, "loop_frames": frames} if weight > 0 else None
+    ts = time.time()
+    v = _sample_volumes(module, test["still"], c, seed, extra)
+    row = {"sample_time_s": round(time.time() - ts, 1), **loop_metrics(renderer, test["still"], v, period, frames)}
+    video = render_video(renderer, test["still"], v, period, frames)
+    row["fvd_judge"] = fvd_judge(video, test["x"][:, :, :frames], judge)
+    return row, v, video
+
+
 def seed_job(cfg_dict: dict, seed: int, kind: str) -> dict:
     cfg = seed_job_config(cfg_dict)
     c = cfg.claim
@@ -239,11 +263,11 @@ def seed_job(cfg_dict: dict, seed: int, kind: str) -> dict:
     test = test_scenes(cfg, int(c.test_n), int(c.test_seed))
     still, real, period, frames = test["still"], test["x"][:, :, : int(c.video_frames)], int(cfg.data.frames), \
         int(c.video_frames)
-    renderer = stage(cfg, "renderer", f"renderer_seed{seed}", renderer_overrides(cfg), seed, times).net.eval()
+    renderer = renderer_stage(cfg, seed, times)
     if kind in ("normalisation", "coordination"):
         vols, videos = {}, {}
         for name, variant in variants(c).items():
-            module = stage(cfg, "motion", f"motion_{name}_seed{seed}", motion_overrides(cfg, variant), seed, times)
+            module = motion_stage(cfg, name, variant, seed, times)
             ts = time.time()
             vols[name] = _sample_volumes(module, still, c, seed)
             out[f"sample_time_s_{name}"] = round(time.time() - ts, 1)
@@ -261,19 +285,12 @@ def seed_job(cfg_dict: dict, seed: int, kind: str) -> dict:
                        Path(cfg.run_dir) / f"volumes_seed{seed}.pt")
     elif kind == "looping":
         name = str(c.motion_variant)
-        module = stage(cfg, "motion", f"motion_{name}_seed{seed}", motion_overrides(cfg, variants(c)[name]), seed,
-                       times)
+        module = motion_stage(cfg, name, variants(c)[name], seed, times)
         weights = [float(w) for w in c.loop_weights]
         for w in weights:
             name = "guided" if w > 0 else "unguided"
-            extra = {"loop_guidance": w, "loop_frames": frames} if w > 0 else None
-            ts = time.time()
-            v = _sample_volumes(module, still, c, seed, extra)
-            out[f"sample_time_s_{name}"] = round(time.time() - ts, 1)
-            for k, val in loop_metrics(renderer, still, v, period, frames).items():
-                out[f"{k}_{name}"] = val
-            video = render_video(renderer, still, v, period, frames)
-            out[f"fvd_judge_{name}"] = fvd_judge(video, real, judge)
+            row, v, video = loop_row(module, renderer, judge, test, c, seed, w, period, frames)
+            out.update({f"{k}_{name}": val for k, val in row.items()})
             if seed == int(c.seeds[0]):
                 out.setdefault("_videos", {})[name] = video
         if seed == int(c.seeds[0]):
@@ -286,8 +303,7 @@ def seed_job(cfg_dict: dict, seed: int, kind: str) -> dict:
         out.pop("_videos", None)
     elif kind == "long_horizon":
         out.update(_long_horizon(cfg, seed, test, renderer, judge, times))
-    # stage tags end in _seed<N>; the per-seed records must share their keys to be summarised across seeds
-    out.update({f"train_time_s_{k.removesuffix(f'_seed{seed}')}": v for k, v in times.items()})
+    out.update({f"train_time_s_{k}": v for k, v in times.items()})
     return out
 
 
@@ -377,7 +393,7 @@ def video_stage(cfg, seed: int, times: dict, out: dict):
     steps = max(1, round(spectral_flops / per_step)) if not cfg.trainer.get("fast_dev_run") else 1
     out["train_tflops_spectral"], out["train_tflops_video"] = spectral_flops / 1e12, steps * per_step / 1e12
     out["video_steps"] = steps
-    return stage(cfg, "video", f"video_seed{seed}", video_overrides(cfg, steps), seed, times)
+    return stage(cfg, "video", "video", video_overrides(cfg, steps), seed, times)
 
 
 def _long_horizon(cfg, seed, test, renderer, judge, times) -> dict:
@@ -386,7 +402,7 @@ def _long_horizon(cfg, seed, test, renderer, judge, times) -> dict:
     still, frames, period = test["still"], int(c.video_frames), int(cfg.data.frames)
     real = test["x"][:, :, :frames]
     name = str(c.motion_variant)
-    motion = stage(cfg, "motion", f"motion_{name}_seed{seed}", motion_overrides(cfg, variants(c)[name]), seed, times)
+    motion = motion_stage(cfg, name, variants(c)[name], seed, times)
     v = c.video
     video_model = video_stage(cfg, seed, times, out)
     ts = time.time()
@@ -487,10 +503,9 @@ def run_looping(cfg: DictConfig) -> dict:
 def _stages_job(cfg_dict: dict, seed: int) -> dict:
     cfg = seed_job_config(cfg_dict)
     c, times, out = cfg.claim, {}, {}
-    stage(cfg, "renderer", f"renderer_seed{seed}", renderer_overrides(cfg), seed, times)
-    for v in c.stage_variants:
-        over = dict(OmegaConf.to_container(v, resolve=True).get("overrides") or {})
-        stage(cfg, "motion", f"motion_{v['name']}_seed{seed}", motion_overrides(cfg, over), seed, times)
+    renderer_stage(cfg, seed, times)
+    for name, over in variants(c, "stage_variants").items():
+        motion_stage(cfg, name, over, seed, times)
     video_stage(cfg, seed, times, out)
     return {**{f"train_time_s_{k}": t for k, t in times.items()}, **out}
 
@@ -531,32 +546,24 @@ def run_loop_weight_dev(cfg: DictConfig) -> dict:
     c = cfg.claim
     judge = _judge(c)
     test = test_scenes(cfg, int(c.test_n), int(c.test_seed))
-    still, frames, period = test["still"], int(c.video_frames), int(cfg.data.frames)
-    real = test["x"][:, :, :frames]
-    metrics, times = {}, {}
+    frames, period = int(c.video_frames), int(cfg.data.frames)
+    metrics = {}
     for seed in c.seeds:
-        seed = int(seed)
-        renderer = stage(cfg, "renderer", f"renderer_seed{seed}", renderer_overrides(cfg), seed, times).net.eval()
+        seed, times = int(seed), {}
+        renderer = renderer_stage(cfg, seed, times)
         name = str(c.motion_variant)
-        module = stage(cfg, "motion", f"motion_{name}_seed{seed}", motion_overrides(cfg, variants(c)[name]), seed,
-                       times)
-        rows = {}
-        for u in [0.0, *[float(w) for w in c.dev_weights]]:
-            extra = {"loop_guidance": u, "loop_frames": frames} if u > 0 else None
-            ts = time.time()
-            v = _sample_volumes(module, still, c, seed, extra)
-            row = {"sample_time_s": round(time.time() - ts, 1), **loop_metrics(renderer, still, v, period, frames),
-                   "fvd_judge": fvd_judge(render_video(renderer, still, v, period, frames), real, judge)}
-            rows[u] = row
+        module = motion_stage(cfg, name, variants(c)[name], seed, times)
+        rows = {u: loop_row(module, renderer, judge, test, c, seed, u, period, frames)[0]
+                for u in [0.0, *[float(w) for w in c.dev_weights]]}
         for row in rows.values():
             row["seam_ratio"] = row["loop_seam_px"] / max(rows[0.0]["loop_seam_px"], 1e-12)
             row["fvd_ratio"] = row["fvd_judge"] / max(rows[0.0]["fvd_judge"], 1e-12)
         chosen = choose_loop_weight({u: r for u, r in rows.items() if u > 0}, float(c.dev_seam_ratio),
                                     float(c.dev_fvd_ratio), float(c.fvd_margin))
-        metrics[f"seed{seed}"] = {"weights": {str(u): r for u, r in rows.items()}, "chosen_weight": chosen}
+        metrics[f"seed{seed}"] = {"weights": {str(u): r for u, r in rows.items()}, "chosen_weight": chosen,
+                                  **{f"train_time_s_{k}": t for k, t in times.items()}}
         log.info("loop weight development, seed %d: %s -> chosen %s", seed,
                  {u: (round(r["seam_ratio"], 3), round(r["fvd_ratio"], 3)) for u, r in rows.items()}, chosen)
-    metrics.update({f"train_time_s_{k}": v for k, v in times.items()})
     return finish(cfg, metrics, paper=PAPER, claim=str(c.name), t0=t0, copy_to_paper=False,
                   extra={"judge_sha256": _judge_sha(c)})
 
@@ -568,5 +575,6 @@ def run_long_horizon(cfg: DictConfig) -> dict:
 
 
 __all__ = ["run_normalisation", "run_coordination", "run_looping", "run_long_horizon", "run_loop_weight_dev",
-           "choose_loop_weight", "run_stages", "video_stage", "stage", "band_energy",
+           "choose_loop_weight", "run_stages", "video_stage",
+           "renderer_stage", "motion_stage", "loop_row", "stage", "band_energy",
            "spectrum_log_error", "fd_spectrum", "drift", "loop_metrics"]

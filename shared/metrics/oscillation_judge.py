@@ -140,9 +140,9 @@ class OscillationJudge(nn.Module):
             x = f.reshape(b, t, c, r, r).transpose(1, 2)
         return x
 
-    def spectrum(self, videos: torch.Tensor) -> torch.Tensor:
+    def spectrum(self, videos: torch.Tensor, prepared: bool = False) -> torch.Tensor:
         """The motion stream's input: ``log1p(gain * temporal_spectrum)`` (B, 3 * F, r, r)."""
-        return torch.log1p(self.gain * temporal_spectrum(self.prepare(videos), self.freqs))
+        return torch.log1p(self.gain * temporal_spectrum(videos if prepared else self.prepare(videos), self.freqs))
 
     def features(self, videos: torch.Tensor) -> torch.Tensor:
         x = self.prepare(videos)  # (B, 3, T, r, r)
@@ -150,7 +150,7 @@ class OscillationJudge(nn.Module):
         idx = torch.linspace(0, t - 1, self.appearance_frames).round().long()
         fa = self.appearance(x[:, :, idx].transpose(1, 2).reshape(b * len(idx), c, r, r))
         fa = torch.cat([fa.mean(dim=(2, 3)), fa.amax(dim=(2, 3))], dim=1).reshape(b, len(idx), -1).mean(dim=1)
-        fm = self.motion(torch.log1p(self.gain * temporal_spectrum(x, self.freqs)))
+        fm = self.motion(self.spectrum(x, prepared=True))
         fm = torch.cat([fm.mean(dim=(2, 3)), fm.amax(dim=(2, 3))], dim=1)
         return self.feature(torch.cat([fa, fm], dim=1))
 
