@@ -182,3 +182,21 @@ def test_run_dir_config_snapshot(tmp_path):
     fit(cfg)
     saved = OmegaConf.load(tmp_path / "config.yaml")
     assert saved.seed == 3 and saved.trainer.max_steps == 2
+
+
+def test_claim_variant_refuses_to_resume_over_a_changed_input_file(tmp_path):
+    """A claim re-run in its old folder resumes a finished variant only if the weight files its overrides name (an
+    earlier stage's output, e.g. a frozen base) are unchanged; a changed file is refused, naming variant_inputs."""
+    from shared.engine.claims import fit_variant
+
+    cfg = small_cfg(tmp_path, "trainer.max_steps=4")
+    with open_dict(cfg):
+        cfg.run_dir = str(tmp_path)
+    stage = tmp_path / "stage.safetensors"
+    stage.write_bytes(b"first")
+    fit_variant(cfg, "v", {"upstream_weights": str(stage)})
+    again = fit_variant(cfg, "v", {"upstream_weights": str(stage)})      # same content: resumes, nothing new
+    assert again.global_step == 4
+    stage.write_bytes(b"second")
+    with pytest.raises(ConfigError, match="variant_inputs"):
+        fit_variant(cfg, "v", {"upstream_weights": str(stage)})

@@ -128,6 +128,18 @@ def test_labels_are_declared_from_the_network_and_pass_through_is_never_guided()
     assert torch.equal(u["y"], torch.tensor([3, 3])) and u["frame_is_video"] is c["frame_is_video"]
 
 
+def test_labels_under_another_key_replace_the_default_label_condition():
+    """A world's own label (e.g. StyledShapes' ``style``) declared as the network's ``y``: no second, default ``y``
+    condition is added, and the network sees that key's labels."""
+    net = UNet(in_channels=1, base_channels=8, channel_mult=(1,), num_res_blocks=1, attention_resolutions=(),
+               num_classes=3, norm_groups=4, image_size=4)
+    m = DiffusionModule(net, DiscreteVP(num_steps=10), ema_decay=None, sample_shape=(1, 4, 4),
+                        conditions={"style": LabelCondition("style", drop_prob=0.5)})
+    assert list(m.conditions.keys()) == ["style"]
+    kw = m.condition({"style": torch.tensor([2, 0])}, drop=False)
+    assert list(kw) == ["y"] and torch.equal(kw["y"], torch.tensor([2, 0]))
+
+
 def test_latent_modules_encode_latent_conditions_like_x():
     from shared.diffusion.latent import LatentSpace
     from shared.methods.latent_module import latent_diffusion

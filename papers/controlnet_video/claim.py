@@ -71,17 +71,39 @@ def control_image(key: str, value: torch.Tensor) -> torch.Tensor:
     return (2 * value - 1).clamp(-1, 1)[:, None]
 
 
+def prompt_condition(cfg: DictConfig, drop_prob: float) -> dict:
+    """The "prompt" of a prompted base (``claim.prompt``): the world's style label as a class condition — what a
+    text prompt gives SD ("a neon scene"), so that what is left to the control is the structure."""
+    return {"_target_": "shared.methods.conditions.LabelCondition", "key": str(cfg.claim.prompt.key),
+            "drop_prob": float(drop_prob)}
+
+
+def base_overrides(cfg: DictConfig, ae_file: Path) -> dict:
+    """The base video model's overrides: the frozen autoencoder; with ``claim.prompt`` a class-conditional base
+    (``num_classes`` = the world's styles, the label dropped with ``prompt.base_drop_prob``)."""
+    out = {"module.latent.autoencoder.weights_path": str(ae_file)}
+    if cfg.claim.get("prompt") is not None:
+        out["model.num_classes"] = len(cfg.data.train.styles)
+        out["module.conditions"] = {"prompt": prompt_condition(cfg, float(cfg.claim.prompt.base_drop_prob))}
+    return out
+
+
 def controlnet_overrides(cfg: DictConfig, name: str, base_file: Path, ae_file: Path, scale: float) -> dict:
     c = cfg.claim
     ctl = c.controls[name]
     base_model = OmegaConf.to_container(cfg.model, resolve=True)
+    if c.get("prompt") is not None:
+        base_model["num_classes"] = len(cfg.data.train.styles)
     encoder = OmegaConf.to_container(ctl.encoder, resolve=True) if ctl.get("encoder") is not None else None
+    conditions = {"control": {"_target_": "shared.methods.conditions.TensorCondition",
+                              "key": str(ctl.key), "kwarg": "control", "encoder": encoder}}
+    if c.get("prompt") is not None:  # the base's prompt stays a condition, dropped at the paper's 50 %
+        conditions = {"prompt": prompt_condition(cfg, float(c.prompt.controlnet_drop_prob)), **conditions}
     return {
         "model": {"_target_": "shared.nn.controlnet.controlled_unet", "base": base_model,
                   "hint_channels": int(ctl.hint_channels), "hint_block": list(c.hint_block),
                   "base_weights": str(base_file)},
-        "module.conditions": {"control": {"_target_": "shared.methods.conditions.TensorCondition",
-                                          "key": str(ctl.key), "kwarg": "control", "encoder": encoder}},
+        "module.conditions": conditions,
         "module.latent.autoencoder.weights_path": str(ae_file), "module.latent.scale_factor": scale,
         "module.optimizer.lr": float(c.controlnet_lr), "trainer.max_steps": int(c.controlnet_steps),
     }
@@ -93,7 +115,7 @@ def seed_job(cfg: DictConfig, seed: int, judge, src: dict, real_stats: tuple, ae
     run_dir = Path(cfg.run_dir)
     out: dict = {}
     ts = time.time()
-    base = fit_variant(cfg, f"base_seed{seed}", {"module.latent.autoencoder.weights_path": str(ae_file)}, seed)
+    base = fit_variant(cfg, f"base_seed{seed}", base_overrides(cfg, ae_file), seed)
     out["base_train_time_s"] = time.time() - ts
     base_file = save_weights(base.sampling_net(True), run_dir / f"base_seed{seed}" / "base_unet.safetensors")
     scale = base.latent.scale_factor
@@ -101,8 +123,10 @@ def seed_job(cfg: DictConfig, seed: int, judge, src: dict, real_stats: tuple, ae
     x_T = torch.randn((n, *base.sample_shape), generator=torch.Generator().manual_seed(int(c.sample_seed) + seed))
     sampler = OmegaConf.to_container(c.sampler, resolve=True)
 
-    def draw(module, cond=None):
-        return module.sample(x_T=x_T.clone(), cond=cond or {}, sampler=sampler,
+    prompt = {str(c.prompt.key): src[str(c.prompt.key)]} if c.get("prompt") is not None else {}
+
+    def draw(module, cond=None):   # every model gets the source's prompt (a prompted base), if any
+        return module.sample(x_T=x_T.clone(), cond={**prompt, **(cond or {})}, sampler=sampler,
                              generator=torch.Generator().manual_seed(seed)).clamp(-1, 1)
 
     samples = {"base": draw(base)}
@@ -135,6 +159,8 @@ def run(cfg: DictConfig) -> dict:
     n = int(c.num_samples)
     keys = ("x", "depth", "edges", "camera_map", "camera_pan", "camera_zoom") if camera_judge is not None \
         else ("x", "depth", "edges")
+    if c.get("prompt") is not None:
+        keys += (str(c.prompt.key),)
     items = dict(zip(keys, world_items(cfg, 2 * n, int(c.real_seed), keys=keys)))
     src = {k: v[:n] for k, v in items.items()}
     ref = world_items(cfg, n, int(c.floor_seed))

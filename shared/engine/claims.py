@@ -126,15 +126,53 @@ def variant_config(cfg: DictConfig, overrides: dict | None = None, seed: int | N
     return sub
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+
+
+def input_fingerprints(overrides: dict | None) -> list[str]:
+    """``"<sha256> <path>"`` of every existing weight file an override names (an earlier stage's output: the
+    autoencoder, a frozen base, a teacher), sorted. A variant's checkpoint stores them, so re-running a claim in
+    its old folder after an earlier stage changed (another budget, same path) does not resume a later stage
+    trained on the old file."""
+    import hashlib
+
+    found: set[str] = set()
+
+    def walk(v):
+        if isinstance(v, dict):
+            for x in v.values():
+                walk(x)
+        elif isinstance(v, (list, tuple)):
+            for x in v:
+                walk(x)
+        elif isinstance(v, str) and v.endswith(WEIGHT_SUFFIXES) and Path(v).is_file():
+            found.add(v)
+
+    walk(OmegaConf.to_container(overrides, resolve=True) if isinstance(overrides, DictConfig) else overrides or {})
+    out = []
+    for path in sorted(found):
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        out.append(f"{h.hexdigest()} {path}")
+    return out
+
+
 def fit_variant(cfg: DictConfig, tag: str, overrides: dict | None = None, seed: int | None = None):
     """Train one variant into ``<run_dir>/<tag>``; returns the trained module (in eval mode).
 
     A claim re-run in the same folder (``hydra.run.dir=<old run>``) resumes each variant from its
-    ``last.ckpt`` — a finished variant is not trained again.
+    ``last.ckpt`` — a finished variant is not trained again, unless a weight file its overrides name (an earlier
+    stage's output) changed since: then the resume is refused naming ``variant_inputs``.
     """
     from shared.engine.checkpoint import newest_checkpoint
 
     sub = variant_config(cfg, overrides, seed)
+    inputs = input_fingerprints(overrides)
+    if inputs:  # part of the variant's identity: a resume over a changed input file is refused (check_resume)
+        with open_dict(sub):
+            sub.variant_inputs = inputs
     last = newest_checkpoint(Path(cfg.run_dir) / tag / "checkpoints")   # last.ckpt, or a newer epoch file
     if last is not None and not sub.get("ckpt_path"):
         with open_dict(sub):

@@ -82,7 +82,8 @@ class DiffusionModule(RunModule):
     def default_conditions(self, net, text_encoder, conditions) -> list[Condition]:
         declared = list(conditions.values() if isinstance(conditions, Mapping) else (conditions or []))
         keys = {c.key for c in declared}
-        if getattr(net, "num_classes", None) and "y" not in keys:
+        fed = {getattr(c, "kwarg", None) for c in declared}
+        if getattr(net, "num_classes", None) and "y" not in keys and "y" not in fed:  # labels under another key
             declared.insert(0, LabelCondition("y", drop_prob=self.cond_drop_prob))
         if text_encoder is not None and "caption" not in keys:
             declared.append(TextCondition(text_encoder, drop_prob=self.cond_drop_prob))
