@@ -131,9 +131,9 @@ WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
 def input_fingerprints(overrides: dict | None) -> list[str]:
     """``"<sha256> <path>"`` of every existing weight file an override names (an earlier stage's output: the
-    autoencoder, a frozen base, a teacher), sorted. A variant's checkpoint stores them, so re-running a claim in
-    its old folder after an earlier stage changed (another budget, same path) does not resume a later stage
-    trained on the old file."""
+    autoencoder, a frozen base, a teacher; not ``ckpt_path``), sorted. A variant's checkpoint stores them, so
+    re-running a claim in its old folder after an earlier stage changed (another budget, same path) does not resume
+    a later stage trained on the old file."""
     import hashlib
 
     found: set[str] = set()
@@ -148,7 +148,10 @@ def input_fingerprints(overrides: dict | None) -> list[str]:
         elif isinstance(v, str) and v.endswith(WEIGHT_SUFFIXES) and Path(v).is_file():
             found.add(v)
 
-    walk(OmegaConf.to_container(overrides, resolve=True) if isinstance(overrides, DictConfig) else overrides or {})
+    over = OmegaConf.to_container(overrides, resolve=True) if isinstance(overrides, DictConfig) \
+        else dict(overrides or {})
+    over.pop("ckpt_path", None)   # where training continues from, not an input: check_resume vets it
+    walk(over)
     out = []
     for path in sorted(found):
         h = hashlib.sha256()
