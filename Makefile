@@ -164,6 +164,7 @@ tune_a_video: $(STAMP)  ## Tune-A-Video: one-shot tuning (sparse-causal attentio
 
 gen1: $(STAMP)  ## Gen-1: structure (depth at level t_s) + content (a frame's embedding) guided video synthesis, temporal guidance
 	$(TRAIN) experiment=gen1/styled_shapes_claim $(PUBLISH)
+	$(TRAIN) experiment=gen1/styled_shapes_claim_long $(PUBLISH)
 	$(PY) -m tools.report --paper gen1
 
 controlnet_video: $(STAMP)  ## ControlNet on a frozen video model: depth / edge control, per-frame quality and consistency kept (+ a 30-min tier)
