@@ -8,6 +8,9 @@
 # model summaries mark where each stage begins) and OUT_DIR/<claim>.json (the run's results.json: per-stage
 # train_time_s_* and sample_time_s_* where the claim records them) for the claims that finish.
 # PILOT_CPU=1: a dry run on CPU (quick=true: tiny sizes; checks the commands and overrides only).
+# PILOT_ONLY="video_ldm vdm_joint": only those pilots; PILOT_EXTRA_<name>="k=v ...": extra overrides for one pilot.
+# The claims' seed workers are child processes that outlive a TERM (Lightning's handler catches it), so the time box
+# kills the whole process group (timeout -k) and the log is written by the pipe's reader until every writer is gone.
 set -u
 out=${1:-outputs/bench/gpu_tier_pilot}
 py=${2:-python3}
@@ -17,11 +20,16 @@ extra=()
 pilot() {  # pilot NAME SECONDS EXPERIMENT OVERRIDES...
     local name=$1 limit=$2 exp=$3
     shift 3
-    local start
+    if [[ -n "${PILOT_ONLY:-}" && " $PILOT_ONLY " != *" $name "* ]]; then
+        return
+    fi
+    local start more=()
+    local var="PILOT_EXTRA_$name"
+    read -r -a more <<< "${!var:-}"
     start=$(date +%s)
-    echo "== $name (limit ${limit}s): experiment=$exp $*" | tee -a "$out/summary.txt"
-    PYTHONUNBUFFERED=1 timeout "$limit" "$py" -m shared.engine.train "experiment=$exp" "$@" logger=none \
-        "run_dir=/tmp/gpu_tier_pilot/$name" "${extra[@]}" 2>&1 |
+    echo "== $name (limit ${limit}s): experiment=$exp $* ${more[*]}" | tee -a "$out/summary.txt"
+    PYTHONUNBUFFERED=1 timeout -k 5 "$limit" "$py" -m shared.engine.train "experiment=$exp" "$@" "${more[@]}" \
+        logger=none "run_dir=/tmp/gpu_tier_pilot/$name" "${extra[@]}" 2>&1 |
         while IFS= read -r line; do printf '%4d %s\n' $(($(date +%s) - start)) "$line"; done > "$out/$name.log"
     echo "== $name: exit ${PIPESTATUS[0]} after $(($(date +%s) - start))s" | tee -a "$out/summary.txt"
     cp "/tmp/gpu_tier_pilot/$name/results.json" "$out/$name.json" 2>/dev/null
