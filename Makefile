@@ -167,11 +167,12 @@ gen1: $(STAMP)  ## Gen-1: structure (depth at level t_s) + content (a frame's em
 	$(TRAIN) experiment=gen1/styled_shapes_claim_long $(PUBLISH)
 	$(PY) -m tools.report --paper gen1
 
-controlnet_video: $(STAMP)  ## ControlNet on a frozen video model: depth / edge control, per-frame quality and consistency kept (+ a 30-min tier)
+controlnet_video: $(STAMP)  ## ControlNet on a frozen video model: depth / edge / camera / pose control, per-frame quality and consistency kept (+ a 30-min tier)
 	$(TRAIN) experiment=controlnet_video/styled_shapes_claim $(PUBLISH)
 	$(TRAIN) experiment=controlnet_video/styled_shapes_camera_claim $(PUBLISH)
 	$(TRAIN) experiment=controlnet_video/styled_shapes_claim_long $(PUBLISH)
 	$(TRAIN) experiment=controlnet_video/styled_shapes_camera_claim_long $(PUBLISH)
+	$(TRAIN) experiment=controlnet_video/puppets_pose_claim $(PUBLISH)
 	$(PY) -m tools.report --paper controlnet_video
 
 generative_image_dynamics: $(STAMP)  ## Generative Image Dynamics: adaptive normalisation, coordinated bands, long horizon, loops
