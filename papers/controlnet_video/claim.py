@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from shared.engine.claims import finish, fit_variant, summarise, world_items
+from shared.engine.claims import finish, fit_first_stage, fit_variant, summarise, world_items
 from shared.engine.video_io import save_labelled_columns
 from shared.metrics.avatar_judge import (
     avatar_judge_sha256,
@@ -248,16 +248,7 @@ def run(cfg: DictConfig) -> dict:
     }
     ae_file = None
     if c.get("latent", True):   # latent space: the frozen first stage, trained once per run
-        ae_cfg = OmegaConf.to_container(c.autoencoder_module, resolve=True)
-        ts = time.time()
-        ae = fit_variant(cfg, "autoencoder", {"module": ae_cfg, "trainer.max_steps": int(c.autoencoder_steps),
-                                              "data.batch_size": int(c.autoencoder_batch_size),
-                                              "claim.autoencoder_module": None}, int(c.autoencoder_seed))
-        ae_file = save_weights(ae.net, Path(cfg.run_dir) / "autoencoder.safetensors")
-        metrics["autoencoder_time_s"] = time.time() - ts
-        with torch.no_grad():
-            rec = ae.reconstruct(src["x"].transpose(1, 2).flatten(0, 1))
-            rec = rec.reshape(n, -1, *rec.shape[1:]).transpose(1, 2)
+        ae_file, rec, metrics["autoencoder_time_s"] = fit_first_stage(cfg, src["x"])
         for k in judges.ratios:   # the first stage's floor: the control error of mere reconstructions
             metrics[f"judge_{k}_reconstructions"] = judges.errors(rec, src)[k]
         metrics["fd_frames_reconstructions"] = judges.fd(rec, real_stats)

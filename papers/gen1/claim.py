@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from shared.engine.claims import finish, fit_variant, summarise, world_items
+from shared.engine.claims import finish, fit_first_stage, fit_variant, summarise, world_items
 from shared.engine.video_io import save_labelled_columns
 from shared.metrics.shapes_judge import (
     depth_rmse,
@@ -42,7 +42,6 @@ from shared.metrics.shapes_judge import (
     style_accuracy,
 )
 from shared.metrics.video import frame_consistency
-from shared.nn.weights import save_weights
 
 
 def test_set(cfg: DictConfig) -> dict:
@@ -124,16 +123,7 @@ def run(cfg: DictConfig) -> dict:
     metrics["judge_depth_separation"] = (metrics["judge_depth_err_other_structure"]
                                          / metrics["judge_depth_err_same_structure_other_style"])
     # the frozen first stage, trained once per run
-    ae_cfg = OmegaConf.to_container(c.autoencoder_module, resolve=True)
-    ts = time.time()
-    ae = fit_variant(cfg, "autoencoder", {"module": ae_cfg, "trainer.max_steps": int(c.autoencoder_steps),
-                                          "data.batch_size": int(c.autoencoder_batch_size),
-                                          "claim.autoencoder_module": None}, int(c.autoencoder_seed))
-    ae_file = save_weights(ae.net, Path(cfg.run_dir) / "autoencoder.safetensors")
-    with torch.no_grad():
-        rec = ae.reconstruct(data["inputs"].transpose(1, 2).flatten(0, 1))
-        rec = rec.reshape(data["inputs"].shape[0], -1, *rec.shape[1:]).transpose(1, 2)
-    metrics["autoencoder_time_s"] = time.time() - ts
+    ae_file, rec, metrics["autoencoder_time_s"] = fit_first_stage(cfg, data["inputs"])
     metrics["judge_style_acc_reconstructions"] = style_accuracy(rec, data["in_style"], judge)
     metrics["judge_depth_err_reconstructions"] = depth_rmse(estimate_depth(rec, judge), est_in)
     per_seed, gifs = [], None

@@ -186,6 +186,28 @@ def fit_variant(cfg: DictConfig, tag: str, overrides: dict | None = None, seed: 
     return module
 
 
+def fit_first_stage(cfg: DictConfig, videos):
+    """The latent claims' frozen first stage, trained once per run: ``claim.autoencoder_module`` for
+    ``claim.autoencoder_steps`` steps of ``claim.autoencoder_batch_size`` clips (seed ``claim.autoencoder_seed``),
+    saved to ``<run_dir>/autoencoder.safetensors``. Returns ``(weights file, reconstructions of videos (B, C, T, H, W)
+    frame by frame, seconds to train)`` — the reconstructions give the first stage's floor on the claim's metrics."""
+    import torch
+
+    from shared.nn.weights import save_weights
+
+    c = cfg.claim
+    ts = time.time()
+    ae = fit_variant(cfg, "autoencoder", {"module": OmegaConf.to_container(c.autoencoder_module, resolve=True),
+                                          "trainer.max_steps": int(c.autoencoder_steps),
+                                          "data.batch_size": int(c.autoencoder_batch_size),
+                                          "claim.autoencoder_module": None}, int(c.autoencoder_seed))
+    seconds = time.time() - ts
+    ae_file = save_weights(ae.net, Path(cfg.run_dir) / "autoencoder.safetensors")
+    with torch.no_grad():
+        rec = ae.reconstruct(videos.transpose(1, 2).flatten(0, 1))
+    return ae_file, rec.reshape(videos.shape[0], -1, *rec.shape[1:]).transpose(1, 2), seconds
+
+
 def note_reused(stage: str) -> None:
     """Record that this run took ``stage`` from an earlier run (a cached teacher, ...): see ``_REUSED``."""
     _REUSED.append(stage)
