@@ -200,3 +200,18 @@ def test_claim_variant_refuses_to_resume_over_a_changed_input_file(tmp_path):
     stage.write_bytes(b"second")
     with pytest.raises(ConfigError, match="variant_inputs"):
         fit_variant(cfg, "v", {"upstream_weights": str(stage)})
+
+
+def test_results_record_the_revision_a_run_started_from(monkeypatch):
+    """A long claim records the tree's state at its start (the code it ran), and says so when the tree changed before
+    its results were written (files edited or committed meanwhile) instead of silently reporting the later state."""
+    from shared.engine import results
+
+    monkeypatch.setattr(results, "_RUN_START_GIT", None)
+    start, later = {"revision": "a" * 40, "dirty": False}, {"revision": "b" * 40, "dirty": True}
+    states = iter([start, start, start, later])
+    monkeypatch.setattr(results, "git_revision", lambda cwd=None: next(states))
+    assert results.remember_git_state() == start
+    assert results.provenance()["git"] == start                                  # unchanged: nothing added
+    results.remember_git_state()
+    assert results.provenance()["git"] == {**start, "changed_during_run": True}  # the start's state, flagged

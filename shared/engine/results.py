@@ -101,8 +101,27 @@ def compute_resources() -> dict:
     return out
 
 
+_RUN_START_GIT: dict | None = None
+
+
+def remember_git_state() -> dict:
+    """Record the tree's revision and dirty flag as a run starts: the code a run executes is the code of its start,
+    so :func:`provenance` reports that state (with ``changed_during_run`` when the tree's state at the end differs -
+    files edited or committed while a long claim ran), not whatever the tree holds when the results are written."""
+    global _RUN_START_GIT
+    _RUN_START_GIT = git_revision()
+    return _RUN_START_GIT
+
+
+def run_git_state() -> dict:
+    now = git_revision()
+    if _RUN_START_GIT is None:
+        return now
+    return {**_RUN_START_GIT, **({"changed_during_run": True} if now != _RUN_START_GIT else {})}
+
+
 def provenance() -> dict:
-    return {"git": git_revision(), "packages": package_versions(), "command": command_line(),
+    return {"git": run_git_state(), "packages": package_versions(), "command": command_line(),
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "machine": f"{platform.machine()} {cpu_model()}, {os.cpu_count()} cpu", "compute": compute_resources()}
 

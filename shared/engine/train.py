@@ -21,6 +21,7 @@ from shared.engine.claims import check_publish
 from shared.engine.cli import hydra_cli
 from shared.engine.console import start_run
 from shared.engine.quick import expand_argv
+from shared.engine.results import remember_git_state
 from shared.engine.run import ConfigError, check_config, fit, new_run_stamp, prepare_resume, set_run_dir
 from shared.engine.scaleout import prepare_argv, rank_launch_scope, remember_hydra_job
 
@@ -40,6 +41,7 @@ def _experiment_choice() -> str | None:
 
 def run(cfg: DictConfig, experiment: str | None = None):
     start_run(cfg)   # quiet console, sampling progress bars, a claim's expected wall time (shared/engine/console.py)
+    remember_git_state()   # results record the revision the run started from (shared/engine/results.py)
     if cfg.get("pipeline"):
         if cfg.get("ckpt_path"):
             raise ConfigError("ckpt_path is for single training runs; a claim pipeline resumes its variants when "
