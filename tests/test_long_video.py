@@ -1,6 +1,7 @@
 """Long-video sampling (shared/diffusion/long_video.py): window fusion with one window is the plain sampler, fusion of
 a per-frame denoiser changes nothing, FreeNoise's rescheduled noise repeats earlier frames shuffled within blocks,
-autoregressive extension keeps the context frames, and every video backbone of the project runs the wrappers."""
+autoregressive extension keeps the context frames, every video backbone of the project runs the wrappers, and the
+paper-scale AnimateDiff config generates from a local SD folder + motion-module file (toy, random)."""
 from __future__ import annotations
 
 import pytest
@@ -142,3 +143,74 @@ def test_every_video_backbone_runs_window_fusion_and_one_window_equals_it(name):
         short = x_T[:, :, :8]
         assert torch.equal(ddim_sample(fused_window_denoiser(den, 8, 4), short, schedule, steps=2),
                            ddim_sample(den, short, schedule, steps=2))
+
+
+def test_paper_scale_animatediff_config_generates_long_videos_from_local_weights(tmp_path):
+    """``experiment=long_video/animatediff_sd15_freenoise`` on a toy SD-1.5 folder (diffusers' own layout) and a toy
+    v1 motion module in the released ``mm_sd_v15.ckpt`` layout, both random: every method makes a video longer than
+    the window, with classifier-free guidance; with one window FreeNoise is plain guided sampling from the same
+    noise; a motion-module file with a key too many or too few fails loading (strict)."""
+    from conftest import compose
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+    from test_text_encoder import write_tiny_sd_folder
+
+    from papers.long_video.generate import long_latents
+    from shared.engine.train import run
+    from shared.nn.motion_module import POSITION_ENCODING_SUFFIX, motion_module_state_dict, to_official
+
+    sd = write_tiny_sd_folder(tmp_path / "sd")
+    tiny = [f"model.image.weights={sd}", f"module.text_encoder.weights={sd}",
+            f"module.latent.autoencoder.weights_path={sd}/vae/diffusion_pytorch_model.safetensors",
+            "module.latent.autoencoder.block_out_channels=[16,32]", "module.latent.autoencoder.layers_per_block=1",
+            "module.latent.autoencoder.norm_num_groups=8", "module.latent.chunk_size=null",
+            "model.motion_module.heads=2", "model.motion_module.norm_groups=8", "module.sample_shape=[4,4,8,8]"]
+    # a v1 motion module in the released layout: the motion-stage network's modules, random, renamed
+    video = instantiate(compose(["experiment=long_video/animatediff_sd15_freenoise", *tiny, "model.stage=motion",
+                                 "model.motion_weights=null"]).model)
+    torch.manual_seed(3)
+    state = {k: v if k.endswith(POSITION_ENCODING_SUFFIX) else torch.randn_like(v) * 0.05
+             for k, v in motion_module_state_dict(video).items()}
+    mm = tmp_path / "mm_sd_v15.ckpt"
+    torch.save(to_official(state, video), mm)
+    over = ["experiment=long_video/animatediff_sd15_freenoise", *tiny, f"model.motion_weights={mm}",
+            "generate.window=4", "generate.total_frames=10", "generate.stride=2", "generate.steps=3",
+            "generate.guidance_scale=2.0", "generate.context=2", "logger=none", f"run_dir={tmp_path / 'run'}"]
+    cfg = compose(over)
+    out = run(cfg)
+    videos = torch.load(out["videos"])
+    assert out["method"] == "freenoise" and videos.shape == (2, 3, 10, 16, 16) and torch.isfinite(videos).all()
+    assert (tmp_path / "run" / "video_1.gif").exists()
+
+    module = instantiate(cfg.module).eval()
+    prompts = list(cfg.generate.prompts)
+    with torch.no_grad():
+        for method in ("fusion_iid", "naive", "autoregressive"):
+            g = OmegaConf.merge(cfg.generate, {"method": method})
+            z = long_latents(module, prompts, g)
+            assert z.shape == (2, 4, 10, 8, 8) and torch.isfinite(z).all(), method
+        # one window: FreeNoise (rescheduled noise = i.i.d. noise, one window = the denoiser) is the guided sampler
+        g = OmegaConf.merge(cfg.generate, {"method": "freenoise", "total_frames": 4})
+        one = long_latents(module, prompts, g)
+        x_T = torch.randn((2, 4, 4, 8, 8), generator=torch.Generator().manual_seed(int(g.seed)))
+        plain = module.sample(x_T=x_T, cond={"caption": prompts},
+                              sampler={"name": "ddim", "steps": 3, "eta": 0.0, "guidance_scale": 2.0}, decode=False)
+        assert torch.equal(one, plain)
+        unguided = module.sample(x_T=x_T, cond={"caption": prompts}, sampler={"name": "ddim", "steps": 3, "eta": 0.0},
+                                 decode=False)
+        assert not torch.allclose(one, unguided)     # guidance reaches the fused path
+    with pytest.raises(ValueError, match="generate.method must be one of"):
+        long_latents(module, prompts, OmegaConf.merge(cfg.generate, {"method": "gauss"}))
+
+    from hydra.errors import InstantiationException
+
+    def load(state):
+        torch.save(state, tmp_path / "bad.ckpt")
+        instantiate(compose([*over, f"model.motion_weights={tmp_path / 'bad.ckpt'}"]).model)
+
+    official = torch.load(mm)
+    with pytest.raises(InstantiationException, match="belongs to no motion module"):   # a key too many
+        load({**official, "down_blocks.9.motion_modules.0.temporal_transformer.norm.weight": torch.ones(16)})
+    missing = next(k for k in official if k.endswith("proj_in.weight"))
+    with pytest.raises(InstantiationException, match="[Mm]issing"):                     # a key too few
+        load({k: v for k, v in official.items() if k != missing})
