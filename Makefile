@@ -138,8 +138,9 @@ emo: $(STAMP)  ## EMO: audio layers (lip sync vs no audio), identity, speed laye
 	$(TRAIN) experiment=emo/talking_faces_claim $(PUBLISH)
 	$(PY) -m tools.report --paper emo
 
-text2video_zero: $(STAMP)  ## Text2Video-Zero: training-free video from the image model (motion in the latents + cross-frame attention)
+text2video_zero: $(STAMP)  ## Text2Video-Zero: training-free video from the image model (motion in the latents + cross-frame attention; MovingDigits + Sprites)
 	$(TRAIN) experiment=text2video_zero/moving_digits_claim $(PUBLISH)
+	$(TRAIN) experiment=text2video_zero/sprites_claim $(PUBLISH)
 	$(PY) -m tools.report --paper text2video_zero
 
 long_video: $(STAMP)  ## Long video: FreeNoise window fusion + noise rescheduling, LVDM autoregressive extension vs naive concatenation

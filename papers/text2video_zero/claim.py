@@ -38,12 +38,14 @@ METHODS = ("per_frame", "t2v_zero", "motion_only", "cross_frame_only")
 SCORES = ("motion_accuracy", "appearance", "digit_agreement", "digit_accuracy", "ink_consistency", "fvd_judge")
 
 
-def prompts(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` (digit, direction) pairs covering the 80 combinations evenly, in an order drawn from ``seed``."""
+def prompts(n: int, seed: int, num_classes: int = 10, num_directions: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` (class, direction) pairs covering the ``num_classes x num_directions`` combinations (digits: 80) evenly,
+    in an order drawn from ``seed``."""
     g = torch.Generator().manual_seed(int(seed))
-    combos = torch.randperm(80, generator=g)
-    idx = combos[torch.arange(n) % 80]
-    return idx // 8, idx % 8
+    k = int(num_classes) * int(num_directions)
+    combos = torch.randperm(k, generator=g)
+    idx = combos[torch.arange(n) % k]
+    return idx // int(num_directions), idx % int(num_directions)
 
 
 def judge_checks(cfg: DictConfig) -> dict:
