@@ -36,12 +36,11 @@ from papers.animatediff.claim import METHODS, build, draw, train_stage
 from shared.data.sprite_worlds import Sprites
 from shared.engine.claims import finish, summarise, world_items
 from shared.engine.video_io import save_labelled_rows
-from shared.metrics.sprite_judge import SpriteJudge, separation
+from shared.metrics.sprite_judge import SpriteJudge, claim_judge, separation
 
 
 def judge_of(cfg: DictConfig) -> SpriteJudge:
-    ids = list(cfg.data.train.identities) + [str(cfg.claim.new_identity)]
-    return SpriteJudge(ids, radius=tuple(cfg.data.train.radius), **dict(cfg.claim.get("judge") or {}))
+    return claim_judge(cfg, [cfg.claim.new_identity])
 
 
 def prefixed(prefix: str, scores: dict) -> dict:

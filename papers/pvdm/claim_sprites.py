@@ -25,14 +25,13 @@ from shared.data.sprite_worlds import Sprites
 from shared.engine.claims import finish, fit_variant, summarise, world_items
 from shared.engine.parallel import map_jobs
 from shared.engine.video_io import save_labelled_rows
-from shared.metrics.sprite_judge import SpriteJudge, separation
+from shared.metrics.sprite_judge import SpriteJudge, claim_judge, separation
 from shared.metrics.video import psnr
 from shared.nn.unet import count_parameters
 
 
 def judge_of(cfg: DictConfig) -> SpriteJudge:
-    return SpriteJudge(list(cfg.data.train.identities), radius=tuple(cfg.data.train.radius),
-                       **dict(cfg.claim.get("judge") or {}))
+    return claim_judge(cfg)
 
 
 def clips(cfg: DictConfig, n: int, seed: int, split: str = "test", **kwargs) -> torch.Tensor:

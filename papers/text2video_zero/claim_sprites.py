@@ -31,7 +31,7 @@ from shared.data.sprite_worlds import Sprites
 from shared.engine.claims import run_seeded_claim, seed_job_config, summarise, world_items
 from shared.engine.teachers import image_stage_weights
 from shared.engine.video_io import save_labelled_rows
-from shared.metrics.sprite_judge import SpriteJudge, separation
+from shared.metrics.sprite_judge import SpriteJudge, claim_judge, separation
 from shared.metrics.video_identity import appearance_consistency
 
 LABELS = {"per_frame": "per-frame\n(baseline)", "t2v_zero": "Text2Video-Zero", "motion_only": "motion only",
@@ -40,8 +40,7 @@ LABELS = {"per_frame": "per-frame\n(baseline)", "t2v_zero": "Text2Video-Zero", "
 
 def judge_of(cfg: DictConfig) -> SpriteJudge:
     """The closed-form judge of the claim's world (its identities and radius range; ``claim.judge`` options)."""
-    return SpriteJudge(list(cfg.data.train.identities), radius=tuple(cfg.data.train.radius),
-                       **dict(cfg.claim.get("judge") or {}))
+    return claim_judge(cfg)
 
 
 def sprite_scores(judge: SpriteJudge, videos: torch.Tensor, labels: torch.Tensor, directions: torch.Tensor,

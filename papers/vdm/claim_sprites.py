@@ -37,15 +37,14 @@ from shared.diffusion.conditioning import frames_mask
 from shared.engine.claims import finish, fit_variant, seed_job_config, summarise, world_items
 from shared.engine.parallel import map_jobs
 from shared.engine.video_io import save_labelled_rows
-from shared.metrics.sprite_judge import SpriteJudge, separation
+from shared.metrics.sprite_judge import SpriteJudge, claim_judge, separation
 from shared.metrics.video import psnr
 
 VARIANTS = ("image_only", "video_only", "joint")
 
 
 def judge_of(cfg: DictConfig) -> SpriteJudge:
-    return SpriteJudge(list(cfg.data.train.identities), radius=tuple(cfg.data.train.radius),
-                       **dict(cfg.claim.get("judge") or {}))
+    return claim_judge(cfg)
 
 
 def real_clips(cfg: DictConfig, n: int, seed: int, **kwargs):

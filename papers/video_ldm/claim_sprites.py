@@ -33,7 +33,7 @@ from shared.data.sprite_worlds import Sprites
 from shared.engine.claims import finish, fit_variant, seed_job_config, summarise, world_items
 from shared.engine.parallel import map_jobs
 from shared.engine.video_io import save_labelled_rows
-from shared.metrics.sprite_judge import SpriteJudge, separation
+from shared.metrics.sprite_judge import SpriteJudge, claim_judge, separation
 from shared.metrics.video import psnr
 from shared.nn.temporal_mix import merge_alphas
 from shared.nn.weights import save_weights
@@ -43,8 +43,7 @@ STAGES = ("autoencoder", "image_ldm", "video_ldm", "style_ldm", "temporal_decode
 
 def judge_of(cfg: DictConfig) -> SpriteJudge:
     """The closed-form judge over the base identities and the new one (its index: ``len(base)``)."""
-    ids = list(cfg.data.train.identities) + [str(cfg.claim.new_identity)]
-    return SpriteJudge(ids, radius=tuple(cfg.data.train.radius), **dict(cfg.claim.get("judge") or {}))
+    return claim_judge(cfg, [cfg.claim.new_identity])
 
 
 def real_clips(cfg: DictConfig, n: int, seed: int, **kwargs) -> torch.Tensor:

@@ -35,7 +35,7 @@ import torch
 
 from shared.data.sprite_worlds import COLOURS, parse_identity, shape_area_factor, shape_coverage
 
-__all__ = ["SpriteJudge", "separation"]
+__all__ = ["claim_judge", "SpriteJudge", "separation"]
 
 _DIR8 = torch.tensor([(0, 1), (-1, 1), (-1, 0), (-1, -1), (0, -1), (1, -1), (1, 0), (1, 1)], dtype=torch.float32)
 _DIR8 = _DIR8 / _DIR8.norm(dim=1, keepdim=True)
@@ -184,3 +184,11 @@ def separation(judge: SpriteJudge, real: torch.Tensor, swapped: torch.Tensor | N
     if swapped is not None:
         out["swapped"] = judge.scores(swapped)
     return out
+
+
+def claim_judge(cfg, extra_identities=()) -> SpriteJudge:
+    """The judge of a Sprites claim: the world's identities (``cfg.data.train.identities``, plus
+    ``extra_identities`` such as a fine-tuning claim's new one, indexed after them), its radius range and the
+    claim's ``claim.judge`` options."""
+    ids = list(cfg.data.train.identities) + [str(i) for i in extra_identities]
+    return SpriteJudge(ids, radius=tuple(cfg.data.train.radius), **dict(cfg.claim.get("judge") or {}))
