@@ -4,7 +4,7 @@ Commands are extracted from ``README.md``, ``papers/*/README.md`` and ``docs/DAT
 bash code blocks (continuations joined, comments dropped) and inline ``python -m ...`` / ``make ...`` / ``pytest
 ...`` spans. Each is checked the cheapest way that still proves it works:
 
-* ``python -m shared.engine.train|sample|evaluate|generate ...`` — composed exactly as the entry point composes
+* ``python -m shared.engine.train|sample|evaluate|generate|edit ...`` — composed exactly as the entry point composes
   it (Hydra's parser and the config tree: an override of a key that does not exist, ``+key`` on a key that does,
   a missing group option all fail here), every value of a sweep; the plain-training, sample and evaluate forms
   are also *run* in quick mode, on a checkpoint this test trains in seconds (``<run>`` placeholders);
@@ -32,7 +32,7 @@ from conftest import ROOT
 DOCS = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "papers").glob("*/README.md")),
         "docs/DATA_AND_WEIGHTS.md"]
 ENTRY = {"shared.engine.train": "train", "shared.engine.sample": "sample", "shared.engine.evaluate": "evaluate",
-         "shared.engine.generate": "generate"}
+         "shared.engine.generate": "generate", "shared.engine.edit": "edit"}
 EXTERNAL = ("pytorch_fid", "http.server")   # other projects' commands the docs cite (not ours to test)
 
 

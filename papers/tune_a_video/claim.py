@@ -23,20 +23,18 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from shared.diffusion.samplers import ddim_invert, ddim_sample
 from shared.engine.claims import fit_variant, run_seeded_claim, seed_job_config, world_items
 from shared.engine.teachers import image_stage_weights
 from shared.engine.video_io import save_labelled_rows
+from shared.methods.editing import invert_and_edit as edit_by_inversion
 from shared.metrics.video_identity import appearance_consistency
 from shared.metrics.video_judge import digit_accuracy, judge_sha256, load_video_judge, motion_accuracy
 
 
-@torch.no_grad()
 def invert_and_edit(module, video: torch.Tensor, source: torch.Tensor, target: torch.Tensor, steps: int,
                     guidance_scale: float) -> torch.Tensor:
     """DDIM-invert ``video`` under the ``source`` labels, then DDIM-sample it back under ``target`` (guided)."""
-    x_T = ddim_invert(module.denoiser(cond={"y": source}, clip=False), video, module.schedule, steps)
-    return ddim_sample(module.denoiser(cond={"y": target}, guidance_scale=guidance_scale), x_T, module.schedule, steps)
+    return edit_by_inversion(module, video, {"y": source}, {"y": target}, steps, guidance_scale)
 
 
 @torch.no_grad()

@@ -38,7 +38,7 @@ from torch.utils.data import Dataset
 
 from shared.data import DataError
 
-__all__ = ["CsvVideoDataset", "FrameFolderDataset", "VideoFolderDataset", "class_caption"]
+__all__ = ["CsvVideoDataset", "FrameFolderDataset", "VideoFolderDataset", "class_caption", "read_clip"]
 
 log = logging.getLogger(__name__)
 
@@ -391,3 +391,41 @@ class CsvVideoDataset(_PyAVMixin, _ClipDataset):
     def _meta(self, index: int) -> dict:
         vid, name, _ = self.rows[index]
         return {"caption": name, "videoid": vid, "path": self._source(index)}
+
+
+def read_clip(path: str | os.PathLike, frames: int, stride: int = 1, start: int = 0, size: int | None = None,
+              config_key: str = "video") -> torch.Tensor:
+    """One clip of a user's video: ``frames`` frames every ``stride`` from frame ``start`` of a folder of images
+    (natural filename order) or of a video file (PyAV), resized and centre-cropped like the datasets' clips:
+    (3, T, size, size) float32 in [-1, 1]. A missing path or a video too short is one line naming it."""
+    p = _require(path, config_key, "video (a folder of frames or a video file)")
+    if frames < 1 or stride < 1 or start < 0:
+        raise ValueError(f"{config_key}: frames and stride must be >= 1 and start >= 0, got {frames=}, {stride=}, "
+                         f"{start=}")
+    span = start + (frames - 1) * stride + 1
+
+    def pick(total: int) -> int:
+        if total < span:
+            raise DataError(f"{config_key}: '{p}' has {total} frames; frames {start}..{span - 1} are needed "
+                            f"({frames} frames, stride {stride}, start {start})")
+        return start
+
+    if p.is_dir():
+        from PIL import Image
+
+        names = sorted((f for f in os.listdir(p) if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS),
+                       key=_natural_key)
+        pick(len(names))
+        out = []
+        for i in range(frames):
+            with Image.open(p / names[start + i * stride]) as im:
+                out.append(np.asarray(im.convert("RGB")))
+        if any(o.shape != out[0].shape for o in out):
+            raise DataError(f"{config_key}: the frames in '{p}' have different sizes")
+        clip = torch.from_numpy(np.stack(out))
+    else:
+        if p.suffix.lower() not in VIDEO_EXTENSIONS:
+            raise ValueError(f"{config_key}: '{p}' is neither a folder of frames nor a video file "
+                             f"({', '.join(VIDEO_EXTENSIONS)})")
+        clip, _ = _PyAVMixin()._decode(str(p), None, frames, stride, pick)
+    return _resize_crop(clip, size)

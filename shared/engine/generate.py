@@ -211,8 +211,8 @@ def generate(cfg: DictConfig) -> dict:
 def _invert(cfg: DictConfig, module, sampler: dict) -> dict:
     from PIL import Image
 
-    from shared.diffusion.samplers import ddim_invert, ddim_sample
     from shared.engine.video_io import save_image_grid
+    from shared.methods.editing import invert, regenerate
 
     src = _need_file(cfg.image, "input image", "a PNG/JPEG of yours to invert")
     h, w = int(cfg.height), int(cfg.width)
@@ -220,16 +220,15 @@ def _invert(cfg: DictConfig, module, sampler: dict) -> dict:
     x = torch.as_tensor(list(img.getdata()), dtype=torch.float32).view(h, w, 3).permute(2, 0, 1)[None] / 127.5 - 1
     z0 = module.latent.encode(x)
     prompt = _prompts(cfg, 1)
-    den = module.denoiser(False, {"caption": prompt}, 1.0)   # inversion is exact only without guidance
-    x_T = ddim_invert(den, z0, module.schedule, int(sampler["steps"]))
-    rec = module.latent.decode(ddim_sample(den, x_T, module.schedule, int(sampler["steps"]), eta=0.0))
+    steps = int(sampler["steps"])
+    x_T = invert(module, z0, {"caption": prompt}, steps, use_ema=False)
+    rec = module.latent.decode(regenerate(module, x_T, {"caption": prompt}, steps, use_ema=False))
     out = _out(cfg, "inversion.png")
-    torch.save({"x_T": x_T, "prompt": prompt[0], "steps": int(sampler["steps"])}, out.with_suffix(".pt"))
+    torch.save({"x_T": x_T, "prompt": prompt[0], "steps": steps}, out.with_suffix(".pt"))
     row = [x, rec.clamp(-1, 1)]
     if cfg.get("edit_prompt"):
-        den_edit = module.denoiser(False, {"caption": [str(cfg.edit_prompt)]}, float(sampler["guidance_scale"]))
-        row.append(module.latent.decode(ddim_sample(den_edit, x_T, module.schedule, int(sampler["steps"]),
-                                                    eta=0.0)).clamp(-1, 1))
+        row.append(module.latent.decode(regenerate(module, x_T, {"caption": [str(cfg.edit_prompt)]}, steps,
+                                                   float(sampler["guidance_scale"]), use_ema=False)).clamp(-1, 1))
     path = save_image_grid(torch.cat(row), out, nrow=len(row))
     mse = float(((rec.clamp(-1, 1) - x) ** 2).mean())
     psnr = 10 * torch.log10(torch.tensor(4.0 / max(mse, 1e-12))).item()
