@@ -194,3 +194,21 @@ def test_dit_stream_ab_patches_the_line_it_names():
     finally:
         transformer.DiT.forward = original
     assert seen == [torch.float32, torch.float32, torch.bfloat16, torch.float32]
+
+
+def test_step_overhead_bench_steps_both_loops_of_a_claim_stage():
+    """tests/bench/step_overhead.py (issue 23's GPU per-step question) runs one claim stage's module both ways at a
+    tiny size: both loops take the configured steps and report positive per-step times."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent / "bench"))
+    from step_overhead import main
+
+    out = main(["--experiment", "video_ldm/sprites_claim_gpu", "--stage", "autoencoder", "--steps", "6",
+                "--warmup", "2", "--override", "data.size=16", "--override", "data.frames=2",
+                "--override", "claim.autoencoder_batch_size=1", "--override", "data.train.n=16",
+                "--override", "data.train.radius=[2.6,3.2]"])
+    assert out["bare_s_per_step"] > 0 and out["fit_s_per_step"] > 0 and out["device"] == "cpu"
+    with pytest.raises(SystemExit, match="--steps"):
+        main(["--experiment", "video_ldm/sprites_claim_gpu", "--steps", "3", "--warmup", "2"])

@@ -34,6 +34,18 @@ pilot() {  # pilot NAME SECONDS EXPERIMENT OVERRIDES...
     echo "== $name: exit ${PIPESTATUS[0]} after $(($(date +%s) - start))s" | tee -a "$out/summary.txt"
     cp "/tmp/gpu_tier_pilot/$name/results.json" "$out/$name.json" 2>/dev/null
 }
+# First, what one training step costs and where: the Video LDM autoencoder stage stepped by the harness (fit) and by a
+# bare loop, with the top operators of five bare steps (tests/bench/step_overhead.py); PILOT_ONLY=overhead for this only.
+if [[ -z "${PILOT_ONLY:-}" || " $PILOT_ONLY " == *" overhead "* ]]; then
+    dev=cuda
+    [[ -n "${PILOT_CPU:-}" ]] && dev=cpu
+    small=()
+    [[ -n "${PILOT_CPU:-}" ]] && small=(--override data.size=16 --override data.frames=2 --override data.train.n=16
+                                       --override claim.autoencoder_batch_size=1 --override "data.train.radius=[2.6,3.2]")
+    timeout -k 5 "${T_OVERHEAD:-120}" "$py" tests/bench/step_overhead.py --experiment video_ldm/sprites_claim_gpu \
+        --stage autoencoder --steps 60 --warmup 10 --device "$dev" --profile "${small[@]}" > "$out/overhead.log" 2>&1
+    echo "== overhead: exit $? $(tail -1 "$out/overhead.log")" | tee -a "$out/summary.txt"
+fi
 pilot video_ldm "${T_VIDEO_LDM:-130}" video_ldm/sprites_claim_gpu claim.autoencoder_steps=600 claim.image_steps=600 \
     trainer.max_steps=600 claim.style_steps=150 claim.decoder_steps=100
 pilot animatediff "${T_ANIMATEDIFF:-110}" animatediff/sprites_claim_gpu claim.stages.image.trainer.max_steps=300 \
