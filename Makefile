@@ -147,8 +147,9 @@ long_video: $(STAMP)  ## Long video: FreeNoise window fusion + noise reschedulin
 	$(TRAIN) experiment=long_video/moving_digits_claim $(PUBLISH)
 	$(PY) -m tools.report --paper long_video
 
-latent_shift: $(STAMP)  ## Latent-Shift: parameter-free temporal shift in the image U-Net, fine-tuned on videos
+latent_shift: $(STAMP)  ## Latent-Shift: parameter-free temporal shift in the image U-Net, fine-tuned on videos (MovingDigits + Sprites)
 	$(TRAIN) experiment=latent_shift/moving_digits_claim $(PUBLISH)
+	$(TRAIN) experiment=latent_shift/sprites_claim $(PUBLISH)
 	$(PY) -m tools.report --paper latent_shift
 
 pyoco: $(STAMP)  ## PYoCo: mixed / progressive correlated noise priors vs i.i.d. noise when fine-tuning image -> video

@@ -1,12 +1,14 @@
 """Latent-Shift (papers/latent_shift): the config-built video net loads the image model's weights strictly and adds no
-parameter, shift 0 is the image model, the cost case of tools/bench runs, and the SD-1.5 paper-scale config loads a
-local SD folder and trains a step."""
+parameter, shift 0 is the image model, the cost case of tools/bench runs, the SD-1.5 paper-scale config loads a
+local SD folder and trains a step; the Sprites claim shares the Sprites image stage, its no-shift control is the image
+model frame by frame, and its quick run gives every per-seed score."""
 from __future__ import annotations
 
 import pytest
 import torch
 from conftest import compose
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from shared.nn.weights import save_weights
 
@@ -75,3 +77,73 @@ def test_paper_scale_config_loads_a_local_sd_folder_and_trains_a_step(tmp_path):
     assert sum(v.numel() for v in unet_file.values()) == sum(p.numel() for p in module.net.parameters()
                                                              if p.requires_grad)
     run(cfg)
+
+
+def _stage_key(experiment: str, seed: int) -> str:
+    from shared.engine.claims import variant_config
+    from shared.engine.teachers import teacher_key
+
+    cfg = compose([f"experiment={experiment}", "run_dir=/tmp/unused"])
+    spec = OmegaConf.to_container(cfg.claim.image, resolve=False)
+    over = {k: spec[k] for k in ("model", "module", "data")}
+    over["trainer.max_steps"] = int(spec["max_steps"])
+    return teacher_key(variant_config(cfg, over, seed), seed)
+
+
+def test_sprites_claim_shares_the_sprites_image_stage_and_its_control_is_the_image_model(tmp_path):
+    """The Sprites claim fine-tunes the shared Sprites image stage (one teacher-cache key with Text2Video-Zero's
+    Sprites claim), with the image stage's objective; its ``no_shift`` control (shift fraction 0) is exactly the
+    image model frame by frame, Latent-Shift is not, and neither adds a parameter."""
+    from shared.engine.claims import variant_config
+
+    cfg = compose(["experiment=latent_shift/sprites_claim", "run_dir=/tmp/unused"])
+    assert _stage_key("latent_shift/sprites_claim", 0) == _stage_key("text2video_zero/sprites_claim", 0)
+    assert _stage_key("latent_shift/sprites_claim", 0) != _stage_key("latent_shift/sprites_claim", 1)
+    assert cfg.module.prediction == cfg.claim.image.module.prediction == "v"
+    assert cfg.module.schedule == cfg.claim.image.module.schedule
+    assert list(cfg.module.sample_shape) == [3, int(cfg.data.frames), 16, 16] and not cfg.data.train.frames_only
+    assert len(cfg.claim.seeds) >= 2 and cfg.expected and 99 not in cfg.claim.seeds   # 99: the development seed
+    torch.manual_seed(0)
+    image = instantiate(cfg.claim.image.model)
+    for p in image.parameters():
+        p.data.add_(0.05 * torch.randn_like(p))
+    path = save_weights(image, tmp_path / "image.safetensors")
+    image.eval()
+    nets = {}
+    for variant in cfg.claim.variants:
+        over = dict(cfg.claim.variant_overrides.get(variant) or {})
+        sub = variant_config(cfg, {**over, "model.weights": str(path)})
+        nets[variant] = instantiate(sub.model).eval()
+        assert sum(p.numel() for p in nets[variant].parameters()) == sum(p.numel() for p in image.parameters())
+    x, t, y = torch.randn(2, 3, 8, 16, 16), torch.tensor([0.1, 0.8]), torch.tensor([1, 3])
+    with torch.no_grad():
+        per_frame = torch.stack([image(x[:, :, f], t, y=y) for f in range(8)], 2)
+        torch.testing.assert_close(nets["no_shift"](x, t, y=y), per_frame, rtol=0, atol=1e-5)
+        assert (nets["latent_shift"](x, t, y=y) - per_frame).abs().max() > 1e-3
+
+
+def test_sprites_claim_quick_run_gives_per_seed_metrics(tmp_path):
+    import json
+
+    from shared.engine.train import run
+
+    run(compose(["experiment=latent_shift/sprites_claim", "quick=true", "logger=none", f"run_dir={tmp_path}"]))
+    m = json.loads((tmp_path / "results.json").read_text())["metrics"]
+    assert m["judge_checks"]["real"]["coherent"] == 1.0 and m["judge_checks"]["swapped"]["identity_consistent"] == 0
+    assert m["judge_checks"]["shuffled"]["motion_coherent"] == 0
+    for method in ("per_frame", "no_shift", "latent_shift"):
+        for score in ("frame_validity", "coherent", "identity_consistent", "motion_coherent", "identity_accuracy",
+                      "frame_identity_accuracy", "appearance"):
+            assert len(m[f"{score}_{method}"]["per_seed"]) == 1, (score, method)
+    assert m["extra_params_latent_shift"]["per_seed"] == [0.0] and m["forward_ratio_latent_shift"]["mean"] > 0
+    assert "coherent_gain_latent_shift_over_no_shift" in m and "coherent_gain_latent_shift_over_per_frame" in m
+    assert (tmp_path / "per_frame_vs_latent_shift.gif").exists()
+
+
+def test_sprites_claim_unknown_variant_is_one_line_error(tmp_path):
+    from shared.engine.train import run
+
+    cfg = compose(["experiment=latent_shift/sprites_claim", "quick=true", "logger=none", f"run_dir={tmp_path}",
+                   "claim.variants=[latent_shift,temporal_attention]"])
+    with pytest.raises(ValueError, match=r"claim.variants: unknown variant\(s\) \['temporal_attention'\]"):
+        run(cfg)
