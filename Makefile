@@ -129,9 +129,10 @@ animatediff: $(STAMP)  ## AnimateDiff: a motion module plugged into personalised
 	$(TRAIN) experiment=animatediff/sprites_claim $(PUBLISH)
 	$(PY) -m tools.report --paper animatediff
 
-animate_anyone: $(STAMP)  ## Animate Anyone: ReferenceNet vs image embedding, pose following, temporal stage (Puppets; + a 30-min tier)
+animate_anyone: $(STAMP)  ## Animate Anyone: ReferenceNet vs image embedding, pose following, temporal stage (Puppets; + 30-min tiers, v2 = redesign)
 	$(TRAIN) experiment=animate_anyone/puppets_claim $(PUBLISH)
 	$(TRAIN) experiment=animate_anyone/puppets_claim_long $(PUBLISH)
+	$(TRAIN) experiment=animate_anyone/puppets_claim_v2 $(PUBLISH)
 	$(PY) -m tools.report --paper animate_anyone
 
 emo: $(STAMP)  ## EMO: audio layers (lip sync vs no audio), identity, speed layers, motion frames (TalkingFaces)

@@ -153,3 +153,25 @@ def test_labelled_columns_gif(tmp_path):
     assert im.n_frames == 4 and im.size == (3 * (16 + 2), 12 + 2 * (16 + 2))
     with pytest.raises(ValueError, match="differ"):
         save_labelled_columns({"a": torch.zeros(2, 3, 8, 8), "b": torch.zeros(3, 3, 8, 8)}, tmp_path / "x.gif")
+
+
+def test_claim_v2_quick_run_scores_identity_among_held_out(tmp_path):
+    """puppets_claim_v2 (the redesign): training items in random appearances, the held-out evaluation unchanged;
+    a quick run writes every variant's 12-way and held-out-only identity accuracy and the judge's checks."""
+    import json
+
+    from conftest import compose
+
+    from shared.engine.train import run
+
+    cfg = compose(["experiment=animate_anyone/puppets_claim_v2", "run_dir=/tmp/unused"])
+    assert cfg.data.train.random_appearance is True and cfg.claim.seeds == [0, 1] and cfg.expected
+    assert cfg.module.schedule._target_.endswith("CosineVP") and cfg.module.prediction == "v"
+    assert cfg.claim.stages.image.trainer.max_steps == cfg.claim.stages.image_embed.trainer.max_steps
+    run(compose(["experiment=animate_anyone/puppets_claim_v2", "quick=true", "logger=none", f"run_dir={tmp_path}"]))
+    m = json.loads((tmp_path / "results.json").read_text())["metrics"]
+    assert m["identity_acc_real"] == 1.0 and m["identity_acc_heldout_real"] == 1.0
+    assert m["identity_acc_heldout_real_swapped"] == 0.0
+    for variant in ("refnet_frames", "embed_frames", "refnet_video"):
+        for score in ("identity_acc", "identity_acc_heldout", "psnr", "keypoint_err", "temporal_err"):
+            assert len(m[f"{score}_{variant}"]["per_seed"]) == 1, (score, variant)

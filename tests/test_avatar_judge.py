@@ -120,3 +120,28 @@ def test_memo_renders_each_item_once_per_process():
     with pytest.raises(ValueError, match="shared.data"):
         Memo("os.system")
     clear_memo()
+
+
+class Ranked(AvatarJudge):
+    """A judge that always ranks identity 5 first, then 3, then 7 (every other identity last)."""
+
+    def forward(self, frames):
+        logits = torch.zeros(frames.shape[0], 12)
+        logits[:, 5], logits[:, 3], logits[:, 7] = 3.0, 2.0, 1.0
+        return {"identity": logits, "keypoints": torch.zeros(frames.shape[0], 28),
+                "features": frames.mean(dim=(2, 3))}
+
+
+def test_identity_accuracy_among_candidates():
+    judge = Ranked({"identity": 12}, resolution=8)
+    v = torch.zeros(2, 3, 4, 8, 8)
+    assert identity_accuracy(v, torch.tensor([3, 3]), judge) == 0.0          # 12-way: the judge says 5
+    assert identity_accuracy(v, torch.tensor([3, 3]), judge, candidates=[3, 7, 11]) == 1.0
+    assert identity_accuracy(v, torch.tensor([3, 7]), judge, candidates=[3, 7, 11]) == 0.5
+    assert identity_accuracy(v, torch.tensor([7, 7]), judge, candidates=[7, 11]) == 1.0
+    per_video = identity_accuracy(v, torch.tensor([3, 7]), judge, candidates=(7, 3), reduction="none")
+    assert per_video.tolist() == [1.0, 0.0]
+    with pytest.raises(ValueError, match="miss identities \\[5\\]"):
+        identity_accuracy(v, torch.tensor([3, 5]), judge, candidates=[3, 7])
+    with pytest.raises(ValueError, match="candidates must be identity indices"):
+        identity_accuracy(v, torch.tensor([3, 3]), judge, candidates=[3, 12])

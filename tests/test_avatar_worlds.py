@@ -678,3 +678,32 @@ def test_reader_configs_compose(compose_cfg, ubc_root, hdtf_root):
         compose_cfg(["data=hdtf", f"data.root={hdtf_root}", "data.batch_size=1", "data.num_workers=0"]).data
     )
     assert isinstance(dm.train_set, TalkingHeadDataset) and dm.train_set.samples_per_frame == 640
+
+
+
+def test_puppets_random_appearance_is_shared_by_clip_and_reference_and_new_per_item():
+    """``random_appearance``: one fresh appearance per item (clip and reference alike, none of the fixed
+    identities'), the same bodies, motions and poses as the fixed-appearance world."""
+    kw = dict(n=12, frames=4, size=32, identity_split="all", motion_split="all")
+    fixed, rand = Puppets(**kw), Puppets(**kw, random_appearance=True)
+    fixed_shirts = [torch.from_numpy(b.shirt) * 2 - 1 for b in fixed.identities]
+    shirts = []
+    for i in range(len(rand)):
+        a, b = fixed[i], rand[i]
+        assert torch.equal(a["keypoints"], b["keypoints"]), f"item {i}: the pose changed"
+        assert int(a["identity"]) == int(b["identity"]) and int(a["motion"]) == int(b["motion"])
+        assert not torch.equal(a["x"], b["x"]) and not torch.equal(a["reference"], b["reference"])
+        # a torso colour of the clip (an exact one: a fully covered pixel; blends do not repeat) is in the reference
+        torso = b["x"][:, 0].permute(1, 2, 0)[b["part_mask"][0] == 2].unique(dim=0)
+        ref = b["reference"].permute(1, 2, 0).reshape(-1, 3)
+        shared = [c for c in torso if bool(((ref - c).abs().max(-1).values < 1e-5).any())]
+        assert shared, f"item {i}: the reference wears other clothes"
+        shirt = shared[0]
+        assert all((shirt - f).abs().max() > 1e-3 for f in fixed_shirts), f"item {i}: a fixed identity's shirt"
+        shirts.append(shirt)
+    d = torch.cdist(torch.stack(shirts), torch.stack(shirts)) + 9 * torch.eye(len(shirts))
+    assert d.min() > 1e-3                                       # no two items share a shirt colour
+    again = Puppets(**kw, random_appearance=True)
+    assert torch.equal(again[3]["x"], rand[3]["x"])            # a pure function of (seed, split, index)
+    with pytest.raises(ValueError, match="random_appearance"):
+        Puppets(n=2, random_appearance="yes")

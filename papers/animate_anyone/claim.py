@@ -16,13 +16,19 @@ Per seed:
    same budget.
 3. ``motion`` (stage 2): motion modules on the frozen stage-1 network, trained on clips.
 
+The training data are ``cfg.data.train`` (seen identities doing seen motions); with ``random_appearance`` every
+training item wears a fresh appearance (``shared.data.puppets``), so the held-out identities test appearance
+*transfer* from the reference rather than recall of the nine seen people (``puppets_claim_v2``).
+
 Evaluation (no further training) on ``num_samples`` clips of the held-out identities doing held-out motions (the
 ``test`` split, ``real_seed``): each model is given the clip's reference image and its pose maps and generates the
 clip — the stage-1 models frame by frame (independent noise per frame), stage 2 as a video. Scores against the
 ground-truth rendering of the same identity in the same poses: the appearance judge's identity accuracy (the
-judged identity is the reference's), PSNR and SSIM, a judge-feature distance per frame (LPIPS-style: mean L2
-between the judge's normalised features of generated and true frames), ``FVD_judge`` against the real clips; the
-pose judge's keypoint error against the driving keypoints; and the temporal-difference error
+judged identity is the reference's; ``identity_acc`` over all the judge's identities, ``identity_acc_heldout``
+among the held-out identities alone: "which of the unseen people is it"), PSNR and SSIM, a judge-feature
+distance per frame (LPIPS-style: mean L2 between the judge's normalised features of generated and true frames),
+``FVD_judge`` against the real clips; the pose judge's keypoint error against the driving keypoints; and the
+temporal-difference error
 ``mean |(g_{t+1} - g_t) - (x_{t+1} - x_t)|`` (flicker beyond the true motion). Real-data yardsticks: the judges on
 the real clips themselves and against another clip's identity / keypoints, and the real-vs-real ``FVD_judge``.
 """
@@ -34,7 +40,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from shared.data.puppets import Puppets
+from shared.data.puppets import Puppets, heldout_identity_set
 from shared.engine.claims import finish, summarise, train_stage
 from shared.engine.video_io import save_labelled_columns
 from shared.metrics.avatar_judge import (
@@ -91,19 +97,27 @@ def feature_distance(gen: torch.Tensor, real: torch.Tensor, judge) -> float:
     return float((fg - fr).norm(dim=-1).mean())
 
 
-def scores(gen: torch.Tensor, clips: dict, judge, real_stats) -> dict:
+def heldout_identities(cfg: DictConfig) -> list[int]:
+    """The world's held-out identities (the evaluation clips'): the candidates of ``identity_acc_heldout``."""
+    d = cfg.data.train
+    return sorted(heldout_identity_set(int(d.num_identities), d.get("heldout_identities")))
+
+
+def scores(gen: torch.Tensor, clips: dict, judge, real_stats, candidates=None) -> dict:
     from shared.metrics.frechet import frechet_distance
 
     x = clips["x"]
     mu, sigma = gaussian_stats(video_features(gen, judge))
     return {"identity_acc": identity_accuracy(gen, clips["identity"], judge),
+            "identity_acc_heldout": identity_accuracy(gen, clips["identity"], judge, candidates=candidates),
             "psnr": psnr(gen, x), "ssim": ssim(gen, x), "feature_dist": feature_distance(gen, x, judge),
             "fvd_judge": frechet_distance(mu, sigma, *real_stats),
             "keypoint_err": keypoint_error(gen, clips["keypoints"], judge),
             "temporal_err": temporal_error(gen, x), "consistency": frame_consistency(gen)}
 
 
-def seed_job(cfg: DictConfig, seed: int, base_w: Path | None, clips: dict, judge, real_stats) -> tuple[dict, dict]:
+def seed_job(cfg: DictConfig, seed: int, base_w: Path | None, clips: dict, judge, real_stats,
+             candidates=None) -> tuple[dict, dict]:
     c = cfg.claim
     sampler = OmegaConf.to_container(c.sampler, resolve=True)
     base = {"model.base_weights": str(base_w)} if base_w is not None else {}
@@ -116,7 +130,7 @@ def seed_job(cfg: DictConfig, seed: int, base_w: Path | None, clips: dict, judge
             "refnet_video": generate(mot_mod, clips, sampler, sseed, per_frame=False)}
     out = {}
     for name, gen in gens.items():
-        for k, v in scores(gen, clips, judge, real_stats).items():
+        for k, v in scores(gen, clips, judge, real_stats, candidates).items():
             out[f"{k}_{name}"] = v
     return out, gens
 
@@ -134,10 +148,14 @@ def run(cfg: DictConfig) -> dict:
     keep = clips["identity"][other] != clips["identity"]
     from shared.metrics.frechet import frechet_distance
 
+    held = heldout_identities(cfg)
     mu, sigma = gaussian_stats(video_features(floor["x"], judge))
     metrics: dict = {
         "identity_acc_real": identity_accuracy(clips["x"], clips["identity"], judge),
         "identity_acc_real_swapped": identity_accuracy(clips["x"][keep], clips["identity"][other][keep], judge),
+        "identity_acc_heldout_real": identity_accuracy(clips["x"], clips["identity"], judge, candidates=held),
+        "identity_acc_heldout_real_swapped": identity_accuracy(clips["x"][keep], clips["identity"][other][keep],
+                                                               judge, candidates=held),
         "keypoint_err_real": keypoint_error(clips["x"], clips["keypoints"], judge),
         "keypoint_err_real_other_clip": keypoint_error(clips["x"], clips["keypoints"][other], judge),
         "fvd_judge_real_floor": frechet_distance(mu, sigma, *real_stats),
@@ -150,7 +168,7 @@ def run(cfg: DictConfig) -> dict:
     per_seed, gifs = [], None
     for seed in c.seeds:
         ts = time.time()
-        res, gens = seed_job(cfg, int(seed), base_w, clips, judge, real_stats)
+        res, gens = seed_job(cfg, int(seed), base_w, clips, judge, real_stats, held)
         res["seed_wall_time_s"] = time.time() - ts
         per_seed.append(res)
         if gifs is None:

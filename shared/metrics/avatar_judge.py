@@ -176,10 +176,24 @@ def video_features(videos: torch.Tensor, judge: AvatarJudge) -> torch.Tensor:
 
 
 def identity_accuracy(videos: torch.Tensor, identity: torch.Tensor, judge: AvatarJudge,
-                      reduction: str = "mean") -> float | torch.Tensor:
-    """Share of frames the judge assigns to ``identity`` (one label per video)."""
+                      reduction: str = "mean", candidates=None) -> float | torch.Tensor:
+    """Share of frames the judge assigns to ``identity`` (one label per video). ``candidates`` (identity indices):
+    the judge chooses among these alone (its argmax over their logits; chance ``1 / len(candidates)``), e.g. "which
+    of the held-out identities is it" — every ``identity`` must be one of them."""
     logits = judge_outputs(videos, judge)["identity"]
-    hit = (logits.argmax(-1) == identity.long().reshape(-1, 1)).float()  # (B, T)
+    identity = identity.long().reshape(-1, 1)
+    if candidates is None:
+        pred = logits.argmax(-1)
+    else:
+        cand = torch.as_tensor(list(candidates), dtype=torch.long).reshape(-1)
+        n = logits.shape[-1]
+        if cand.numel() == 0 or bool(((cand < 0) | (cand >= n)).any()):
+            raise ValueError(f"candidates must be identity indices in [0, {n}), got {cand.tolist()}")
+        missing = sorted(set(identity.flatten().tolist()) - set(cand.tolist()))
+        if missing:
+            raise ValueError(f"candidates {cand.tolist()} miss identities {missing}")
+        pred = cand[logits[..., cand].argmax(-1)]
+    hit = (pred == identity).float()  # (B, T)
     return hit.mean(1) if reduction == "none" else float(hit.mean())
 
 
