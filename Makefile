@@ -157,8 +157,9 @@ pyoco: $(STAMP)  ## PYoCo: mixed / progressive correlated noise priors vs i.i.d.
 	$(TRAIN) experiment=pyoco/moving_digits_claim $(PUBLISH)
 	$(PY) -m tools.report --paper pyoco
 
-videofusion: $(STAMP)  ## VideoFusion: base + residual noise with a base (image) and a residual (video) generator vs i.i.d. noise
+videofusion: $(STAMP)  ## VideoFusion: base + residual noise with a base (image) and a residual (video) generator vs i.i.d. noise (MovingDigits + Sprites)
 	$(TRAIN) experiment=videofusion/moving_digits_claim $(PUBLISH)
+	$(TRAIN) experiment=videofusion/sprites_claim $(PUBLISH)
 	$(PY) -m tools.report --paper videofusion
 
 tune_a_video: $(STAMP)  ## Tune-A-Video: one-shot tuning (sparse-causal attention, tuned queries) + DDIM-inversion edits

@@ -16,6 +16,15 @@ frame ``ceil(N/2)`` has ``lambda = 1``, its noise *is* the base). Two generators
 parameterised :class:`shared.methods.diffusion_module.DiffusionModule` on a :class:`DiscreteVP` schedule (whose
 network time is the step index, so ``sqrt(1 - ᾱ_t)`` is known from ``t_net``). Conditions (labels, text) reach both
 generators.
+
+**v-prediction (our adaptation, not in the paper).** An image stage trained with v-prediction on a continuous schedule
+whose network time is ``1000 t`` (the Sprites stage, ``conf/image_stage/sprites16.yaml``) gives ``prediction="v"``:
+the base generator's output ``v_b`` is the key frame's ``v``; the base noise it implies, ``b̂ = sigma x_t^key +
+alpha v_b`` (exact, no division), is removed from the residual generator's input as in Eq. 9, and frame ``i``'s
+prediction is combined in the same parameterisation, ``v̂^i = sqrt(lambda^i) v_b + sqrt(1 - lambda^i) v_r^i``. The key
+frame is still the image model's prediction alone and the residual generator still sees base-removed frames; the
+combination is linear in the network outputs (the residual generator absorbs the difference to the eps-space
+combination, which would need a division by ``alpha``, unbounded at the noisy end of the schedule).
 """
 from __future__ import annotations
 
@@ -25,22 +34,39 @@ import torch
 from torch import nn
 
 from shared.diffusion.noise_priors import BaseResidualNoise
-from shared.diffusion.schedules import DiscreteVP
+from shared.diffusion.schedules import DiscreteVP, Schedule
 from shared.nn.build import buildable
 from shared.nn.video import inflated_image_unet
 
 __all__ = ["VideoFusionNet", "videofusion_net"]
 
 
+PREDICTIONS = ("eps", "v")
+
+
+def _time_from_net_time(schedule: Schedule):
+    """``t_net -> t`` of ``schedule`` (the network only receives ``net_time(t)``), or None when not invertible here."""
+    if isinstance(schedule, DiscreteVP):
+        return lambda t_net: t_net
+    if type(schedule).net_time is Schedule.net_time:   # the default network time 1000 t (e.g. CosineVP)
+        return lambda t_net: t_net / 1000.0
+    return None
+
+
 class VideoFusionNet(nn.Module):
-    def __init__(self, base: nn.Module, residual: nn.Module, prior: BaseResidualNoise, schedule: DiscreteVP):
+    def __init__(self, base: nn.Module, residual: nn.Module, prior: BaseResidualNoise, schedule: Schedule,
+                 prediction: str = "eps"):
         super().__init__()
-        if not isinstance(schedule, DiscreteVP):
-            raise ValueError(f"VideoFusionNet needs a DiscreteVP schedule (network time = step), got "
-                             f"{type(schedule).__name__}")
+        self._time = _time_from_net_time(schedule)
+        if self._time is None:
+            raise ValueError(f"VideoFusionNet needs a DiscreteVP schedule (network time = step) or one whose network "
+                             f"time is 1000 t, got {type(schedule).__name__}")
         if not isinstance(prior, BaseResidualNoise):
             raise ValueError(f"VideoFusionNet needs a BaseResidualNoise prior, got {type(prior).__name__}")
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"VideoFusionNet prediction must be one of {list(PREDICTIONS)}, got {prediction!r}")
         self.base, self.residual, self.prior, self.schedule = base, residual, prior, schedule
+        self.prediction = prediction
         self.in_channels = getattr(base, "in_channels", None)
         self.num_classes = getattr(base, "num_classes", None)
         self.context_dim = getattr(base, "context_dim", None)
@@ -57,24 +83,28 @@ class VideoFusionNet(nn.Module):
         if key is None:
             raise ValueError("VideoFusion needs a key frame (prior.key_frame) for its base generator")
         t = torch.as_tensor(t, device=x.device).float().expand(x.shape[0])
-        b_hat = self.base(x[:, :, key], t, **cond)[:, :, None]                 # (B, C, 1, H, W)
+        b_out = self.base(x[:, :, key], t, **cond)[:, :, None]                 # (B, C, 1, H, W)
         lam = self.prior.lambdas(frames).to(x.device, x.dtype).view(1, 1, -1, 1, 1)
-        _, sigma = self.schedule.alpha_sigma(t)
-        sigma = sigma.to(x.dtype).view(-1, 1, 1, 1, 1)
-        r_hat = self.residual(x - sigma * lam.sqrt() * b_hat, t, **cond)
-        return lam.sqrt() * b_hat + (1 - lam).sqrt() * r_hat
+        alpha, sigma = self.schedule.alpha_sigma(self._time(t))
+        alpha, sigma = (a.to(x.device, x.dtype).view(-1, 1, 1, 1, 1) for a in (alpha, sigma))
+        # the base noise b_hat (Eq. 8): the output itself (eps), or the eps its v implies (eps = sigma x + alpha v)
+        b_hat = b_out if self.prediction == "eps" else sigma * x[:, :, key:key + 1] + alpha * b_out
+        r_out = self.residual(x - sigma * lam.sqrt() * b_hat, t, **cond)       # Eq. 9: base removed
+        return lam.sqrt() * b_out + (1 - lam).sqrt() * r_out
 
 
 @buildable
-def videofusion_net(image: nn.Module, prior: BaseResidualNoise, schedule: DiscreteVP, weights: str | None = None,
-                    temporal=None, insert: str = "resblock", train_base: bool = True) -> VideoFusionNet:
+def videofusion_net(image: nn.Module, prior: BaseResidualNoise, schedule: Schedule, weights: str | None = None,
+                    temporal=None, insert: str = "resblock", train_base: bool = True,
+                    prediction: str = "eps") -> VideoFusionNet:
     """Both generators from one image U-Net config ``image`` (its trained weights from ``weights``): the base is the
     image model itself, the residual generator a copy inflated with zero-initialised temporal attention
-    (:func:`shared.nn.video.inflated_image_unet`). ``train_base=False`` freezes the base generator."""
+    (:func:`shared.nn.video.inflated_image_unet`). ``train_base=False`` freezes the base generator; ``prediction`` is
+the module's (``"eps"`` or ``"v"``, see the module docstring)."""
     if weights:
         from shared.nn.weights import load_state_dict_strict, read_state_dict
 
         load_state_dict_strict(image, read_state_dict(weights), what=f"image U-Net weights {weights}")
     residual = inflated_image_unet(copy.deepcopy(image), temporal, insert=insert, freeze=False)
     image.requires_grad_(bool(train_base))
-    return VideoFusionNet(image, residual, prior, schedule)
+    return VideoFusionNet(image, residual, prior, schedule, prediction)
