@@ -119,9 +119,9 @@ def test_prompts_cover_every_combination_and_keep_the_digit_order():
 
 
 def test_sprite_scores_read_real_clips_and_wrong_prompts():
-    from papers.text2video_zero.claim_sprites import sprite_scores
     from shared.data.sprite_worlds import Sprites
     from shared.metrics.sprite_judge import SpriteJudge
+    from shared.metrics.sprite_judge import claim_scores as sprite_scores
 
     ds = Sprites(n=16, frames=8, size=16, split="test", seed=3)
     items = [ds[i] for i in range(16)]

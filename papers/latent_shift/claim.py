@@ -20,14 +20,21 @@ Protocol (``cfg.claim``, fixed in the experiment config before the comparison ru
 """
 from __future__ import annotations
 
-import statistics
 import time
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from shared.engine.claims import fit_variant, run_seeded_claim, seed_job_config, summarise, world_items
+from shared.engine.claims import (
+    fit_variant,
+    forward_seconds,
+    per_frame_samples,
+    run_seeded_claim,
+    seed_job_config,
+    summarise,
+    world_items,
+)
 from shared.engine.teachers import image_stage_weights
 from shared.engine.video_io import save_labelled_rows
 from shared.metrics.video_identity import real_vs_swapped, video_scores
@@ -38,31 +45,6 @@ SCORES = ("fvd_judge", "appearance", "digit_agreement", "digit_accuracy", "ink_c
 
 def n_params(net: torch.nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
-
-
-@torch.no_grad()
-def per_frame_videos(module, labels: torch.Tensor, frames: int, sampler: dict, generator) -> torch.Tensor:
-    """Each frame an independent sample of the image model for its video's label: (B, C, T, H, W)."""
-    x = module.sample(len(labels) * frames, cond={"y": labels.repeat_interleave(frames)}, sampler=sampler,
-                      generator=generator)
-    return x.view(len(labels), frames, *x.shape[1:]).transpose(1, 2)
-
-
-@torch.no_grad()
-def forward_time(nets: dict, shape, repeats: int) -> dict[str, float]:
-    """Median seconds of one forward pass of each net on the same (B, C, T, H, W) batch, interleaved."""
-    g = torch.Generator().manual_seed(0)
-    x, t = torch.randn(shape, generator=g), torch.full((shape[0],), 500.0)
-    y = torch.zeros(shape[0], dtype=torch.long)
-    times = {k: [] for k in nets}
-    for r in range(repeats + 1):
-        order = list(nets) if r % 2 == 0 else list(reversed(nets))
-        for k in order:
-            ts = time.perf_counter()
-            nets[k](x, t, y=y)
-            if r:   # the first round warms up
-                times[k].append(time.perf_counter() - ts)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def judge_checks(cfg: DictConfig) -> dict:
@@ -94,7 +76,7 @@ def seed_job(cfg_dict: dict, seed: int) -> dict:
     def g():
         return torch.Generator().manual_seed(int(c.sample_seed) + 1000 * int(seed))
 
-    videos = {"per_frame": per_frame_videos(image, labels, T, sampler, g())}
+    videos = {"per_frame": per_frame_samples(image, labels, T, sampler, g())}
     for variant, module in models.items():
         x_T = torch.randn((n, *module.sample_shape), generator=g())
         videos[variant] = module.sample(x_T=x_T, cond={"y": labels}, sampler=sampler, generator=g())
@@ -104,7 +86,7 @@ def seed_job(cfg_dict: dict, seed: int) -> dict:
     for k, net in nets.items():
         out[f"params_{k}"] = float(n_params(net))
         out[f"extra_params_{k}"] = float(n_params(net) - n_params(nets["image"]))
-    times = forward_time(nets, (int(c.bench_batch), 1, T, *image.sample_shape[1:]), int(c.bench_repeats))
+    times = forward_seconds(nets, (int(c.bench_batch), 1, T, *image.sample_shape[1:]), int(c.bench_repeats))
     for k, v in times.items():
         out[f"forward_s_{k}"] = v
         out[f"forward_ratio_{k}"] = v / times["image"]

@@ -27,43 +27,24 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from papers.latent_shift.claim import forward_time, n_params, per_frame_videos
+from papers.latent_shift.claim import n_params
 from shared.data.sprite_worlds import Sprites
-from shared.engine.claims import fit_variant, run_seeded_claim, seed_job_config, summarise, world_items
+from shared.engine.claims import (
+    fit_variant,
+    forward_seconds,
+    per_frame_samples,
+    run_seeded_claim,
+    seed_job_config,
+    summarise,
+    world_items,
+)
 from shared.engine.teachers import image_stage_weights
 from shared.engine.video_io import save_labelled_rows
-from shared.metrics.sprite_judge import SpriteJudge, claim_judge, separation
-from shared.metrics.video_identity import appearance_consistency
+from shared.metrics.sprite_judge import claim_judge, claim_judge_checks, claim_scores
 
 SCORES = ("coherent", "identity_consistent", "motion_coherent", "appearance", "frame_validity",
           "identity_accuracy", "frame_identity_accuracy")
 NAMES = {"per_frame": "image model\nper frame", "no_shift": "fine-tuned,\nno shift", "latent_shift": "Latent-Shift"}
-
-
-def sprite_scores(judge: SpriteJudge, videos: torch.Tensor, labels: torch.Tensor,
-                  key: str = "{metric}") -> dict[str, float]:
-    """The judge's scores of ``videos`` against the prompted identities ``labels`` (``SpriteJudge.scores``),
-    ``frame_identity_accuracy`` (share of frames valid and of the prompted identity) and ``appearance`` (cosine of
-    consecutive frames' aligned crops), keyed by ``key.format(metric=name)``."""
-    s = judge.scores(videos, identity=labels)
-    f = judge.frames(videos)
-    s["frame_identity_accuracy"] = float((f["valid"] & (f["identity"] == labels.long().view(-1, 1))).float().mean())
-    s["appearance"] = appearance_consistency(videos)
-    return {key.format(metric=k): float(v) for k, v in sorted(s.items())}
-
-
-def judge_checks(cfg: DictConfig) -> dict:
-    """The judge on real test clips and their controls (before any model): ``{variant: scores}`` for real,
-    identity-swapped (from frame T/2 on), shuffled and independent-frame clips, with the appearance consistency."""
-    c = cfg.claim
-    judge = claim_judge(cfg)
-    n, T = int(c.num_videos), int(cfg.data.frames)
-    real = world_items(cfg, n, int(c.real_seed), world=Sprites, frames_only=False)
-    swapped = world_items(cfg, n, int(c.real_seed), world=Sprites, frames_only=False, identity_swap_at=T // 2)
-    out = separation(judge, real, swapped, seed=int(c.real_seed))
-    for variant, x in (("real", real), ("swapped", swapped)):
-        out[variant]["appearance"] = appearance_consistency(x)
-    return out
 
 
 def seed_job(cfg_dict: dict, seed: int) -> dict:
@@ -90,18 +71,18 @@ def seed_job(cfg_dict: dict, seed: int) -> dict:
         return torch.Generator().manual_seed(int(c.sample_seed) + 1000 * int(seed))
 
     ts = time.time()
-    videos = {"per_frame": per_frame_videos(image, labels, T, sampler, g())}
+    videos = {"per_frame": per_frame_samples(image, labels, T, sampler, g())}
     for variant, module in models.items():
         x_T = torch.randn((n, *module.sample_shape), generator=g())
         videos[variant] = module.sample(x_T=x_T, cond={"y": labels}, sampler=sampler, generator=g())
     out["sample_time_s"] = time.time() - ts
     for name, v in videos.items():
-        out.update(sprite_scores(judge, v.clamp(-1, 1), labels, f"{{metric}}_{name}"))
+        out.update(claim_scores(judge, v.clamp(-1, 1), labels, key=f"{{metric}}_{name}"))
     nets = {"image": image.sampling_net(True), **{k: m.sampling_net(True) for k, m in models.items()}}
     for k, net in nets.items():
         out[f"params_{k}"] = float(n_params(net))
         out[f"extra_params_{k}"] = float(n_params(net) - n_params(nets["image"]))
-    times = forward_time(nets, (int(c.bench_batch), 3, T, *image.sample_shape[1:]), int(c.bench_repeats))
+    times = forward_seconds(nets, (int(c.bench_batch), 3, T, *image.sample_shape[1:]), int(c.bench_repeats))
     for k, v in times.items():
         out[f"forward_s_{k}"] = v
         out[f"forward_ratio_{k}"] = v / times["image"]
@@ -126,5 +107,5 @@ def run(cfg: DictConfig) -> dict:
                         [r[f"{score}_latent_shift"] - r[f"{score}_{base}"] for r in per_seed])
         return out
 
-    return run_seeded_claim(cfg, seed_job, paper="latent_shift", checks=judge_checks, derived=gains,
+    return run_seeded_claim(cfg, seed_job, paper="latent_shift", checks=claim_judge_checks, derived=gains,
                             extra={"num_videos": int(c.num_videos), "judge": "shared.metrics.sprite_judge"})

@@ -21,9 +21,9 @@ Protocol (``cfg.claim``, fixed in ``experiments/text2video_zero/sprites_claim.ya
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig
 
 from papers.text2video_zero.claim import METHODS, generate, prompts
@@ -31,8 +31,7 @@ from shared.data.sprite_worlds import Sprites
 from shared.engine.claims import run_seeded_claim, seed_job_config, summarise, world_items
 from shared.engine.teachers import image_stage_weights
 from shared.engine.video_io import save_labelled_rows
-from shared.metrics.sprite_judge import SpriteJudge, claim_judge, separation
-from shared.metrics.video_identity import appearance_consistency
+from shared.metrics.sprite_judge import SpriteJudge, claim_judge, claim_judge_checks, claim_scores
 
 LABELS = {"per_frame": "per-frame\n(baseline)", "t2v_zero": "Text2Video-Zero", "motion_only": "motion only",
           "cross_frame_only": "cross-frame only\n(still start)"}
@@ -41,34 +40,6 @@ LABELS = {"per_frame": "per-frame\n(baseline)", "t2v_zero": "Text2Video-Zero", "
 def judge_of(cfg: DictConfig) -> SpriteJudge:
     """The closed-form judge of the claim's world (its identities and radius range; ``claim.judge`` options)."""
     return claim_judge(cfg)
-
-
-def sprite_scores(judge: SpriteJudge, videos: torch.Tensor, labels: torch.Tensor, directions: torch.Tensor,
-                  key: str = "{metric}") -> dict[str, float]:
-    """The judge's scores of ``videos`` against the prompted identities ``labels`` and commanded ``directions``
-    (``SpriteJudge.scores``), ``frame_identity_accuracy`` (share of frames valid and of the prompted identity) and
-    ``appearance`` (cosine of consecutive frames' aligned crops), keyed by ``key.format(metric=name)``."""
-    s = judge.scores(videos, identity=labels, direction=directions)
-    f = judge.frames(videos)
-    s["frame_identity_accuracy"] = float((f["valid"] & (f["identity"] == labels.long().view(-1, 1))).float().mean())
-    s["appearance"] = appearance_consistency(videos)
-    return {key.format(metric=k): float(v) for k, v in sorted(s.items())}
-
-
-def judge_checks(cfg: DictConfig) -> dict:
-    """The judge on real test clips and their controls (before any model): ``{variant: scores}`` for real,
-    identity-swapped (from frame T/2 on), shuffled and independent-frame clips; real ones with the direction."""
-    c = cfg.claim
-    judge = judge_of(cfg)
-    n, T = int(c.num_videos), int(cfg.data.frames)
-    real, directions = world_items(cfg, n, int(c.real_seed), keys=("x", "direction"), world=Sprites,
-                                   frames_only=False)
-    swapped = world_items(cfg, n, int(c.real_seed), world=Sprites, frames_only=False, identity_swap_at=T // 2)
-    out = separation(judge, real, swapped, seed=int(c.real_seed))
-    out["real"]["direction_accuracy"] = judge.scores(real, direction=directions)["direction_accuracy"]
-    for variant, x in (("real", real), ("swapped", swapped)):
-        out[variant]["appearance"] = appearance_consistency(x)
-    return out
 
 
 def seed_job(cfg_dict: dict, seed: int) -> dict:
@@ -81,7 +52,7 @@ def seed_job(cfg_dict: dict, seed: int) -> dict:
     videos = generate(cfg, module, labels, directions, seed)
     out["sample_time_s"] = time.time() - ts
     for name, v in videos.items():
-        out.update(sprite_scores(judge, v, labels, directions, f"{{metric}}_{name}"))
+        out.update(claim_scores(judge, v, labels, directions, f"{{metric}}_{name}"))
     if int(seed) == int(c.seeds[0]) and int(c.gif_videos) > 0:
         k = int(c.gif_videos)
         real = world_items(cfg, k, int(c.real_seed), world=Sprites, frames_only=False)
@@ -101,5 +72,5 @@ def run(cfg: DictConfig) -> dict:
                                                          for r in per_seed])
         return out
 
-    return run_seeded_claim(cfg, seed_job, paper="text2video_zero", checks=judge_checks, derived=gains,
-                            extra={"num_videos": int(c.num_videos)})
+    return run_seeded_claim(cfg, seed_job, paper="text2video_zero", checks=partial(claim_judge_checks, direction=True),
+                            derived=gains, extra={"num_videos": int(c.num_videos)})

@@ -31,7 +31,6 @@ Protocol (``cfg.claim``, fixed in ``experiments/videofusion/sprites_claim.yaml``
 """
 from __future__ import annotations
 
-import statistics
 import time
 from pathlib import Path
 
@@ -39,65 +38,23 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from shared.data.sprite_worlds import Sprites
-from shared.engine.claims import fit_variant, run_seeded_claim, seed_job_config, summarise, world_items
+from shared.engine.claims import (
+    fit_variant,
+    forward_seconds,
+    per_frame_samples,
+    run_seeded_claim,
+    seed_job_config,
+    summarise,
+    world_items,
+)
 from shared.engine.teachers import image_stage_weights
 from shared.engine.video_io import save_labelled_rows
-from shared.metrics.sprite_judge import SpriteJudge, claim_judge, separation
-from shared.metrics.video_identity import appearance_consistency
+from shared.metrics.sprite_judge import claim_judge, claim_judge_checks, claim_scores
 
 VARIANTS = ("iid", "videofusion")
 NAMES = {"per_frame": "image model\nper frame", "iid": "i.i.d. noise\n(standard)",
          "videofusion": "VideoFusion\n(base+residual)"}
 GAIN_SCORES = ("coherent", "identity_consistent", "motion_coherent", "appearance", "frame_validity")
-
-
-def judged(judge: SpriteJudge, videos: torch.Tensor, labels: torch.Tensor, key: str) -> dict[str, float]:
-    """The judge's scores of ``videos`` for the prompted identities ``labels``, the share of frames that are valid
-    and of the prompted identity (``frame_identity_accuracy``) and the appearance consistency of aligned crops
-    (``appearance``), keyed ``key.format(metric=name)``."""
-    scores = dict(judge.scores(videos, identity=labels))
-    frames = judge.frames(videos)
-    right = frames["valid"] & (frames["identity"] == labels.long().view(-1, 1))
-    scores["frame_identity_accuracy"] = float(right.float().mean())
-    scores["appearance"] = appearance_consistency(videos)
-    return {key.format(metric=k): float(v) for k, v in sorted(scores.items())}
-
-
-@torch.no_grad()
-def image_per_frame(image, labels: torch.Tensor, frames: int, sampler: dict, generator) -> torch.Tensor:
-    """The floor: every frame an independent sample of the image model for its video's label, (B, C, T, H, W)."""
-    x = image.sample(len(labels) * frames, cond={"y": labels.repeat_interleave(frames)}, sampler=sampler,
-                     generator=generator)
-    return x.view(len(labels), frames, *x.shape[1:]).transpose(1, 2)
-
-
-@torch.no_grad()
-def forward_seconds(nets: dict, shape, repeats: int) -> dict[str, float]:
-    """Median seconds of one forward pass of each video net on the same (B, C, T, H, W) batch, interleaved."""
-    g = torch.Generator().manual_seed(0)
-    x, t = torch.randn(shape, generator=g), torch.full((shape[0],), 500.0)
-    y = torch.zeros(shape[0], dtype=torch.long)
-    times = {k: [] for k in nets}
-    for r in range(int(repeats) + 1):
-        for k in (list(nets) if r % 2 == 0 else list(reversed(nets))):
-            ts = time.perf_counter()
-            nets[k](x, t, y=y)
-            if r:     # round 0 warms up
-                times[k].append(time.perf_counter() - ts)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
-def judge_checks(cfg: DictConfig) -> dict:
-    """The judge on real held-out clips and their controls, before any model."""
-    c = cfg.claim
-    judge = claim_judge(cfg)
-    n, T = int(c.num_videos), int(cfg.data.frames)
-    real = world_items(cfg, n, int(c.real_seed), world=Sprites, frames_only=False)
-    swapped = world_items(cfg, n, int(c.real_seed), world=Sprites, frames_only=False, identity_swap_at=T // 2)
-    out = separation(judge, real, swapped, seed=int(c.real_seed))
-    out["real"]["appearance"] = appearance_consistency(real)
-    out["swapped"]["appearance"] = appearance_consistency(swapped)
-    return out
 
 
 def seed_job(cfg_dict: dict, seed: int) -> dict:
@@ -125,12 +82,12 @@ def seed_job(cfg_dict: dict, seed: int) -> dict:
         return torch.Generator().manual_seed(int(c.sample_seed) + 1000 * int(seed))
 
     ts = time.time()
-    videos = {"per_frame": image_per_frame(image, labels, T, sampler, g())}
+    videos = {"per_frame": per_frame_samples(image, labels, T, sampler, g())}
     for variant, module in models.items():   # x_T from the module's own prior (i.i.d. / base + residual)
         videos[variant] = module.sample(n, cond={"y": labels}, sampler=sampler, generator=g())
     out["sample_time_s"] = time.time() - ts
     for name, v in videos.items():
-        out.update(judged(judge, v.clamp(-1, 1), labels, f"{{metric}}_{name}"))
+        out.update(claim_scores(judge, v.clamp(-1, 1), labels, key=f"{{metric}}_{name}"))
     nets = {k: m.sampling_net(True) for k, m in models.items()}
     for k, net in nets.items():
         out[f"params_{k}"] = float(sum(p.numel() for p in net.parameters()))
@@ -161,5 +118,5 @@ def run(cfg: DictConfig) -> dict:
                     [r[f"{score}_videofusion"] - r[f"{score}_{base}"] for r in per_seed])
         return out
 
-    return run_seeded_claim(cfg, seed_job, paper="videofusion", checks=judge_checks, derived=gains,
+    return run_seeded_claim(cfg, seed_job, paper="videofusion", checks=claim_judge_checks, derived=gains,
                             extra={"num_videos": int(c.num_videos), "judge": "shared.metrics.sprite_judge"})

@@ -358,3 +358,35 @@ def train_stage(cfg: DictConfig, stage: str, tag: str, seed: int, extra: dict | 
     if not path.exists():
         module.export_weights(path)
     return path, module
+
+
+def per_frame_samples(module, labels, frames: int, sampler: dict, generator):
+    """The per-frame floor of a video claim: every frame an independent sample of the image ``module`` for its
+    video's class ``labels`` (one sampling call for all frames), as (B, C, T, H, W)."""
+    import torch
+
+    with torch.no_grad():
+        x = module.sample(len(labels) * frames, cond={"y": labels.repeat_interleave(frames)}, sampler=sampler,
+                          generator=generator)
+    return x.view(len(labels), frames, *x.shape[1:]).transpose(1, 2)
+
+
+def forward_seconds(nets: dict, shape, repeats: int) -> dict[str, float]:
+    """Median seconds of one forward pass ``net(x, t, y=y)`` of each of ``nets`` on the same (B, C, T, H, W) batch
+    (class 0, t = 500), the nets interleaved in alternating order; round 0 warms up."""
+    import statistics
+
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(shape, generator=g), torch.full((shape[0],), 500.0)
+    y = torch.zeros(shape[0], dtype=torch.long)
+    times = {k: [] for k in nets}
+    with torch.no_grad():
+        for r in range(int(repeats) + 1):
+            for k in (list(nets) if r % 2 == 0 else list(reversed(nets))):
+                ts = time.perf_counter()
+                nets[k](x, t, y=y)
+                if r:
+                    times[k].append(time.perf_counter() - ts)
+    return {k: statistics.median(v) for k, v in times.items()}
