@@ -35,12 +35,13 @@ from shared.engine.claims import (
     per_frame_samples,
     run_seeded_claim,
     seed_job_config,
+    sprite_judge_checks,
     summarise,
     world_items,
 )
 from shared.engine.teachers import image_stage_weights
 from shared.engine.video_io import save_labelled_rows
-from shared.metrics.sprite_judge import claim_judge, claim_judge_checks, claim_scores
+from shared.metrics.sprite_judge import claim_judge, claim_scores
 
 SCORES = ("coherent", "identity_consistent", "motion_coherent", "appearance", "frame_validity",
           "identity_accuracy", "frame_identity_accuracy")
@@ -107,5 +108,5 @@ def run(cfg: DictConfig) -> dict:
                         [r[f"{score}_latent_shift"] - r[f"{score}_{base}"] for r in per_seed])
         return out
 
-    return run_seeded_claim(cfg, seed_job, paper="latent_shift", checks=claim_judge_checks, derived=gains,
+    return run_seeded_claim(cfg, seed_job, paper="latent_shift", checks=sprite_judge_checks, derived=gains,
                             extra={"num_videos": int(c.num_videos), "judge": "shared.metrics.sprite_judge"})

@@ -28,10 +28,10 @@ from omegaconf import DictConfig
 
 from papers.text2video_zero.claim import METHODS, generate, prompts
 from shared.data.sprite_worlds import Sprites
-from shared.engine.claims import run_seeded_claim, seed_job_config, summarise, world_items
+from shared.engine.claims import run_seeded_claim, seed_job_config, sprite_judge_checks, summarise, world_items
 from shared.engine.teachers import image_stage_weights
 from shared.engine.video_io import save_labelled_rows
-from shared.metrics.sprite_judge import SpriteJudge, claim_judge, claim_judge_checks, claim_scores
+from shared.metrics.sprite_judge import SpriteJudge, claim_judge, claim_scores
 
 LABELS = {"per_frame": "per-frame\n(baseline)", "t2v_zero": "Text2Video-Zero", "motion_only": "motion only",
           "cross_frame_only": "cross-frame only\n(still start)"}
@@ -72,5 +72,5 @@ def run(cfg: DictConfig) -> dict:
                                                          for r in per_seed])
         return out
 
-    return run_seeded_claim(cfg, seed_job, paper="text2video_zero", checks=partial(claim_judge_checks, direction=True),
+    return run_seeded_claim(cfg, seed_job, paper="text2video_zero", checks=partial(sprite_judge_checks, direction=True),
                             derived=gains, extra={"num_videos": int(c.num_videos)})

@@ -44,12 +44,13 @@ from shared.engine.claims import (
     per_frame_samples,
     run_seeded_claim,
     seed_job_config,
+    sprite_judge_checks,
     summarise,
     world_items,
 )
 from shared.engine.teachers import image_stage_weights
 from shared.engine.video_io import save_labelled_rows
-from shared.metrics.sprite_judge import claim_judge, claim_judge_checks, claim_scores
+from shared.metrics.sprite_judge import claim_judge, claim_scores
 
 VARIANTS = ("iid", "videofusion")
 NAMES = {"per_frame": "image model\nper frame", "iid": "i.i.d. noise\n(standard)",
@@ -118,5 +119,5 @@ def run(cfg: DictConfig) -> dict:
                     [r[f"{score}_videofusion"] - r[f"{score}_{base}"] for r in per_seed])
         return out
 
-    return run_seeded_claim(cfg, seed_job, paper="videofusion", checks=claim_judge_checks, derived=gains,
+    return run_seeded_claim(cfg, seed_job, paper="videofusion", checks=sprite_judge_checks, derived=gains,
                             extra={"num_videos": int(c.num_videos), "judge": "shared.metrics.sprite_judge"})

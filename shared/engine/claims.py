@@ -390,3 +390,26 @@ def forward_seconds(nets: dict, shape, repeats: int) -> dict[str, float]:
                 if r:
                     times[k].append(time.perf_counter() - ts)
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+def sprite_judge_checks(cfg, judge=None, direction: bool = False) -> dict:
+    """The judge on a Sprites claim's real test clips and their controls, before any model (``claim.num_videos``
+    clips of seed ``claim.real_seed``): ``shared.metrics.sprite_judge.separation`` of real vs identity-swapped (from
+    frame T/2 on), shuffled and independent-frame clips, with the appearance consistency of real and swapped clips
+    and, with ``direction``, the direction the judge reads on the real ones. ``judge``: default
+    ``claim_judge(cfg)``."""
+    from shared.data.sprite_worlds import Sprites
+    from shared.metrics.sprite_judge import claim_judge, separation
+    from shared.metrics.video_identity import appearance_consistency
+
+    c, judge = cfg.claim, judge if judge is not None else claim_judge(cfg)
+    n, T = int(c.num_videos), int(cfg.data.frames)
+    real, directions = world_items(cfg, n, int(c.real_seed), keys=("x", "direction"), world=Sprites,
+                                   frames_only=False)
+    swapped = world_items(cfg, n, int(c.real_seed), world=Sprites, frames_only=False, identity_swap_at=T // 2)
+    out = separation(judge, real, swapped, seed=int(c.real_seed))
+    if direction:
+        out["real"]["direction_accuracy"] = judge.scores(real, direction=directions)["direction_accuracy"]
+    for variant, x in (("real", real), ("swapped", swapped)):
+        out[variant]["appearance"] = appearance_consistency(x)
+    return out

@@ -208,24 +208,3 @@ def claim_scores(judge: SpriteJudge, videos: torch.Tensor, labels: torch.Tensor,
     s["appearance"] = appearance_consistency(videos)
     return {key.format(metric=k): float(v) for k, v in sorted(s.items())}
 
-
-def claim_judge_checks(cfg, judge: SpriteJudge | None = None, direction: bool = False) -> dict:
-    """The judge on a Sprites claim's real test clips and their controls, before any model (``claim.num_videos``
-    clips of seed ``claim.real_seed``): :func:`separation` of real vs identity-swapped (from frame T/2 on),
-    shuffled and independent-frame clips, with the appearance consistency of real and swapped clips and, with
-    ``direction``, the direction the judge reads on the real ones. ``judge``: default :func:`claim_judge`."""
-    from shared.data.sprite_worlds import Sprites
-    from shared.engine.claims import world_items
-    from shared.metrics.video_identity import appearance_consistency
-
-    c, judge = cfg.claim, judge if judge is not None else claim_judge(cfg)
-    n, T = int(c.num_videos), int(cfg.data.frames)
-    real, directions = world_items(cfg, n, int(c.real_seed), keys=("x", "direction"), world=Sprites,
-                                   frames_only=False)
-    swapped = world_items(cfg, n, int(c.real_seed), world=Sprites, frames_only=False, identity_swap_at=T // 2)
-    out = separation(judge, real, swapped, seed=int(c.real_seed))
-    if direction:
-        out["real"]["direction_accuracy"] = judge.scores(real, direction=directions)["direction_accuracy"]
-    for variant, x in (("real", real), ("swapped", swapped)):
-        out[variant]["appearance"] = appearance_consistency(x)
-    return out
