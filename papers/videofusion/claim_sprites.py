@@ -35,11 +35,11 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from shared.data.sprite_worlds import Sprites
 from shared.engine.claims import (
-    fit_variant,
+    fit_from_image,
     forward_seconds,
     per_frame_samples,
     run_seeded_claim,
@@ -66,15 +66,7 @@ def seed_job(cfg_dict: dict, seed: int) -> dict:
         raise ValueError(f"claim.variants: unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
     judge = claim_judge(cfg)
     image, image_file, out = image_stage_weights(cfg, c.image, seed)
-    models = {}
-    for variant in c.variants:
-        over = OmegaConf.to_container(c.variant_overrides[variant], resolve=False) \
-            if variant in (c.get("variant_overrides") or {}) else {}
-        over = {**over, "model.weights": str(image_file)}
-        ts = time.time()
-        models[variant] = fit_variant(cfg, f"{variant}_seed{seed}", over, seed)
-        out[f"train_time_s_{variant}"] = time.time() - ts
-        out[f"train_s_per_step_{variant}"] = out[f"train_time_s_{variant}"] / int(cfg.trainer.max_steps)
+    models = fit_from_image(cfg, image_file, seed, out)
     n, T = int(c.num_videos), int(cfg.data.frames)
     labels = torch.arange(n) % len(cfg.data.train.identities)
     sampler = dict(c.sampler)

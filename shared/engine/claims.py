@@ -413,3 +413,18 @@ def sprite_judge_checks(cfg, judge=None, direction: bool = False) -> dict:
     for variant, x in (("real", real), ("swapped", swapped)):
         out[variant]["appearance"] = appearance_consistency(x)
     return out
+
+
+def fit_from_image(cfg: DictConfig, image_file, seed: int, out: dict) -> dict:
+    """Each of ``claim.variants`` fine-tuned from the image stage's weights ``image_file`` by :func:`fit_variant`
+    (tag ``<variant>_seed<seed>``, the variant's ``claim.variant_overrides`` applied): ``{variant: module}``.
+    Records ``train_time_s_<variant>`` and ``train_s_per_step_<variant>`` in ``out``."""
+    c, models = cfg.claim, {}
+    for variant in c.variants:
+        over = OmegaConf.to_container(c.variant_overrides[variant], resolve=False) \
+            if variant in (c.get("variant_overrides") or {}) else {}
+        ts = time.time()
+        models[variant] = fit_variant(cfg, f"{variant}_seed{seed}", {**over, "model.weights": str(image_file)}, seed)
+        out[f"train_time_s_{variant}"] = time.time() - ts
+        out[f"train_s_per_step_{variant}"] = out[f"train_time_s_{variant}"] / int(cfg.trainer.max_steps)
+    return models
