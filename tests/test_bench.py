@@ -210,5 +210,16 @@ def test_step_overhead_bench_steps_both_loops_of_a_claim_stage():
                 "--override", "claim.autoencoder_batch_size=1", "--override", "data.train.n=16",
                 "--override", "data.train.radius=[2.6,3.2]"])
     assert out["bare_s_per_step"] > 0 and out["fit_s_per_step"] > 0 and out["device"] == "cpu"
+    # the hypothesis switches of the GPU diagnosis (tests/bench/gpu_step_diag*.sh): one thread, the loader alone,
+    # no harness run (on the CPU autocast is never used: --amp applies to CUDA only)
+    out = main(["--experiment", "video_ldm/sprites_claim_gpu", "--stage", "autoencoder", "--steps", "5",
+                "--warmup", "1", "--override", "data.size=16", "--override", "data.frames=2",
+                "--override", "claim.autoencoder_batch_size=1", "--override", "data.train.n=4",
+                "--override", "data.train.radius=[2.6,3.2]", "--threads", "1", "--bare-only",
+                "--data-batches", "6", "--amp", "bf16"])
+    assert out["threads"] == 1 and out["data_s_per_batch"] > 0 and "fit_s_per_step" not in out
+    assert out["bare_amp_bf16"] is False
+    with pytest.raises(SystemExit, match="--amp"):
+        main(["--experiment", "video_ldm/sprites_claim_gpu", "--amp", "fp16"])
     with pytest.raises(SystemExit, match="--steps"):
         main(["--experiment", "video_ldm/sprites_claim_gpu", "--steps", "3", "--warmup", "2"])

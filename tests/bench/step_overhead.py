@@ -78,7 +78,30 @@ def per_step(times: list[float], warmup: int) -> float:
     return (t[-1] - t[0]) / max(1, len(t) - 1)
 
 
-def bare_loop(cfg, steps: int, warmup: int, device: str, profile: bool) -> tuple[float, str]:
+def data_seconds(cfg, n: int) -> float:
+    """Seconds per batch of the stage's training loader alone (the host side: world rendering, collation)."""
+    from shared.engine.run import build
+
+    datamodule, _ = build(cfg)
+    datamodule.setup("fit")
+    loader = datamodule.train_dataloader()
+    it = iter(loader)
+    next(it)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        try:
+            next(it)
+        except StopIteration:   # a small dataset: another epoch
+            it = iter(loader)
+            next(it)
+    return (time.perf_counter() - t0) / n
+
+
+def bare_loop(cfg, steps: int, warmup: int, device: str, profile: bool, amp: bool = False) -> tuple[float, str]:
+    """Seconds per bare step after ``warmup`` steps, and (``profile``) the top operators of five more steps by host
+    time and, on a GPU, by device time. ``amp``: the loss under bf16 autocast, as Lightning's ``bf16-mixed``."""
+    import contextlib
+
     import torch
 
     from shared.engine.run import build
@@ -101,7 +124,9 @@ def bare_loop(cfg, steps: int, warmup: int, device: str, profile: bool) -> tuple
             batch = next(batches)
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
         g = torch.Generator(device=device).manual_seed(i)
-        loss = module.training_loss(batch, g)
+        ctx = torch.autocast(device_type=device, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
+        with ctx:
+            loss = module.training_loss(batch, g)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -120,6 +145,8 @@ def bare_loop(cfg, steps: int, warmup: int, device: str, profile: bool) -> tuple
             for i in range(5):
                 step(steps + i)
         table = p.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
+        if device == "cuda":
+            table += "\n" + p.key_averages().table(sort_by="self_cuda_time_total", row_limit=15)
     return per_step(times, warmup), table
 
 
@@ -132,6 +159,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--device", default="cpu", help="cpu | cuda")
     ap.add_argument("--profile", action="store_true", help="print the top operators of 5 bare steps")
     ap.add_argument("--override", action="append", default=[], help="a config override (repeatable)")
+    ap.add_argument("--amp", default="auto", help="bare loop under bf16 autocast: auto (as the trainer's precision) "
+                    "| bf16 | none")
+    ap.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True")
+    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave as is; the claims' seed "
+                    "jobs use 1)")
+    ap.add_argument("--bare-only", action="store_true", help="skip the harness run (fit)")
+    ap.add_argument("--data-batches", type=int, default=0, help="also time this many batches of the loader alone")
     a = ap.parse_args(argv)
     if a.steps <= a.warmup + 1:
         raise SystemExit(f"error: --steps ({a.steps}) must exceed --warmup ({a.warmup}) + 1")
@@ -139,17 +173,30 @@ def main(argv=None) -> dict:
 
     from shared.engine.run import fit
 
+    if a.amp not in ("auto", "bf16", "none"):
+        raise SystemExit(f"error: --amp must be auto, bf16 or none, got {a.amp!r}")
     torch.manual_seed(0)
+    if a.cudnn_benchmark:
+        torch.backends.cudnn.benchmark = True
+    if a.threads:
+        torch.set_num_threads(a.threads)
     cfg = stage_config(a.experiment, a.stage, a.steps, a.device, a.override)
-    bare, table = bare_loop(cfg, a.steps, a.warmup, a.device, a.profile)
-    timer = StepTimer()
-    with tempfile.TemporaryDirectory() as d:
-        fit(cfg, run_dir=Path(d) / "run", extra_callbacks=[timer])
-    harness = per_step(timer.times, a.warmup)
+    amp = a.amp == "bf16" or (a.amp == "auto" and str(cfg.trainer.get("precision", "")).startswith("bf16"))
+    bare, table = bare_loop(cfg, a.steps, a.warmup, a.device, a.profile, amp=amp and a.device == "cuda")
     out = {"experiment": a.experiment, "stage": a.stage, "device": a.device,
            "gpu": torch.cuda.get_device_name() if a.device == "cuda" else None, "steps": a.steps,
-           "bare_s_per_step": round(bare, 5), "fit_s_per_step": round(harness, 5),
-           "fit_over_bare": round(harness / bare, 3), "overrides": a.override}
+           "bare_amp_bf16": bool(amp and a.device == "cuda"), "cudnn_benchmark": a.cudnn_benchmark,
+           "threads": torch.get_num_threads(),
+           "bare_s_per_step": round(bare, 5)}
+    if a.data_batches:
+        out["data_s_per_batch"] = round(data_seconds(cfg, a.data_batches), 5)
+    if not a.bare_only:
+        timer = StepTimer()
+        with tempfile.TemporaryDirectory() as d:
+            fit(cfg, run_dir=Path(d) / "run", extra_callbacks=[timer])
+        harness = per_step(timer.times, a.warmup)
+        out.update({"fit_s_per_step": round(harness, 5), "fit_over_bare": round(harness / bare, 3)})
+    out["overrides"] = a.override
     if table:
         print(table)
     print(json.dumps(out))
