@@ -42,7 +42,7 @@ claims-long: $(STAMP)  ## the longer CPU tier of claim checks (claim.tier: long,
 
 GPU_CLAIMS := video_ldm/sprites_claim_gpu vdm/sprites_joint_claim_gpu vdm/sprites_extension_claim_gpu \
               animatediff/sprites_claim_gpu pvdm/sprites_claim_gpu
-claims-gpu: $(STAMP)  ## the GPU tier of the video claims (one GPU, ~10 min each; not yet run), published
+claims-gpu: $(STAMP)  ## the GPU tier of the video claims (one GPU; not yet run to the end, over 10 min each as sized: docs/PERFORMANCE.md), published
 	for e in $(GPU_CLAIMS); do $(PY) -m shared.engine.train experiment=$$e $(PUBLISH) || exit 1; done
 
 lint: $(STAMP)  ## ruff over the project
