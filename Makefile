@@ -144,8 +144,9 @@ text2video_zero: $(STAMP)  ## Text2Video-Zero: training-free video from the imag
 	$(TRAIN) experiment=text2video_zero/sprites_claim $(PUBLISH)
 	$(PY) -m tools.report --paper text2video_zero
 
-long_video: $(STAMP)  ## Long video: FreeNoise window fusion + noise rescheduling, LVDM autoregressive extension vs naive concatenation
+long_video: $(STAMP)  ## Long video: FreeNoise window fusion + noise rescheduling, LVDM autoregressive extension vs naive concatenation (MovingDigits + Sprites)
 	$(TRAIN) experiment=long_video/moving_digits_claim $(PUBLISH)
+	$(TRAIN) experiment=long_video/sprites_claim $(PUBLISH)
 	$(PY) -m tools.report --paper long_video
 
 latent_shift: $(STAMP)  ## Latent-Shift: parameter-free temporal shift in the image U-Net, fine-tuned on videos (MovingDigits + Sprites)

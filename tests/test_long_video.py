@@ -214,3 +214,26 @@ def test_paper_scale_animatediff_config_generates_long_videos_from_local_weights
     missing = next(k for k in official if k.endswith("proj_in.weight"))
     with pytest.raises(InstantiationException, match="[Mm]issing"):                     # a key too few
         load({k: v for k, v in official.items() if k != missing})
+
+
+def test_sprites_claim_quick_run_gives_per_seed_metrics(tmp_path):
+    """``experiment=long_video/sprites_claim`` in quick mode: the judge checks on real data separate real 24-frame
+    videos from concatenated real clips on every score, and every method gets every per-seed score."""
+    import json
+
+    from conftest import compose
+
+    from shared.engine.train import run
+
+    run(compose(["experiment=long_video/sprites_claim", "quick=true", "logger=none", f"run_dir={tmp_path}"]))
+    m = json.loads((tmp_path / "results.json").read_text())["metrics"]
+    real, concat = m["judge_checks"]["real"], m["judge_checks"]["concatenated_real"]
+    assert real["identity_kept"] == real["straight_track"] == real["frame_validity"] == 1.0
+    assert abs(real["seam_jump"]) < 0.05 < 1.0 < concat["seam_jump"] and concat["straight_track"] == 0.0
+    assert real["seam"] > concat["seam"]
+    for method in ("naive", "freenoise", "fusion_iid", "autoregressive"):
+        for score in ("identity_kept", "seam_jump", "seam", "straight_track", "identity_consistent",
+                      "frame_validity"):
+            assert len(m[f"{score}_{method}"]["per_seed"]) == 1, (score, method)
+    assert len(m["train_s_per_step_iid"]["per_seed"]) == 1 and "sample_s" in m
+    assert (tmp_path / "real_naive_freenoise_autoregressive.gif").exists()

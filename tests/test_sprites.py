@@ -9,7 +9,15 @@ import torch
 
 from shared.data.sprite_worlds import COLOURS, Sprites, parse_identity
 from shared.data.video_worlds import DIRECTIONS8
-from shared.metrics.sprite_judge import SpriteJudge, independent_frames, separation, shuffle_frames
+from shared.metrics.sprite_judge import (
+    SpriteJudge,
+    identity_kept,
+    independent_frames,
+    seam_jump,
+    separation,
+    shuffle_frames,
+    track_seam_jump,
+)
 
 
 def _clips(ds, n=None):
@@ -107,3 +115,31 @@ def test_judge_rejects_blends_and_empty_frames_but_tolerates_faint_noise():
     assert judge.scores(noisy)["coherent"] == 1.0
     with pytest.raises(ValueError, match="RGB videos"):
         judge.scores(x[:, :1])
+
+
+def test_seam_jump_is_zero_for_a_straight_mover_and_positive_for_shifted_windows():
+    t = torch.arange(24, dtype=torch.float32)
+    straight = torch.stack([3 + 0.25 * t, 4 + 0.2 * t], dim=-1)[None]          # (1, 24, 2): constant velocity
+    valid = torch.ones(1, 24, dtype=torch.bool)
+    assert abs(track_seam_jump(straight, valid, [8, 16])) < 1e-6
+    shifted = straight.clone()
+    shifted[:, 8:16] += torch.tensor([2.0, -1.0])                                # the middle window moved away
+    shifted[:, 16:] += torch.tensor([-1.0, 1.5])
+    assert track_seam_jump(shifted, valid, [8, 16]) > 1.5
+    # pairs with an invalid frame do not count; no valid seam pair at all is NaN
+    invalid = valid.clone()
+    invalid[:, [8, 16]] = False
+    assert math.isnan(track_seam_jump(shifted, invalid, [8, 16]))
+    with pytest.raises(ValueError, match="boundaries"):
+        track_seam_jump(straight, valid, [24])
+
+
+def test_seam_jump_and_identity_kept_separate_real_long_videos_from_concatenated_clips():
+    world = dict(identities=("red circle", "green square", "blue triangle", "yellow plus"), speed=(0.2, 0.28))
+    judge = SpriteJudge(world["identities"], min_speed=0.1)
+    real = _clips(Sprites(n=48, frames=24, seed=5, split="test", **world))["x"]
+    concat = torch.cat([_clips(Sprites(n=48, frames=8, seed=6 + k, split="test", **world))["x"] for k in range(3)],
+                       dim=2)
+    assert abs(seam_jump(judge, real, [8, 16])) < 0.05 and seam_jump(judge, concat, [8, 16]) > 1.0
+    assert identity_kept(judge, real) == 1.0 and identity_kept(judge, concat) < 0.7
+    assert judge.scores(real)["motion_coherent"] == 1.0 and judge.scores(concat)["motion_coherent"] < 0.1

@@ -35,7 +35,7 @@ import torch
 
 from shared.data.sprite_worlds import COLOURS, parse_identity, shape_area_factor, shape_coverage
 
-__all__ = ["claim_judge", "SpriteJudge", "separation"]
+__all__ = ["claim_judge", "SpriteJudge", "separation", "seam_jump", "track_seam_jump", "identity_kept"]
 
 _DIR8 = torch.tensor([(0, 1), (-1, 1), (-1, 0), (-1, -1), (0, -1), (1, -1), (1, 0), (1, 1)], dtype=torch.float32)
 _DIR8 = _DIR8 / _DIR8.norm(dim=1, keepdim=True)
@@ -208,3 +208,41 @@ def claim_scores(judge: SpriteJudge, videos: torch.Tensor, labels: torch.Tensor,
     s["appearance"] = appearance_consistency(videos)
     return {key.format(metric=k): float(v) for k, v in sorted(s.items())}
 
+
+
+def track_seam_jump(centroid: torch.Tensor, valid: torch.Tensor, boundaries: Sequence[int]) -> float:
+    """The position jump at window seams of centroid tracks ``centroid`` (B, T, 2) with per-frame ``valid`` (B, T):
+    the mean displacement ``|c_t - c_{t-1}|`` (px) over the frame pairs that straddle a seam (``t`` in
+    ``boundaries``) minus the mean over the other consecutive pairs, each pooled over the clips and counting only
+    pairs whose two frames are valid. A sprite moving in a straight line at constant velocity has none (0); windows
+    drawn independently and put side by side jump at their seams (> 0). NaN when either pool is empty."""
+    idx = sorted({int(t) for t in boundaries})
+    T = centroid.shape[1]
+    if not idx or min(idx) < 1 or max(idx) >= T:
+        raise ValueError(f"boundaries must lie in [1, {T - 1}], got {list(boundaries)}")
+    step = (centroid[:, 1:] - centroid[:, :-1]).norm(dim=-1)          # (B, T-1): pair (t-1, t) at index t-1
+    ok = valid[:, 1:] & valid[:, :-1]
+    seam = torch.zeros(T - 1, dtype=torch.bool)
+    seam[[t - 1 for t in idx]] = True
+    at, within = ok & seam, ok & ~seam
+    if not at.any() or not within.any():
+        return math.nan
+    return float(step[at].mean() - step[within].mean())
+
+
+def seam_jump(judge: SpriteJudge, videos: torch.Tensor, boundaries: Sequence[int]) -> float:
+    """:func:`track_seam_jump` of the judge's centroid tracks of ``videos`` (B, 3, T, H, W)."""
+    f = judge.frames(videos)
+    return track_seam_jump(f["centroid"], f["valid"], boundaries)
+
+
+def identity_kept(judge: SpriteJudge, videos: torch.Tensor) -> float:
+    """Identity drift over a video: the share of frames ``t >= 1`` whose judged identity is frame 0's, among the
+    frames valid together with their video's frame 0 (pooled over the clips; NaN if there is none). Real videos
+    keep theirs (1.0); clips of independent identities put side by side do not."""
+    f = judge.frames(videos)
+    ok = f["valid"][:, 1:] & f["valid"][:, :1]
+    if not ok.any():
+        return math.nan
+    same = f["identity"][:, 1:] == f["identity"][:, :1]
+    return float(same[ok].float().mean())
