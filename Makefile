@@ -135,8 +135,9 @@ animate_anyone: $(STAMP)  ## Animate Anyone: ReferenceNet vs image embedding, po
 	$(TRAIN) experiment=animate_anyone/puppets_claim_v2 $(PUBLISH)
 	$(PY) -m tools.report --paper animate_anyone
 
-emo: $(STAMP)  ## EMO: audio layers (lip sync vs no audio), identity, speed layers, motion frames (TalkingFaces)
+emo: $(STAMP)  ## EMO: audio layers (lip sync vs no audio), identity, speed layers, motion frames (TalkingFaces; v2 = redesign, 30-min tier)
 	$(TRAIN) experiment=emo/talking_faces_claim $(PUBLISH)
+	$(TRAIN) experiment=emo/talking_faces_claim_v2 $(PUBLISH)
 	$(PY) -m tools.report --paper emo
 
 text2video_zero: $(STAMP)  ## Text2Video-Zero: training-free video from the image model (motion in the latents + cross-frame attention; MovingDigits + Sprites)

@@ -3,6 +3,7 @@ features, the UBC/TikTok-style pose-video and HDTF-style talking-head readers, a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import warnings
@@ -26,7 +27,7 @@ from shared.data.pose import (
     retarget_pose,
 )
 from shared.data.puppets import HELDOUT_MOTIONS, MOTIONS, PARTS, Puppets, puppet_identity
-from shared.data.talking_faces import MOUTH_INTERIOR, TalkingFaces
+from shared.data.talking_faces import MOUTH_INTERIOR, TalkingFaces, random_face_appearance
 
 K, B = len(KEYPOINTS), len(BONES)
 
@@ -415,6 +416,67 @@ def test_talking_faces_frames_only_keeps_the_frame_audio():
     for k in ("mouth_open", "head_pose", "face_mask", "mouth_center", "eye_open"):
         assert torch.equal(f[k], v[k][t]), k
     assert torch.equal(f["reference"], v["reference"])
+
+
+def _digest(item: dict) -> str:
+    m = hashlib.sha256()
+    for k in sorted(item):
+        v = item[k]
+        m.update(k.encode())
+        m.update(v.numpy().tobytes() if isinstance(v, torch.Tensor) else str(v).encode())
+    return m.hexdigest()[:16]
+
+
+def test_talking_faces_items_unchanged_without_random_appearance():
+    """Digests computed with the world before ``random_appearance`` existed: off (the default) is byte-identical."""
+    for extra in ({}, {"random_appearance": False}):
+        assert _digest(TalkingFaces(n=8, frames=4, size=16, **extra)[5]) == "2120f79f693cade6"
+        assert _digest(TalkingFaces(n=8, frames=4, size=16, identity_split="all", seed=3, **extra)[2]) == (
+            "d10d75ce9afbb4ed"
+        )
+        assert _digest(TalkingFaces(n=8, frames=8, size=16, frames_only=True, **extra)[1]) == "0b95e485778771e0"
+
+
+def _has_colour(img: torch.Tensor, rgb) -> bool:
+    """Whether a pixel of ``img`` (3, H, W) in [-1, 1] is exactly ``rgb`` in [0, 1] (a fully covered one)."""
+    c = torch.as_tensor(np.asarray(rgb, np.float32) * 2 - 1).view(3, 1, 1)
+    return bool(((img - c).abs().amax(0) < 1e-5).any())
+
+
+def test_talking_faces_random_appearance_keeps_the_draws_and_is_new_per_item():
+    """``random_appearance``: the same audio, mouth, blinks and head motion as the fixed world; a fresh appearance
+    per item (not a fixed identity's clothes), the reference in the clip's appearance; frames-only alike."""
+    kw = dict(n=12, frames=4, size=32, identity_split="all")
+    fixed, rand = TalkingFaces(**kw), TalkingFaces(**kw, random_appearance=True)
+    fixed_clothes = [f.clothes for f in fixed.identities]
+    clothes = []
+    for i in range(len(rand)):
+        a, b = fixed[i], rand[i]
+        for k in ("audio", "audio_features", "mouth_open", "mouth_width", "eye_open", "brow_raise", "head_pose",
+                  "speed", "face_mask", "identity"):  # fmt: skip
+            assert torch.equal(a[k], b[k]), f"item {i}: {k} changed"
+        assert not torch.equal(a["x"], b["x"]) and not torch.equal(a["reference"], b["reference"])
+        k = int(b["identity"])
+        look = random_face_appearance(rand.identities[k], rand._rng(i, stream=2))
+        assert look.width == fixed.identities[k].width and look.height == fixed.identities[k].height
+        for part in ("clothes", "skin"):  # the clip and its reference wear the drawn appearance
+            colour = getattr(look, part)
+            assert _has_colour(b["x"][:, 0], colour) and _has_colour(b["reference"], colour), f"item {i}: {part}"
+        assert all(np.abs(look.clothes - f).max() > 1e-3 for f in fixed_clothes), f"item {i}: a fixed identity's"
+        clothes.append(torch.from_numpy(look.clothes))
+    d = torch.cdist(torch.stack(clothes), torch.stack(clothes)) + 9 * torch.eye(len(clothes))
+    assert d.min() > 1e-3  # no two items share a clothes colour
+    assert torch.equal(TalkingFaces(**kw, random_appearance=True)[3]["x"], rand[3]["x"])  # a pure function of the item
+    one = TalkingFaces(**kw, random_appearance=True, frames_only=True)[3]
+    assert torch.equal(one["x"], rand[3]["x"][:, int(one["frame_index"])])
+    assert torch.equal(one["reference"], rand[3]["reference"])
+
+
+@pytest.mark.parametrize("bad", [1, "yes", None])
+def test_talking_faces_random_appearance_must_be_a_bool(bad):
+    with pytest.raises(ValueError, match="random_appearance must be true or false") as e:
+        TalkingFaces(n=2, frames=2, size=16, random_appearance=bad)
+    assert "\n" not in str(e.value)
 
 
 # -- readers ------------------------------------------------------------------------------------------------

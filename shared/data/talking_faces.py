@@ -33,6 +33,12 @@ and style (short, long, fringe), skin tone, face width/height, lip colour: a pur
 Held out: ``k % 4 == 3`` (3, 7, 11 for N = 12) or ``heldout_identities``; ``identity_split`` ``"seen"``
 / ``"unseen"`` / ``"all"``. Item ``i`` shows identity ``pool[i % len(pool)]``; everything else is drawn
 from ``(seed, split, i)``. The reference is the same identity at another head pose and mouth opening.
+``random_appearance=True`` (training data for appearance *transfer*): every item gives identity ``k``'s face
+(its width and height) a fresh appearance drawn from the same attribute families (`random_face_appearance`:
+clothing hue uniform in [0, 1), bright or dark, skin tone, hair colour and style, lips from the skin), one per
+item (clip and reference alike) from its own random stream, so the audio, mouth, blinks and head motion are those
+of the fixed-appearance world and no appearance repeats; ``identity`` then names the face shape only. The fixed
+identities (hues ``k / N``) are what the judge names and the held-out evaluation uses.
 
 Rendering: flat-coloured ellipses and bars in face coordinates (rotated by roll; features shifted by
 yaw and pitch), painted back to front at ``supersample``^2 samples per pixel and box-filtered
@@ -53,7 +59,7 @@ from __future__ import annotations
 
 import colorsys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -62,7 +68,15 @@ from shared.data.audio import AudioFrameFeatures, SpeechEncoder
 from shared.data.puppets import HAIR_COLOURS, SKIN_TONES, _OneFrameWorld, heldout_identity_set
 from shared.data.raster import box_downsample, sample_grid
 
-__all__ = ["FaceIdentity", "MOUTH_INTERIOR", "PHONEMES", "TalkingFaces", "face_identity", "synth_speech"]
+__all__ = [
+    "FaceIdentity",
+    "MOUTH_INTERIOR",
+    "PHONEMES",
+    "TalkingFaces",
+    "face_identity",
+    "random_face_appearance",
+    "synth_speech",
+]
 
 # name: (F1 Hz, F2 Hz, openness, mouth width); formants are textbook averages for adult speech.
 PHONEMES = {
@@ -144,6 +158,15 @@ class FaceIdentity:
     height: float
 
 
+def _clothes(hue: float, bright: bool) -> np.ndarray:
+    # Saturation and value keep every channel >= 0.13: no clothes colour passes the mouth-interior test.
+    return np.array(colorsys.hsv_to_rgb(hue % 1.0, *((0.85, 0.9) if bright else (0.75, 0.55))), np.float32)
+
+
+def _lips(skin: np.ndarray) -> np.ndarray:
+    return (0.6 * skin + 0.4 * np.array([0.85, 0.35, 0.4])).astype(np.float32)
+
+
 def face_identity(k: int, num_identities: int) -> FaceIdentity:
     """Identity ``k`` of ``num_identities`` (module docstring): a pure function of ``(k, N)``."""
     rng = np.random.default_rng([7920, int(k)])
@@ -153,13 +176,24 @@ def face_identity(k: int, num_identities: int) -> FaceIdentity:
         skin=skin,
         hair=HAIR_COLOURS[(3 * k) % 5],
         hair_style=int(k % 3),
-        # Saturation and value keep every channel >= 0.13: no clothes colour passes the mouth-interior test.
-        clothes=np.array(
-            colorsys.hsv_to_rgb((k / num_identities) % 1.0, *((0.85, 0.9) if k % 2 == 0 else (0.75, 0.55))), np.float32
-        ),
-        lips=(0.6 * skin + 0.4 * np.array([0.85, 0.35, 0.4])).astype(np.float32),
+        clothes=_clothes(k / num_identities, k % 2 == 0),
+        lips=_lips(skin),
         width=float(0.24 * rng.uniform(0.9, 1.1)),
         height=float(0.30 * rng.uniform(0.92, 1.08)),
+    )
+
+
+def random_face_appearance(face: FaceIdentity, rng: np.random.Generator) -> FaceIdentity:
+    """``face`` (its index, width and height kept) in an appearance drawn from ``face_identity``'s attribute
+    families with every attribute independent and the clothing hue continuous (module docstring)."""
+    skin = SKIN_TONES[int(rng.integers(len(SKIN_TONES)))]
+    return replace(
+        face,
+        skin=skin,
+        hair=HAIR_COLOURS[int(rng.integers(len(HAIR_COLOURS)))],
+        hair_style=int(rng.integers(3)),
+        clothes=_clothes(float(rng.uniform(0.0, 1.0)), bool(rng.random() < 0.5)),
+        lips=_lips(skin),
     )
 
 
@@ -179,6 +213,7 @@ class TalkingFaces(_OneFrameWorld):
         speed: (low, high) head angular speed, radians per frame.
         segment_seconds, silence_prob: the speech segments.
         supersample: odd samples per pixel side. background: RGB in [0, 1].
+        random_appearance: give each item's face a fresh random appearance (module docstring).
     """
 
     per_frame_keys = ("mouth_open", "mouth_width", "eye_open", "brow_raise", "audio_envelope", "head_pose",
@@ -209,8 +244,12 @@ class TalkingFaces(_OneFrameWorld):
         supersample: int = 3,
         background: Sequence[float] = (0.55, 0.6, 0.66),
         frames_only: bool = False,
+        random_appearance: bool = False,
     ):
         super().__init__(n, frames, size, seed, split, frames_only)
+        if not isinstance(random_appearance, bool):
+            raise ValueError(f"random_appearance must be true or false, got {random_appearance!r}")
+        self.random_appearance = random_appearance
         self.features = AudioFrameFeatures(sample_rate, fps, n_mels, n_fft, hop, context, encoder=audio_encoder)
         self.sample_rate, self.fps = self.features.sample_rate, self.features.fps
         self.samples_per_frame = self.features.samples_per_frame
@@ -340,6 +379,8 @@ class TalkingFaces(_OneFrameWorld):
         rng = self._rng(index)
         k = self.identity_pool[index % len(self.identity_pool)]
         who = self.identities[k]
+        if self.random_appearance:  # its own stream: the audio, mouth and head draws stay those of the fixed world
+            who = random_face_appearance(who, self._rng(index, stream=2))
         T, spf, P = self.frames, self.samples_per_frame, self.pad_frames
         speech = synth_speech(rng, (T + 2 * P) * spf, self.sample_rate, self.segment_seconds, self.silence_prob)
         centres = (P + np.arange(T)) * spf + spf // 2  # centre sample of each clip frame in the padded signal
