@@ -22,6 +22,21 @@ def compose(overrides=(), config_name="train"):
     return _compose(overrides, config_name)
 
 
+def item_digest(item: dict) -> str:
+    """A short digest of a dataset item (every key, tensors by their bytes): a world's items before and after a change
+    are compared by digests written down before it."""
+    import hashlib
+
+    import torch
+
+    m = hashlib.sha256()
+    for k in sorted(item):
+        v = item[k]
+        m.update(k.encode())
+        m.update(v.numpy().tobytes() if isinstance(v, torch.Tensor) else str(v).encode())
+    return m.hexdigest()[:16]
+
+
 @pytest.fixture
 def compose_cfg():
     return compose

@@ -3,7 +3,6 @@ features, the UBC/TikTok-style pose-video and HDTF-style talking-head readers, a
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 import warnings
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import item_digest
 
 from shared.data import DataError
 from shared.data.audio import AudioFrameFeatures, hz_to_mel, mel_filterbank, mel_to_hz
@@ -418,23 +418,16 @@ def test_talking_faces_frames_only_keeps_the_frame_audio():
     assert torch.equal(f["reference"], v["reference"])
 
 
-def _digest(item: dict) -> str:
-    m = hashlib.sha256()
-    for k in sorted(item):
-        v = item[k]
-        m.update(k.encode())
-        m.update(v.numpy().tobytes() if isinstance(v, torch.Tensor) else str(v).encode())
-    return m.hexdigest()[:16]
 
 
 def test_talking_faces_items_unchanged_without_random_appearance():
     """Digests computed with the world before ``random_appearance`` existed: off (the default) is byte-identical."""
     for extra in ({}, {"random_appearance": False}):
-        assert _digest(TalkingFaces(n=8, frames=4, size=16, **extra)[5]) == "2120f79f693cade6"
-        assert _digest(TalkingFaces(n=8, frames=4, size=16, identity_split="all", seed=3, **extra)[2]) == (
+        assert item_digest(TalkingFaces(n=8, frames=4, size=16, **extra)[5]) == "2120f79f693cade6"
+        assert item_digest(TalkingFaces(n=8, frames=4, size=16, identity_split="all", seed=3, **extra)[2]) == (
             "d10d75ce9afbb4ed"
         )
-        assert _digest(TalkingFaces(n=8, frames=8, size=16, frames_only=True, **extra)[1]) == "0b95e485778771e0"
+        assert item_digest(TalkingFaces(n=8, frames=8, size=16, frames_only=True, **extra)[1]) == "0b95e485778771e0"
 
 
 def _has_colour(img: torch.Tensor, rgb) -> bool:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import item_digest
 from torch.utils.data import DataLoader
 
 from shared.data.oscillating_scenes import OBJECTS, OscillatingScenes
@@ -23,21 +24,14 @@ from shared.nn.splatting import softmax_splat
 CONF = Path(__file__).resolve().parents[1] / "conf" / "data"
 
 
-def _digest(item: dict) -> str:
-    m = hashlib.sha256()
-    for k in sorted(item):
-        v = item[k]
-        m.update(k.encode())
-        m.update(v.numpy().tobytes() if isinstance(v, torch.Tensor) else str(v).encode())
-    return m.hexdigest()[:16]
 
 
 def test_existing_worlds_items_unchanged():
     """Digests of ShapesVideo / MovingDigits items computed before the frame-slicing hook was added."""
-    assert [_digest(ShapesVideo(n=8, seed=0)[i]) for i in (0, 5)] == ["5ae64709ca63512e", "49cd01583994c9bb"]
-    assert _digest(ShapesVideo(n=8, seed=3, frames_only=True)[1]) == "2843e919e3d48f75"
-    assert _digest(MovingDigits(n=8, seed=0)[2]) == "9c5dfd7cbc8bde6a"
-    assert _digest(MovingDigits(n=8, seed=0, frames_only=True)[2]) == "870d7226aeb5c674"
+    assert [item_digest(ShapesVideo(n=8, seed=0)[i]) for i in (0, 5)] == ["5ae64709ca63512e", "49cd01583994c9bb"]
+    assert item_digest(ShapesVideo(n=8, seed=3, frames_only=True)[1]) == "2843e919e3d48f75"
+    assert item_digest(MovingDigits(n=8, seed=0)[2]) == "9c5dfd7cbc8bde6a"
+    assert item_digest(MovingDigits(n=8, seed=0, frames_only=True)[2]) == "870d7226aeb5c674"
 
 
 def _interior(mask: torch.Tensor) -> torch.Tensor:
@@ -76,7 +70,7 @@ def test_styled_shapes_keys_shapes_and_determinism():
     assert it["x"].dtype == torch.float32 and it["x"].min() >= -1 and it["x"].max() <= 1
     assert it["mask"].dtype == torch.long and it["style"].dtype == torch.long
     assert set(it["edges"].unique().tolist()) <= {0.0, 1.0}
-    assert _digest(it) == _digest(StyledShapes(n=32, seed=0, camera=True)[4])
+    assert item_digest(it) == item_digest(StyledShapes(n=32, seed=0, camera=True)[4])
     assert not torch.equal(it["x"], StyledShapes(n=32, seed=1, camera=True)[4]["x"])
     assert {int(ds[i]["style"]) for i in range(32)} == set(range(len(STYLES)))  # styles drawn per item
     fixed = StyledShapes(n=8, style="neon")
@@ -325,7 +319,7 @@ def test_oscillating_scene_keys_and_ground_truth_identities():
     assert it["displacement"].abs().max() > 0.3
     assert torch.allclose(it["spectral_volume"], spectral_volume(it["displacement"].double(), 12).float(), atol=1e-5)
     assert it["caption"].endswith("swaying in the wind")
-    assert _digest(it) == _digest(OscillatingScenes(n=8, frames=48, num_freqs=12, seed=0)[1])
+    assert item_digest(it) == item_digest(OscillatingScenes(n=8, frames=48, num_freqs=12, seed=0)[1])
     assert not torch.equal(it["x"], OscillatingScenes(n=8, frames=48, num_freqs=12, seed=0, split="val")[1]["x"])
     # The first frames do not depend on the clip length (the motion is a function of time, not of T).
     short = OscillatingScenes(n=8, frames=16, num_freqs=4, seed=0)[1]
