@@ -155,8 +155,9 @@ latent_shift: $(STAMP)  ## Latent-Shift: parameter-free temporal shift in the im
 	$(TRAIN) experiment=latent_shift/sprites_claim $(PUBLISH)
 	$(PY) -m tools.report --paper latent_shift
 
-pyoco: $(STAMP)  ## PYoCo: mixed / progressive correlated noise priors vs i.i.d. noise when fine-tuning image -> video
+pyoco: $(STAMP)  ## PYoCo: mixed / progressive correlated noise priors vs i.i.d. noise when fine-tuning image -> video (MovingDigits + Sprites)
 	$(TRAIN) experiment=pyoco/moving_digits_claim $(PUBLISH)
+	$(TRAIN) experiment=pyoco/sprites_claim $(PUBLISH)
 	$(PY) -m tools.report --paper pyoco
 
 videofusion: $(STAMP)  ## VideoFusion: base + residual noise with a base (image) and a residual (video) generator vs i.i.d. noise (MovingDigits + Sprites)

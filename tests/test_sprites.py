@@ -11,12 +11,14 @@ from shared.data.sprite_worlds import COLOURS, Sprites, parse_identity
 from shared.data.video_worlds import DIRECTIONS8
 from shared.metrics.sprite_judge import (
     SpriteJudge,
+    fvd_sprites,
     identity_kept,
     independent_frames,
     seam_jump,
     separation,
     shuffle_frames,
     track_seam_jump,
+    video_features,
 )
 
 
@@ -101,6 +103,23 @@ def test_judge_separates_the_properties_the_claims_compare():
     assert sep["shuffled"]["motion_coherent"] < 0.05 and sep["shuffled"]["identity_consistent"] == 1.0
     assert sep["independent"]["identity_consistent"] < 0.05 and sep["independent"]["motion_coherent"] < 0.05
     assert shuffle_frames(real, 0).shape == real.shape == independent_frames(real, 0).shape
+
+
+def test_fvd_judge_is_small_between_real_sets_and_large_for_broken_time_or_frames():
+    """FVD_judge (Sprites) of two sets of real clips is near 0 (exactly 0 for a set against itself); shuffled frames,
+    frames of independent clips, frozen clips (no motion) and noisy frames are each many times farther."""
+    ids = Sprites(n=1).identities
+    judge = SpriteJudge(ids)
+    a, b = (_clips(Sprites(n=64, seed=s, split="test"))["x"] for s in (2000, 4000))
+    assert video_features(judge, a).shape == (64, 19)
+    assert fvd_sprites(judge, a, a) < 1e-6
+    floor = fvd_sprites(judge, b, a)
+    frozen = b[:, :, :1].expand_as(b).contiguous()
+    noisy = (b + 0.3 * torch.randn(b.shape, generator=torch.Generator().manual_seed(0))).clamp(-1, 1)
+    for broken in (shuffle_frames(b, 0), independent_frames(b, 1), frozen, noisy):
+        assert fvd_sprites(judge, broken, a) > 5 * floor
+    with pytest.raises(ValueError, match="at least 3 frames"):
+        fvd_sprites(judge, b[:, :, :2], a[:, :, :2])
 
 
 def test_judge_rejects_blends_and_empty_frames_but_tolerates_faint_noise():

@@ -44,22 +44,24 @@ from shared.metrics.video_judge import fvd_judge, judge_sha256, load_video_judge
 
 
 def train_budgets(cfg: DictConfig, prior: str, image_file: Path, seed: int):
-    """Yield ``(budget, module)`` for each budget: one training run continued from budget to budget."""
+    """Yield ``(budget, module)`` for each budget: one training run (folder ``<prior>_seed<seed>``) continued from
+    budget to budget from its own ``last.ckpt`` (a resumed run stays in its own folder, ``shared.engine.run``)."""
     c = cfg.claim
     prior_cfg = OmegaConf.to_container(c.prior_configs[prior], resolve=True)
     base = {"model.weights": str(image_file), "module.noise_prior": prior_cfg}
-    previous = None
+    tag = f"{prior}_seed{seed}"
+    last = Path(cfg.run_dir) / tag / "checkpoints" / "last.ckpt"
+    trained = False
     for budget in (int(b) for b in c.budgets):
         if budget == 0:   # the inflated image model before any video step (temporal layers are zero at init)
             _, module = build(variant_config(cfg, base, seed))
             yield 0, module.eval()
             continue
-        tag = f"{prior}_seed{seed}_step{budget}"
         over = {**base, "trainer.max_steps": budget}
-        if previous is not None:
-            over["ckpt_path"] = str(Path(cfg.run_dir) / previous / "checkpoints" / "last.ckpt")
+        if trained:
+            over["ckpt_path"] = str(last)
         module = fit_variant(cfg, tag, over, seed)
-        previous = tag
+        trained = last.exists()   # not under fast_dev_run (quick mode), which saves no checkpoint after a resume
         yield budget, module
 
 

@@ -21,6 +21,12 @@ Per clip:
 * ``direction``: the velocity's nearest `DIRECTIONS8` class (-1 when slower than ``min_speed``);
 * ``coherent``: identity consistent and motion coherent.
 
+``FVD_judge`` (:func:`fvd_sprites`): the Fréchet distance (FVD's Eq. 1) between Gaussians fitted to per-clip
+features read off the same closed-form frame readings (:func:`video_features`: the clip means of the frame features
+colour, mass, colour error, shape error and centroid, their mean absolute change between consecutive frames, the
+centroid's mean absolute second difference (0 for straight-line motion) and the share of valid frames), so both the
+frames' quality and their temporal behaviour count; report it as ``FVD_judge`` (Sprites), never as FVD.
+
 Everything is deterministic and differentiable-free; real clips of the world score 1.0 on validity, identity
 consistency and motion coherence (tested), clips with the identity swapped mid-clip score 0 on identity
 consistency, clips with shuffled frames or independent frames score ~0 on motion coherence — the separation the
@@ -35,7 +41,8 @@ import torch
 
 from shared.data.sprite_worlds import COLOURS, parse_identity, shape_area_factor, shape_coverage
 
-__all__ = ["claim_judge", "SpriteJudge", "separation", "seam_jump", "track_seam_jump", "identity_kept"]
+__all__ = ["claim_judge", "SpriteJudge", "separation", "seam_jump", "track_seam_jump", "identity_kept",
+           "video_features", "fvd_sprites"]
 
 _DIR8 = torch.tensor([(0, 1), (-1, 1), (-1, 0), (-1, -1), (0, -1), (1, -1), (1, 0), (1, 1)], dtype=torch.float32)
 _DIR8 = _DIR8 / _DIR8.norm(dim=1, keepdim=True)
@@ -158,6 +165,33 @@ class SpriteJudge:
             inside = torch.isin(ident, torch.as_tensor(list(domain)).long()) & valid
             out["domain_accuracy"] = float(inside.sum() / valid.sum().clamp_min(1))
         return out
+
+
+@torch.no_grad()
+def video_features(judge: SpriteJudge, x: torch.Tensor) -> torch.Tensor:
+    """Per-clip features (B, 19) of videos (B, 3, T, H, W), T >= 3, from :meth:`SpriteJudge.frames`: the clip mean
+    of the 8 frame features (colour (3, clipped to [0, 1]: the least-squares colour of a near-empty frame is
+    unbounded), mass / the world's largest mass, colour error and shape error (each capped at 2),
+    centroid in pixels (2)), their mean absolute change between consecutive frames (8), the centroid's mean absolute
+    second difference in pixels (2) and the share of valid frames (1)."""
+    f = judge.frames(x)
+    cen = f["centroid"]
+    per_frame = torch.cat([f["colour"].clamp(0, 1), (f["mass"] / judge.mass_range[1])[..., None],
+                           f["colour_error"].clamp(max=2.0)[..., None], f["shape_error"].clamp(max=2.0)[..., None],
+                           cen], dim=-1)                                                   # (B, T, 8)
+    if per_frame.shape[1] < 3:
+        raise ValueError(f"FVD_judge (Sprites) reads clips of at least 3 frames, got {per_frame.shape[1]}")
+    change = (per_frame[:, 1:] - per_frame[:, :-1]).abs().mean(1)
+    curvature = (cen[:, 2:] - 2 * cen[:, 1:-1] + cen[:, :-2]).abs().mean(1)
+    return torch.cat([per_frame.mean(1), change, curvature, f["valid"].float().mean(1, keepdim=True)], dim=-1)
+
+
+def fvd_sprites(judge: SpriteJudge, generated: torch.Tensor, reference: torch.Tensor) -> float:
+    """``FVD_judge`` (Sprites): Fréchet distance of :func:`video_features` of ``generated`` and ``reference`` clips
+    (both (B, 3, T, H, W) in [-1, 1])."""
+    from shared.metrics.frechet import fd_from_features
+
+    return fd_from_features(video_features(judge, generated), video_features(judge, reference))
 
 
 def shuffle_frames(x: torch.Tensor, seed: int = 0) -> torch.Tensor:
