@@ -22,6 +22,21 @@ def compose(overrides=(), config_name="train"):
     return _compose(overrides, config_name)
 
 
+def image_stage_key(experiment: str, seed: int) -> str:
+    """The teacher-cache key of an experiment's image stage (``claim.image``) for ``seed``: claims that share one
+    image stage (the Sprites claims' ``sprites16``) must have equal keys, so the stage is trained once."""
+    from omegaconf import OmegaConf
+
+    from shared.engine.claims import variant_config
+    from shared.engine.teachers import teacher_key
+
+    cfg = compose([f"experiment={experiment}", "run_dir=/tmp/unused"])
+    spec = OmegaConf.to_container(cfg.claim.image, resolve=False)
+    over = {k: spec[k] for k in ("model", "module", "data")}
+    over["trainer.max_steps"] = int(spec["max_steps"])
+    return teacher_key(variant_config(cfg, over, seed), seed)
+
+
 def item_digest(item: dict) -> str:
     """A short digest of a dataset item (every key, tensors by their bytes): a world's items before and after a change
     are compared by digests written down before it."""

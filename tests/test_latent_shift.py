@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import compose
+from conftest import compose, image_stage_key
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from shared.nn.weights import save_weights
 
@@ -79,17 +78,6 @@ def test_paper_scale_config_loads_a_local_sd_folder_and_trains_a_step(tmp_path):
     run(cfg)
 
 
-def _stage_key(experiment: str, seed: int) -> str:
-    from shared.engine.claims import variant_config
-    from shared.engine.teachers import teacher_key
-
-    cfg = compose([f"experiment={experiment}", "run_dir=/tmp/unused"])
-    spec = OmegaConf.to_container(cfg.claim.image, resolve=False)
-    over = {k: spec[k] for k in ("model", "module", "data")}
-    over["trainer.max_steps"] = int(spec["max_steps"])
-    return teacher_key(variant_config(cfg, over, seed), seed)
-
-
 def test_sprites_claim_shares_the_sprites_image_stage_and_its_control_is_the_image_model(tmp_path):
     """The Sprites claim fine-tunes the shared Sprites image stage (one teacher-cache key with Text2Video-Zero's
     Sprites claim), with the image stage's objective; its ``no_shift`` control (shift fraction 0) is exactly the
@@ -97,8 +85,8 @@ def test_sprites_claim_shares_the_sprites_image_stage_and_its_control_is_the_ima
     from shared.engine.claims import variant_config
 
     cfg = compose(["experiment=latent_shift/sprites_claim", "run_dir=/tmp/unused"])
-    assert _stage_key("latent_shift/sprites_claim", 0) == _stage_key("text2video_zero/sprites_claim", 0)
-    assert _stage_key("latent_shift/sprites_claim", 0) != _stage_key("latent_shift/sprites_claim", 1)
+    assert image_stage_key("latent_shift/sprites_claim", 0) == image_stage_key("text2video_zero/sprites_claim", 0)
+    assert image_stage_key("latent_shift/sprites_claim", 0) != image_stage_key("latent_shift/sprites_claim", 1)
     assert cfg.module.prediction == cfg.claim.image.module.prediction == "v"
     assert cfg.module.schedule == cfg.claim.image.module.schedule
     assert list(cfg.module.sample_shape) == [3, int(cfg.data.frames), 16, 16] and not cfg.data.train.frames_only

@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from conftest import compose
+from conftest import compose, image_stage_key
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -17,23 +17,12 @@ from shared.engine.expectations import evaluate_expected
 from shared.nn.weights import save_weights
 
 
-def _stage_key(experiment: str, seed: int) -> str:
-    from shared.engine.claims import variant_config
-    from shared.engine.teachers import teacher_key
-
-    cfg = compose([f"experiment={experiment}", "run_dir=/tmp/unused"])
-    spec = OmegaConf.to_container(cfg.claim.image, resolve=False)
-    over = {k: spec[k] for k in ("model", "module", "data")}
-    over["trainer.max_steps"] = int(spec["max_steps"])
-    return teacher_key(variant_config(cfg, over, seed), seed)
-
-
 def test_sprites_claim_shares_the_image_stage_and_trains_and_samples_each_prior(tmp_path):
     from papers.pyoco.claim import train_budgets
 
     cfg = compose(["experiment=pyoco/sprites_claim", "run_dir=/tmp/unused"])
-    assert _stage_key("pyoco/sprites_claim", 0) == _stage_key("videofusion/sprites_claim", 0)
-    assert _stage_key("pyoco/sprites_claim", 1) != _stage_key("pyoco/sprites_claim", 0)
+    assert image_stage_key("pyoco/sprites_claim", 0) == image_stage_key("videofusion/sprites_claim", 0)
+    assert image_stage_key("pyoco/sprites_claim", 1) != image_stage_key("pyoco/sprites_claim", 0)
     digits = compose(["experiment=pyoco/moving_digits_claim", "run_dir=/tmp/unused"])
     assert cfg.claim.prior_configs == digits.claim.prior_configs   # the paper's alphas, as on MovingDigits
     assert cfg.module.prediction == cfg.claim.image.module.prediction == "v"

@@ -10,7 +10,7 @@ import json
 
 import pytest
 import torch
-from conftest import compose
+from conftest import compose, image_stage_key
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -100,17 +100,6 @@ def test_bad_parts_are_one_line_errors():
         net(torch.zeros(1, 1, 8, 8), torch.tensor([1.0]))
 
 
-def _stage_key(experiment: str, seed: int) -> str:
-    from shared.engine.claims import variant_config
-    from shared.engine.teachers import teacher_key
-
-    cfg = compose([f"experiment={experiment}", "run_dir=/tmp/unused"])
-    spec = OmegaConf.to_container(cfg.claim.image, resolve=False)
-    over = {k: spec[k] for k in ("model", "module", "data")}
-    over["trainer.max_steps"] = int(spec["max_steps"])
-    return teacher_key(variant_config(cfg, over, seed), seed)
-
-
 def test_sprites_claim_shares_the_sprites_image_stage_and_builds_both_processes(tmp_path):
     """One teacher-cache key with the Latent-Shift and Text2Video-Zero Sprites claims; the image stage's objective;
     the i.i.d. model is the inflated image U-Net with i.i.d. noise, VideoFusion's residual generator is that same
@@ -121,9 +110,10 @@ def test_sprites_claim_shares_the_sprites_image_stage_and_builds_both_processes(
     from shared.nn.weights import save_weights
 
     cfg = compose(["experiment=videofusion/sprites_claim", "run_dir=/tmp/unused"])
-    key = _stage_key("videofusion/sprites_claim", 0)
-    assert key == _stage_key("latent_shift/sprites_claim", 0) == _stage_key("text2video_zero/sprites_claim", 0)
-    assert key != _stage_key("videofusion/sprites_claim", 1)
+    key = image_stage_key("videofusion/sprites_claim", 0)
+    assert key == image_stage_key("latent_shift/sprites_claim", 0)
+    assert key == image_stage_key("text2video_zero/sprites_claim", 0)
+    assert key != image_stage_key("videofusion/sprites_claim", 1)
     assert cfg.module.prediction == cfg.claim.image.module.prediction == "v"
     assert cfg.module.schedule == cfg.claim.image.module.schedule
     assert list(cfg.module.sample_shape) == [3, int(cfg.data.frames), 16, 16] and not cfg.data.train.frames_only
