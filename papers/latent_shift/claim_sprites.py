@@ -32,11 +32,11 @@ from shared.data.sprite_worlds import Sprites
 from shared.engine.claims import (
     fit_from_image,
     forward_seconds,
-    per_frame_samples,
     run_seeded_claim,
     seed_job_config,
     sprite_judge_checks,
     summarise,
+    variant_videos,
     world_items,
 )
 from shared.engine.teachers import image_stage_weights
@@ -65,10 +65,7 @@ def seed_job(cfg_dict: dict, seed: int) -> dict:
         return torch.Generator().manual_seed(int(c.sample_seed) + 1000 * int(seed))
 
     ts = time.time()
-    videos = {"per_frame": per_frame_samples(image, labels, T, sampler, g())}
-    for variant, module in models.items():
-        x_T = torch.randn((n, *module.sample_shape), generator=g())
-        videos[variant] = module.sample(x_T=x_T, cond={"y": labels}, sampler=sampler, generator=g())
+    videos = variant_videos(image, models, labels, T, sampler, g)
     out["sample_time_s"] = time.time() - ts
     for name, v in videos.items():
         out.update(claim_scores(judge, v.clamp(-1, 1), labels, key=f"{{metric}}_{name}"))

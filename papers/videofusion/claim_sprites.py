@@ -41,11 +41,11 @@ from shared.data.sprite_worlds import Sprites
 from shared.engine.claims import (
     fit_from_image,
     forward_seconds,
-    per_frame_samples,
     run_seeded_claim,
     seed_job_config,
     sprite_judge_checks,
     summarise,
+    variant_videos,
     world_items,
 )
 from shared.engine.teachers import image_stage_weights
@@ -75,9 +75,7 @@ def seed_job(cfg_dict: dict, seed: int) -> dict:
         return torch.Generator().manual_seed(int(c.sample_seed) + 1000 * int(seed))
 
     ts = time.time()
-    videos = {"per_frame": per_frame_samples(image, labels, T, sampler, g())}
-    for variant, module in models.items():   # x_T from the module's own prior (i.i.d. / base + residual)
-        videos[variant] = module.sample(n, cond={"y": labels}, sampler=sampler, generator=g())
+    videos = variant_videos(image, models, labels, T, sampler, g)   # x_T from each prior (i.i.d. / base + residual)
     out["sample_time_s"] = time.time() - ts
     for name, v in videos.items():
         out.update(claim_scores(judge, v.clamp(-1, 1), labels, key=f"{{metric}}_{name}"))

@@ -371,6 +371,19 @@ def per_frame_samples(module, labels, frames: int, sampler: dict, generator):
     return x.view(len(labels), frames, *x.shape[1:]).transpose(1, 2)
 
 
+def variant_videos(image, models: dict, labels, frames: int, sampler: dict, generator) -> dict:
+    """Videos of the image-to-video fine-tuning claims, one class label per video: ``per_frame`` (the image
+    ``module`` frame by frame, :func:`per_frame_samples`) and each fine-tuned model of ``models`` (``x_T`` from its own
+    noise prior); ``generator()`` returns a fresh, equally seeded generator for every draw."""
+    import torch
+
+    videos = {"per_frame": per_frame_samples(image, labels, frames, sampler, generator())}
+    with torch.no_grad():
+        for variant, module in models.items():
+            videos[variant] = module.sample(len(labels), cond={"y": labels}, sampler=sampler, generator=generator())
+    return videos
+
+
 def forward_seconds(nets: dict, shape, repeats: int) -> dict[str, float]:
     """Median seconds of one forward pass ``net(x, t, y=y)`` of each of ``nets`` on the same (B, C, T, H, W) batch
     (class 0, t = 500), the nets interleaved in alternating order; round 0 warms up."""
