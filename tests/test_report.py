@@ -362,3 +362,43 @@ def test_gallery_order_links_legends_and_follow_ups_stay_apart(tmp_path):
     assert legend_of("digits_claim_samples_S10_eta=0.0.png").startswith("DDIM, S=10 steps, eta=0.0")
     assert legend_of("digits_guidance_samples_w1.5.png").startswith("guidance scale w = 1.5: column k = class k")
     assert md_inline("**b** `c` <x>") == "<b>b</b> <code>c</code> &lt;x&gt;"
+
+
+def test_claim_times_judge_each_claim_by_its_tier_and_bound_the_suite(tmp_path):
+    """RESULTS.md's time table: a claim of the long tier (as its experiment, or the experiment it extends, says
+    now) is held to 30 minutes, one of `make claims` to 10; per suite the recorded times are summed and the least
+    wall time two at a time is max(total / 2, longest); reused-stage runs are listed but not summed."""
+    from tools.report import claim_times_md
+
+    exp = tmp_path / "experiments" / "toy_paper"
+    exp.mkdir(parents=True)
+    (exp / "short.yaml").write_text("claim:\n  name: short\n")
+    (exp / "base_long.yaml").write_text("claim:\n  name: base_long\n  tier: long\n")
+    (exp / "long.yaml").write_text("defaults:\n  - /experiment/toy_paper/base_long\n  - _self_\nclaim:\n  name: long\n")
+    (exp / "cached.yaml").write_text("claim:\n  name: cached\n")
+    (tmp_path / "Makefile").write_text("toy:\n" + "".join(f"\t$(TRAIN) experiment=toy_paper/{c}\n"
+                                                         for c in ("short", "long", "other", "cached")))
+    res = tmp_path / "papers" / "toy_paper" / "results"
+    for claim, wall, extra in (("short", 660.0, {}), ("long", 1500.0, {}), ("other", 300.0, {}),
+                               ("cached", 50.0, {"reused_stages": ["teacher_cache:seed0"]}), ("followup", 9000.0, {})):
+        cfg = {"report": [{"label": "x", "metric": "x", "paper": "—"}]}
+        cfg.update({"claim": {"tier": "long"}} if claim == "other" else {})
+        write_results(res / f"{claim}.json", {"x": 1.0}, paper="toy_paper", claim=claim, seeds=[0], config=cfg,
+                      wall_time_s=wall)
+        if extra:
+            data = json.loads((res / f"{claim}.json").read_text())
+            data.update(extra)
+            (res / f"{claim}.json").write_text(json.dumps(data))
+    (tmp_path / "papers" / "toy_paper" / "README.md").write_text("# Toy\n")
+    md = claim_times_md(tmp_path)
+    row = {line.split("|")[2].strip(): [c.strip() for c in line.split("|")[3:6]]
+           for line in md.splitlines() if line.startswith("| toy_paper")}
+    assert row["short"] == ["cpu", "11.0", "≤ 10: **over**"]
+    assert row["long"] == ["long", "25.0", "≤ 30: ok"]            # tier inherited through defaults
+    assert row["other"] == ["long", "5.0", "≤ 30: ok"]            # no experiment file: the committed config's tier
+    assert row["followup"][0] == "follow-up" and "no budget" in row["followup"][2]
+    assert "not timed" in row["cached"][2]
+    totals = [line for line in md.splitlines() if line.startswith("| **total**")]
+    assert ("| cpu | **11.0** | two at a time ≥ 11.0 min (within the 45-min suite budget); "
+            "1 claim(s) not timed") in totals[0]
+    assert "| long | **30.0** | two at a time ≥ 25.0 min" in totals[1]
