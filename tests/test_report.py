@@ -115,8 +115,8 @@ def test_readme_table_and_results_md(tmp_path):
     main(["--root", str(root), "--no-gallery"])
     assert (root / "RESULTS.md").read_text() == md
     # the claim-suite time budget: each result's recorded wall time and the total
-    assert "| toy_paper | claim_a | 0.2 | ok |" in md
-    assert "| **total** | claim checks of the `make <paper>` targets | **0.2** |" in md
+    assert "| toy_paper | claim_a | cpu | 0.2 | ≤ 10: ok |" in md
+    assert "| **total** | `make claims`: the recorded times summed | cpu | **0.2** |" in md
 
 
 def test_aggregate_multirun_results_and_csv(tmp_path):
