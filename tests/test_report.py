@@ -283,8 +283,8 @@ def test_a_run_that_reuses_cached_stages_says_so_and_is_not_timed(tmp_path):
     assert rec["reused_stages"] == ["cached:stage.json"]
     (root / "papers" / "toy_paper" / "results" / "claim_b.json").write_text(json.dumps(rec))
     md = results_md(root)
-    assert "| toy_paper | claim_b | (0.0) | not timed: reused cached stages" in md
-    assert "| **total** | claim checks of the `make <paper>` targets | **0.2** |" in md  # claim_a only
+    assert "| toy_paper | claim_b | cpu | (0.0) | not timed: reused cached stages" in md
+    assert "| **total** | `make claims`: the recorded times summed | cpu | **0.2** |" in md  # claim_a only
 
 
 def test_results_record_the_compute_a_run_had_and_the_time_table_shows_it(tmp_path):
@@ -295,16 +295,16 @@ def test_results_record_the_compute_a_run_had_and_the_time_table_shows_it(tmp_pa
     assert 1 <= rec["compute"]["cpus_usable"] <= rec["compute"]["cpus"]
     md = results_md(fake_tree(tmp_path / "tree"))  # claim_a is written by write_results in this process
     n, usable = torch.get_num_threads(), rec["compute"]["cpus_usable"]
-    assert f"| toy_paper | claim_a | 0.2 | ok | {n} thread{'s' if n != 1 else ''} / {usable} of " in md
+    assert f"| toy_paper | claim_a | cpu | 0.2 | ≤ 10: ok | {n} thread{'s' if n != 1 else ''} / {usable} of " in md
 
 
 def test_follow_up_experiments_are_listed_but_not_held_to_the_budget(tmp_path):
     root = fake_tree(tmp_path)
     (root / "Makefile").write_text("toy_paper:\n\t$(TRAIN) experiment=toy_paper/other_claim\n")
     md = results_md(root)
-    assert "| toy_paper | claim_a | 0.2 | follow-up |" in md  # not run by `make toy_paper`
-    assert "| **total** | claim checks of the `make <paper>` targets | **0.0** | ok |" in md
-    assert "| total | every timed result (with follow-ups) | 0.2 |" in md
+    assert "| toy_paper | claim_a | follow-up | 0.2 | follow-up (no budget) |" in md  # not run by `make toy_paper`
+    assert "| **total** | `make claims`: the recorded times summed | cpu | **0.0** | two at a time ≥ 0.0 min" in md
+    assert "| total | every timed result (with follow-ups) | | 0.2 |" in md
 
 
 def test_sweep_report_keeps_every_metric_in_report_order_and_takes_several(tmp_path):
