@@ -160,3 +160,40 @@ def test_emonet_needs_its_inputs():
     with pytest.raises(ValueError, match="ReferenceNet"):
         net(kw["x"][:, :, 0], kw["t"], guide=kw["guide"])
     assert isinstance(net, EMONet)
+
+
+def test_claim_noise_prior_keeps_iid_and_draws_each_clip_from_the_prior():
+    """``claim.noise_prior`` unset: every clip's x_T is the i.i.d. draw of before (same seed, same tensor); set: each
+    clip of a long video its own draw from the prior (seed + i), so only motion frames can join the clips."""
+    from omegaconf import OmegaConf
+
+    from papers.emo.claim import initial_noise, long_generation, noise_prior
+    from shared.diffusion.noise_priors import MixedNoise
+
+    shape = (2, 3, 4, 8, 8)
+    assert torch.equal(initial_noise(shape, 7), torch.randn(shape, generator=torch.Generator().manual_seed(7)))
+    assert noise_prior(OmegaConf.create({"claim": {}})) is None
+    prior = noise_prior(OmegaConf.create({"claim": {"noise_prior": {
+        "_target_": "shared.diffusion.noise_priors.MixedNoise", "alpha": 1000.0}}}))
+    assert isinstance(prior, MixedNoise)
+    shared = initial_noise(shape, 7, prior)
+    assert (shared[:, :, 1:] - shared[:, :, :-1]).abs().max() < 0.01   # alpha >> 1: nearly one frame repeated
+
+    seen = []
+
+    class Fake:
+        conditions = {"reference": None, "face_region": None}
+
+        def sample(self, x_T, cond, sampler, generator):
+            seen.append(x_T)
+            return x_T
+
+    clips = {"x": torch.zeros(2, 3, 6, 8, 8), "reference": torch.zeros(2, 3, 8, 8),
+             "face_region": torch.zeros(2, 1, 8, 8), "audio_features": torch.zeros(2, 6, 1, 1),
+             "mouth_open": torch.zeros(2, 6), "audio_envelope": torch.zeros(2, 6)}
+    chain = long_generation(Fake(), clips, {}, 5, f=3, n=1, k=2, motion=False, prior=prior)
+    for i, part in enumerate(chain):
+        assert torch.equal(part, initial_noise((2, 3, 3, 8, 8), 5 + i, prior))
+    seen.clear()
+    long_generation(Fake(), clips, {}, 5, f=3, n=1, k=2, motion=False)   # no prior: per-clip i.i.d. seeds 5, 6
+    assert torch.equal(seen[1], torch.randn(2, 3, 3, 8, 8, generator=torch.Generator().manual_seed(6)))

@@ -4,7 +4,9 @@ It owns the network, the schedule (``shared.diffusion.schedules``), the paramete
 declared conditions (:mod:`shared.methods.conditions`) and the one sampling loop of the project:
 
 * training — :meth:`training_loss` = the conditions' keyword arguments (each dropped with its own probability)
-  + :meth:`objective` (default: :func:`shared.diffusion.losses.diffusion_loss` with the configured weighting).
+  + :meth:`objective` (default: :func:`shared.diffusion.losses.diffusion_loss` with the configured weighting);
+  ``region_loss`` (``{key, weight, half_size}``) up-weights the squared error in a box around a per-frame point of
+  the batch (:meth:`pixel_weight`; weight 0 or none: the plain loss);
   A paper changes its objective by overriding :meth:`objective`, never how conditions reach the network;
 * sampling — :meth:`sample` ``(n, cond={key: values}, sampler={name, steps, ..., guidance_scale})`` validates the
   sampler config, draws ``x_T``, and runs batches through :meth:`sample_batch`, whose default builds the guided
@@ -33,7 +35,7 @@ from torch import nn
 
 from shared.diffusion.conditioning import reconstruction_guided_denoiser, replacement_denoiser
 from shared.diffusion.guidance import cfg_kwargs_net, is_unit_guidance
-from shared.diffusion.losses import diffusion_loss
+from shared.diffusion.losses import diffusion_loss, point_region_weight
 from shared.diffusion.parameterization import make_denoiser
 from shared.diffusion.samplers import SAMPLERS
 from shared.diffusion.schedules import Schedule
@@ -51,8 +53,10 @@ class DiffusionModule(RunModule):
                  ema_decay: float | None = 0.9999, ema_warmup: bool = False, cond_drop_prob: float = 0.0,
                  sampler: dict | None = None, clip_x0: float | None = 1.0, seed: int = 0,
                  sample_shape: tuple | list | None = None, text_encoder: nn.Module | None = None,
-                 conditions: Mapping[str, Condition] | list | None = None, noise_prior: nn.Module | None = None):
+                 conditions: Mapping[str, Condition] | list | None = None, noise_prior: nn.Module | None = None,
+                 region_loss: Mapping | None = None):
         super().__init__(optimizer, lr_scheduler, seed)
+        self.region_loss = self._check_region_loss(region_loss)
         if ema_decay is not None and not (0.0 <= float(ema_decay) < 1.0):
             raise ValueError(f"module.ema_decay must be in [0, 1) (or null for no EMA), got {ema_decay!r}")
         if not (0.0 <= float(cond_drop_prob) <= 1.0):
@@ -100,8 +104,37 @@ class DiffusionModule(RunModule):
         return cond
 
     # ------------------------------------------------------------------ training
+    @staticmethod
+    def _check_region_loss(region_loss: Mapping | None) -> dict | None:
+        if region_loss is None:
+            return None
+        spec = dict(region_loss)
+        unknown = set(spec) - {"key", "weight", "half_size"}
+        if unknown or "key" not in spec:
+            raise ValueError(f"module.region_loss takes key, weight, half_size; got {sorted(spec)}")
+        spec = {"key": str(spec["key"]), "weight": float(spec.get("weight", 0.0)),
+                "half_size": float(spec.get("half_size", 0.1))}
+        if spec["weight"] < 0 or spec["half_size"] <= 0:
+            raise ValueError(f"module.region_loss needs weight >= 0 and half_size > 0, got {spec}")
+        return spec
+
+    def pixel_weight(self, batch: Mapping, x0: torch.Tensor) -> torch.Tensor | None:
+        """Per-pixel loss weights of ``module.region_loss`` (``{key, weight, half_size}``: ``1 + weight`` in a box of
+        half-width ``half_size`` around the normalised point ``batch[key]`` of each frame, e.g. a mouth centre; 1
+        elsewhere), or None without one (:func:`shared.diffusion.losses.point_region_weight`)."""
+        if self.region_loss is None or self.region_loss["weight"] == 0:
+            return None
+        r = self.region_loss
+        if r["key"] not in batch:
+            raise KeyError(f"module.region_loss reads batch[{r['key']!r}], which the data do not give")
+        return point_region_weight(batch[r["key"]].to(x0.device), x0.shape, r["half_size"], r["weight"])
+
     def training_loss(self, batch: dict, generator: torch.Generator):
-        return self.objective(batch["x"], generator, **self.condition(batch, generator))
+        kw = self.condition(batch, generator)
+        w = self.pixel_weight(batch, batch["x"])
+        if w is not None:   # only then: papers' own objectives need not know the keyword
+            kw["pixel_weight"] = w
+        return self.objective(batch["x"], generator, **kw)
 
     def training_noise(self, x0: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor | None:
         """The training ``eps`` for ``x0`` from the noise prior; None (the loss draws i.i.d. noise) without one."""
