@@ -51,6 +51,22 @@ def scores(v: torch.Tensor, directions, source, target, judge) -> dict:
             "source_kept": digit_accuracy(v, source, judge), "appearance": appearance_consistency(v)}
 
 
+def untuned_module(cfg: DictConfig, image_file):
+    """The inflated network with the image stage's weights, not tuned (the claims' "untuned" baseline)."""
+    mcfg = OmegaConf.to_container(cfg.model, resolve=True)
+    mcfg["weights"] = str(image_file)
+    return instantiate(cfg.module, net=instantiate(mcfg)).eval()
+
+
+def tune_on_source(cfg: DictConfig, image_file, k: int, src_seed: int, seed: int):
+    """One-shot tuning on the ``k``-th held-out source video of the world (seed ``src_seed``): a variant of its own
+    (``tuned_seed<seed>_video<k>``) trained on that one video from the image stage's weights."""
+    data = {"data.train._target_": "papers.tune_a_video.data.OneVideo",
+            "data.train.world": str(cfg.data.train._target_), "data.train.index": k,
+            "data.train.seed": src_seed, "data.train.split": "test", "model.weights": str(image_file)}
+    return fit_variant(cfg, f"tuned_seed{seed}_video{k}", data, seed)
+
+
 def seed_job(cfg_dict: dict, seed: int) -> dict:
     cfg = seed_job_config(cfg_dict)
     c = cfg.claim
@@ -62,16 +78,10 @@ def seed_job(cfg_dict: dict, seed: int) -> dict:
     videos, labels, directions = world_items(cfg, n, src_seed, keys=("x", "y", "direction"))
     target = (labels + int(c.edit_offset)) % 10
     edits = {"per_frame": per_frame_edit(image, videos, labels, target, steps, w)}
-    mcfg = OmegaConf.to_container(cfg.model, resolve=True)
-    mcfg["weights"] = str(image_file)
-    untuned = instantiate(cfg.module, net=instantiate(mcfg)).eval()
-    edits["untuned"] = invert_and_edit(untuned, videos, labels, target, steps, w)
+    edits["untuned"] = invert_and_edit(untuned_module(cfg, image_file), videos, labels, target, steps, w)
     tuned, ts = [], time.time()
     for k in range(n):
-        data = {"data.train._target_": "papers.tune_a_video.data.OneVideo",
-                "data.train.world": str(cfg.data.train._target_), "data.train.index": k,
-                "data.train.seed": src_seed, "data.train.split": "test", "model.weights": str(image_file)}
-        module = fit_variant(cfg, f"tuned_seed{seed}_video{k}", data, seed)
+        module = tune_on_source(cfg, image_file, k, src_seed, seed)
         tuned.append(invert_and_edit(module, videos[k:k + 1], labels[k:k + 1], target[k:k + 1], steps, w))
     out["tune_and_edit_s"] = time.time() - ts
     edits["tuned"] = torch.cat(tuned)

@@ -35,11 +35,11 @@ import time
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from papers.tune_a_video.claim import tune_on_source, untuned_module
 from shared.data.sprite_worlds import Sprites
-from shared.engine.claims import fit_variant, run_seeded_claim, seed_job_config, world_items
+from shared.engine.claims import run_seeded_claim, seed_job_config, world_items
 from shared.engine.teachers import image_stage_weights
 from shared.engine.video_io import save_labelled_rows
 from shared.methods.editing import invert, regenerate
@@ -134,17 +134,11 @@ def seed_job(cfg_dict: dict, seed: int) -> dict:
     videos, labels, directions = sources(cfg, n, src_seed)
     target = edited_labels(cfg, labels)
     fresh = torch.randn(videos.shape, generator=torch.Generator().manual_seed(int(c.sample_seed) + int(seed)))
-    mcfg = OmegaConf.to_container(cfg.model, resolve=True)
-    mcfg["weights"] = str(image_file)
-    untuned = instantiate(cfg.module, net=instantiate(mcfg)).eval()
     runs = {"per_frame": edit_all(image, videos, fresh, labels, target, shares, steps, w, per_frame=True),
-            "untuned": edit_all(untuned, videos, fresh, labels, target, shares, steps, w)}
+            "untuned": edit_all(untuned_module(cfg, image_file), videos, fresh, labels, target, shares, steps, w)}
     tuned, ts = [], time.time()
     for k in range(n):
-        data = {"data.train._target_": "papers.tune_a_video.data.OneVideo",
-                "data.train.world": str(cfg.data.train._target_), "data.train.index": k,
-                "data.train.seed": src_seed, "data.train.split": "test", "model.weights": str(image_file)}
-        module = fit_variant(cfg, f"tuned_seed{seed}_video{k}", data, seed)
+        module = tune_on_source(cfg, image_file, k, src_seed, seed)
         one = slice(k, k + 1)
         e = edit_all(module, videos[one], fresh[one], labels[one], target[one], shares, steps, w)
         # the reconstruction under the source prompt (unguided), from the claim's x_T: what tuning learned
