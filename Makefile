@@ -113,6 +113,8 @@ dit: $(STAMP)  ## DiT: FD vs Gflops over sizes x patches, conditioning ablation,
 
 vdm: $(STAMP)  ## Video Diffusion Models: joint image-video training, reconstruction-guided extension
 	$(TRAIN) experiment=vdm/moving_digits_claim $(PUBLISH)
+	$(TRAIN) experiment=vdm/sprites_joint_protocol $(PUBLISH)
+	$(TRAIN) experiment=vdm/sprites_joint_claim $(PUBLISH)
 	$(PY) -m tools.report --paper vdm
 
 pvdm: $(STAMP)  ## PVDM: triplane-projected video autoencoder + 2D U-Net vs the pixel 3D U-Net (FVD, step time, memory)
