@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## create .venv and install the package with its pinned dependencies
 
-test: $(STAMP)  ## run the test suite (claim checks excluded; about 20 minutes on 2 cores; prints the 25 slowest tests)
+test: $(STAMP)  ## run the test suite (claim checks excluded; about 10 minutes on 2 idle cores; prints the 25 slowest tests)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --timeout=900 --durations=25
 
 claims: $(STAMP)  ## run every claim check (slow) and assert the papers' directions; two at a time, one thread each

@@ -77,6 +77,30 @@ def test_frechet_closed_forms():
         frechet_distance(np.zeros(3), np.eye(3), np.zeros(2), np.eye(2))
 
 
+def test_frechet_on_few_samples_of_wide_features_survives_eigh_failures(monkeypatch):
+    """Three samples of 512 features, most of them never active (zero variance in both sets, as random-weight
+    Inception pool units): the value equals the FD on the active features plus the mean term of the dead ones
+    (they add nothing to the trace terms), and equals it again when LAPACK's eigh refuses to converge, as it did
+    once in CI on such a covariance (the SVD gives the same decomposition)."""
+    rng = np.random.default_rng(3)
+    a, b = np.zeros((3, 512)), np.zeros((3, 512))
+    a[:, :40], b[:, 20:60] = rng.random((3, 40)), rng.random((3, 40))
+    b[:, 500] = 2.0                                    # a constant unit: no variance, but a mean difference
+    active = slice(0, 60)
+    want = fd_from_features(a[:, active], b[:, active]) + 4.0
+    assert fd_from_features(a, b) == pytest.approx(want, rel=1e-7)
+
+    def refuse(*args, **kwargs):
+        raise torch.linalg.LinAlgError("linalg.eigh: The algorithm failed to converge")
+
+    monkeypatch.setattr(torch.linalg, "eigh", refuse)
+    monkeypatch.setattr(torch.linalg, "eigvalsh", refuse)
+    assert fd_from_features(a, b) == pytest.approx(want, rel=1e-7)
+    s = _random_spd(rng, 16)
+    mu = rng.standard_normal(16)
+    assert frechet_distance(mu, s, mu, s) == pytest.approx(0, abs=1e-8)
+
+
 def test_gaussian_stats_and_fd_from_features():
     rng = np.random.default_rng(2)
     a = rng.standard_normal((500, 6))

@@ -38,9 +38,32 @@ def gaussian_stats(features: ArrayLike) -> tuple[torch.Tensor, torch.Tensor]:
     return mu, sigma
 
 
+def _eigh(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigen-decomposition of the symmetric part of a PSD matrix. LAPACK's ``syevd`` can fail to converge on
+    rank-deficient covariances with many (near-)repeated zero eigenvalues (a few samples of a wide feature), so on
+    that error the same decomposition is taken from the SVD, which for a symmetric PSD matrix is its eigen-
+    decomposition (singular values = eigenvalues; round-off negatives come back as tiny positives)."""
+    sym = (s + s.T) / 2
+    try:
+        return torch.linalg.eigh(sym)
+    except torch.linalg.LinAlgError:
+        u, w, _ = torch.linalg.svd(sym)
+        return w, u
+
+
+def _eigvals(s: torch.Tensor) -> torch.Tensor:
+    """Eigenvalues of the symmetric part of a PSD matrix (``eigvalsh``; its singular values where LAPACK does not
+    converge, as in :func:`_eigh`)."""
+    sym = (s + s.T) / 2
+    try:
+        return torch.linalg.eigvalsh(sym)
+    except torch.linalg.LinAlgError:
+        return torch.linalg.svdvals(sym)
+
+
 def _sqrt_psd(s: torch.Tensor) -> torch.Tensor:
     # Symmetric square root of a PSD matrix through its eigen-decomposition.
-    w, v = torch.linalg.eigh((s + s.T) / 2)
+    w, v = _eigh(s)
     return (v * w.clamp_min(0).sqrt()) @ v.T
 
 
@@ -54,7 +77,7 @@ def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: 
         )
     root1 = _sqrt_psd(sigma1)
     m = root1 @ sigma2 @ root1
-    trace_sqrt = torch.linalg.eigvalsh((m + m.T) / 2).clamp_min(0).sqrt().sum()
+    trace_sqrt = _eigvals(m).clamp_min(0).sqrt().sum()
     diff = mu1 - mu2
     fd = diff @ diff + torch.trace(sigma1) + torch.trace(sigma2) - 2 * trace_sqrt
     return float(fd.clamp_min(0))  # exact 0 for identical inputs up to round-off
