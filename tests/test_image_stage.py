@@ -34,3 +34,20 @@ def test_incomplete_recipe_is_one_line_error():
     cfg = compose(["experiment=text2video_zero/moving_digits_claim", "run_dir=/tmp/unused"])
     with pytest.raises(ValueError, match=r"missing \['max_steps'\]"):
         stage_for_seed(cfg, OmegaConf.create({"model": {}, "module": {}, "data": {}}), 0)
+
+
+def test_cache_lock_is_exclusive_across_processes(tmp_path):
+    """Two claims that need the same cached stage run side by side in ``make claims``: the second must wait for the
+    first's file, not train a duplicate. While one process holds the key's lock another cannot take it."""
+    import subprocess
+    import sys
+
+    from shared.engine.teachers import cache_lock
+
+    probe = ("import fcntl, sys\n"
+             "f = open(sys.argv[1], 'a')\n"
+             "try:\n    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept BlockingIOError:\n    sys.exit(3)\n")
+    with cache_lock(tmp_path / "key"):
+        held = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "key" / ".lock")]).returncode
+    free = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "key" / ".lock")]).returncode
+    assert (held, free) == (3, 0)

@@ -12,6 +12,7 @@ substituted) reuses a checkpoint file instead.
 from __future__ import annotations
 
 import ast
+import contextlib
 import hashlib
 import json
 import logging
@@ -127,18 +128,40 @@ def teacher_for_seed(cfg: DictConfig, seed: int):
     if own.is_file():   # a re-run in this claim's folder: the teacher it trained (the students' checkpoints name it)
         note_reused(f"teacher_own:seed{seed}")
         return module_from_checkpoint(own), str(own), "own"
-    cache = None
-    if c.get("teacher_cache", True) and not cfg.trainer.get("fast_dev_run"):   # never cache a 1-step smoke teacher
-        cache = Path(cfg.paths.output_dir) / "teacher_cache" / teacher_key(cfg, seed) / "teacher.ckpt"
+    if not c.get("teacher_cache", True) or cfg.trainer.get("fast_dev_run"):   # never cache a 1-step smoke teacher
+        module = fit_variant(cfg, f"teacher_seed{seed}", seed=seed)
+        return module, str(save_module(module, own)), "trained"
+    cache = Path(cfg.paths.output_dir) / "teacher_cache" / teacher_key(cfg, seed) / "teacher.ckpt"
+    # one trainer per key: a second process that needs the same teacher (two claims run side by side) waits for the
+    # first and loads its file instead of training a duplicate
+    with cache_lock(cache.parent):
         if cache.is_file():
             log.info("teacher seed %s: cached %s", seed, cache)
             note_reused(f"teacher_cache:seed{seed}")  # this run's wall time excludes the teacher's training
             return module_from_checkpoint(cache), str(cache), "cache"
-    module = fit_variant(cfg, f"teacher_seed{seed}", seed=seed)
-    path = save_module(module, Path(cfg.run_dir) / f"teacher_seed{seed}" / "teacher.ckpt")
-    if cache is not None:
+        module = fit_variant(cfg, f"teacher_seed{seed}", seed=seed)
+        path = save_module(module, own)
         save_module(module, cache)
     return module, str(path), "trained"
+
+
+@contextlib.contextmanager
+def cache_lock(folder: Path):
+    """An exclusive lock on ``folder`` (created) across processes, held for the ``with`` block: ``flock`` on
+    ``folder/.lock``. Where ``fcntl`` does not exist (Windows) the block runs unlocked, as before."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with open(folder / ".lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def teacher_with_baseline(cfg: DictConfig, seed: int, teachers: dict, baseline: dict[int, list],
