@@ -35,10 +35,10 @@ test: $(STAMP)  ## run the test suite (claim checks excluded; about 10 minutes o
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --timeout=900 --durations=25
 
 claims: $(STAMP)  ## run every claim check (slow) and assert the papers' directions; two at a time, one thread each
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "claims and not claims_long" -n 2 --dist loadgroup --no-loadscope-reorder --timeout=7200
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "claims and not claims_long" -n 2 --dist load --maxschedchunk 1 --timeout=7200
 
 claims-long: $(STAMP)  ## the longer CPU tier of claim checks (claim.tier: long, up to 30 min each on one core)
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m claims_long -n 2 --dist loadgroup --no-loadscope-reorder --timeout=7200
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m claims_long -n 2 --dist load --maxschedchunk 1 --timeout=7200
 
 GPU_CLAIMS := video_ldm/sprites_claim_gpu vdm/sprites_joint_claim_gpu vdm/sprites_extension_claim_gpu \
               animatediff/sprites_claim_gpu pvdm/sprites_claim_gpu

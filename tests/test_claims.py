@@ -1,16 +1,18 @@
 """The claim checks: every claim a ``make <paper>`` target runs, re-run and held to its experiment's ``expected:``
 block (the paper's direction and threshold, fixed in the config before the first run).
 
-One test per check. A check the committed evidence (``papers/<id>/results/<claim>.json``) fails is a strict
-expected failure, with the committed numbers as the reason: a re-run that suddenly passes is reported (XPASS
-fails the suite) so the evidence and the README get updated instead of silently disagreeing. Checks compare
-values the run itself produced (``than:``), never another claim's committed file.
+One test per claim (one claim run, so the two workers of ``make claims`` never both run it; grouping the checks of a
+claim with ``xdist_group`` does not work with pytest 9, whose node ids pytest-xdist 3.8 can no longer suffix). The
+test asserts every check's outcome equals the committed evidence's (``papers/<id>/results/<claim>.json``): a check
+that now fails, or one the committed run failed that now passes, fails the test with the check's numbers, so the
+evidence and the README get updated instead of silently disagreeing. Checks compare values the run itself produced
+(``than:``), never another claim's committed file.
 
-Slow (minutes per claim): marker ``claims``, run by ``make claims`` (two claims at a time, one thread each; the stages
-several claims share first, then the claims longest first by their committed wall times). Claims
-whose config says ``claim.tier: long`` (up to 30 minutes on one core) carry the marker ``claims_long`` as well and
-run in ``make claims-long`` instead. The fast test at the end — in ``make test`` — checks that every check resolves
-against the committed results.
+Slow (minutes per claim): marker ``claims``, run by ``make claims`` (two at a time, one thread each; the stages
+several claims share first, then the claims longest first by their committed wall times). Claims whose config says
+``claim.tier: long`` (up to 30 minutes on one core) carry the marker ``claims_long`` as well and run in ``make
+claims-long`` instead. The fast tests at the end — in ``make test`` — check that every check resolves against the
+committed results and that the suite holds every claim once.
 """
 from __future__ import annotations
 
@@ -94,67 +96,66 @@ def shared_stages() -> dict[tuple[str, str], tuple[str, int, str]]:
     return {k: v[0] for k, v in users.items() if len({e for e, _, _ in v}) >= 2}
 
 
-def _stage_params():
+def _suite():
+    """The claim suite as pytest runs it: the shared stages (image stages first, the longer ones), then the claims
+    longest first by their committed wall times. pytest-xdist's ``load`` scheduler (``--maxschedchunk 1``) starts each
+    of the two workers with two consecutive items and then hands out the next item to whichever worker has one left,
+    so items 1 and 2 are swapped: the workers start with items (0, 2) and (1, 3) - the two seeds of the longest stage
+    train side by side - and the rest goes longest first to the worker that frees up."""
     out = []
-    stages = sorted(shared_stages().items(), key=lambda kv: (kv[1][2] != "image", kv[1][1], kv[1][0]))  # longest first
-    for i, ((tier, _), (exp, seed, kind)) in enumerate(stages):
-        marks = [pytest.mark.xdist_group(f"stage-{i}")] + ([pytest.mark.claims_long] if tier == "long" else [])
-        out.append(pytest.param(exp, seed, kind, id=f"{tier}-{kind}-{exp}-seed{seed}", marks=marks))
-    return out
-
-
-def _params():
-    out = []
+    stages = sorted(shared_stages().items(), key=lambda kv: (kv[1][2] != "image", kv[1][1], kv[1][0]))
+    for (tier, _), (exp, seed, kind) in stages:
+        marks = [pytest.mark.claims_long] if tier == "long" else []
+        out.append((tier, pytest.param("stage", exp, seed, kind, id=f"stage-{kind}-{exp}-seed{seed}", marks=marks)))
     for exp in sorted(make_target_claims(), key=lambda e: (-_recorded_cost(e), e)):
-        block, _ = claim_block(exp)
-        records = evaluate_expected(block, committed(exp)) if committed(exp) is not None else None
-        long_tier = _tier(exp) == "long"
-        for i in range(len(parse_expected(block))):
-            marks = [pytest.mark.xdist_group(exp)] + ([pytest.mark.claims_long] if long_tier else [])
-            if records is not None and not records[i]["passed"]:
-                r = records[i]
-                marks.append(pytest.mark.xfail(strict=True, reason=f"committed run fails it: observed "
-                                                                    f"{r['observed']} vs {r['threshold']}"))
-            out.append(pytest.param(exp, i, id=f"{exp}[{i}]", marks=marks))
-    return out
+        marks = [pytest.mark.claims_long] if _tier(exp) == "long" else []
+        out.append((_tier(exp), pytest.param("claim", exp, None, None, id=exp, marks=marks)))
+    params = []
+    for tier in ("cpu", "long"):   # each tier is its own run (make claims / make claims-long): swap within it
+        items = [p for t, p in out if t == tier]
+        if len(items) > 3:
+            items[1], items[2] = items[2], items[1]
+        params += items
+    return params
+
+
+def failing_checks(records: list[dict]) -> set[int]:
+    return {i for i, r in enumerate(records) if not r["passed"]}
+
+
+def changed_checks(records: list[dict], known_failing: set[int]) -> list[str]:
+    """One line per check whose outcome differs from the committed run's (``known_failing``: its failing checks)."""
+    return [f"check {i} {'now FAILS' if not r['passed'] else 'now PASSES (the committed run failed it)'}: "
+            f"{r['check']}: observed {r['observed']} vs {r['threshold']} ({r['source']})"
+            for i, r in enumerate(records) if (i in known_failing) == r["passed"]]
 
 
 @pytest.mark.claims
-@pytest.mark.parametrize("experiment,seed,kind", _stage_params())
-def test_shared_stage(experiment, seed, kind, tmp_path):
-    """A stage several claims load (trained here once, or found in the cache): the cache file the claims look for
-    exists afterwards."""
-    from conftest import image_stage_key
+@pytest.mark.parametrize("job,experiment,seed,kind", _suite())
+def test_claim(job, experiment, seed, kind, tmp_path):
+    """A stage: trained once (or found in the cache) - the cache file the claims look for exists afterwards.
 
-    from shared.engine.teachers import stage_for_seed, teacher_for_seed, teacher_key
+    A claim: re-run into ``tmp_path`` (nothing published) and held to its ``expected:`` block. Its outcome must equal
+    the committed evidence's check by check: a check that fails now but passed in the committed run fails the test,
+    and so does one the committed run fails that now passes (the evidence and README would otherwise silently
+    disagree with the code). One test per claim (one claim run), so two workers never run the same claim."""
+    if job == "stage":
+        from conftest import image_stage_key
 
-    cfg = compose([f"experiment={experiment}", "logger=none", f"run_dir={tmp_path}"])
-    module, path, how = (stage_for_seed(cfg, cfg.claim.image, seed) if kind == "image"
-                         else teacher_for_seed(cfg, seed))
-    assert module is not None and how in ("trained", "cache"), how
-    key = image_stage_key(experiment, seed) if kind == "image" else teacher_key(cfg, seed)
-    assert (Path(cfg.paths.output_dir) / "teacher_cache" / key / "teacher.ckpt").is_file()
+        from shared.engine.teachers import stage_for_seed, teacher_for_seed, teacher_key
 
-
-@pytest.fixture(scope="module")
-def claim_runs(tmp_path_factory):
-    cache: dict[str, dict] = {}
-
-    def get(experiment: str) -> dict:
-        if experiment not in cache:
-            cache[experiment] = run_into(experiment, tmp_path_factory.mktemp(experiment.replace("/", "_")))
-        return cache[experiment]
-
-    return get
-
-
-@pytest.mark.claims
-@pytest.mark.parametrize("experiment,index", _params())
-def test_claim(experiment, index, claim_runs):
+        cfg = compose([f"experiment={experiment}", "logger=none", f"run_dir={tmp_path}"])
+        module, path, how = (stage_for_seed(cfg, cfg.claim.image, seed) if kind == "image"
+                             else teacher_for_seed(cfg, seed))
+        assert module is not None and how in ("trained", "cache"), how
+        key = image_stage_key(experiment, seed) if kind == "image" else teacher_key(cfg, seed)
+        assert (Path(cfg.paths.output_dir) / "teacher_cache" / key / "teacher.ckpt").is_file()
+        return
     block, _ = claim_block(experiment)
-    record = evaluate_expected(block, claim_runs(experiment))[index]
-    assert record["passed"], f"{record['check']}: observed {record['observed']} vs {record['threshold']} " \
-                             f"({record['source']})"
+    records = evaluate_expected(block, run_into(experiment, tmp_path))
+    known = failing_checks(evaluate_expected(block, committed(experiment))) if committed(experiment) else set()
+    changed = changed_checks(records, known)
+    assert not changed, f"{experiment}: " + "; ".join(changed)
 
 
 # A paper whose claims have not been run yet says so at the top of its README (and nothing else stands in for results).
@@ -179,3 +180,28 @@ def test_every_claim_check_resolves_against_its_committed_results():
         assert not not_run, f"{exp}: committed results, but its README still says the claim has not been run"
         for r in evaluate_expected(block, metrics):
             assert isinstance(r["passed"], bool)
+
+
+def _is_long(param) -> bool:
+    return any(getattr(m, "mark", m).name == "claims_long" for m in param.marks)
+
+
+def test_the_suite_runs_every_claim_once_after_its_stages():
+    """Each make-target claim is one test of its tier; the shared stages come first (but for the swap of items 1
+    and 2 that gives the two workers one of the first two stages each)."""
+    params = _suite()
+    claims = [p.values[1] for p in params if p.values[0] == "claim"]
+    assert sorted(claims) == sorted(make_target_claims())
+    for tier in ("cpu", "long"):
+        jobs = [p.values[0] for p in params if _is_long(p) == (tier == "long")]
+        stages = [i for i, j in enumerate(jobs) if j == "stage"]
+        if stages:
+            assert max(stages) <= len(stages), jobs   # at most one claim moved up by the start-of-run swap
+
+
+def test_a_changed_check_outcome_is_named_both_ways():
+    rec = [{"check": "a < b", "passed": True, "observed": 1, "threshold": 2, "source": "x"},
+           {"check": "c > d", "passed": False, "observed": 0, "threshold": 1, "source": "y"}]
+    assert changed_checks(rec, {1}) == []
+    out = changed_checks(rec, {0})
+    assert len(out) == 2 and "check 0 now PASSES" in out[0] and "check 1 now FAILS" in out[1]
