@@ -111,6 +111,8 @@ def pytest_runtest_logreport(report):
     # setup counts too: a module-scoped fixture (one claim run shared by several tests) runs in its first test's setup
     rec = _CLAIM_TIMES.setdefault(report.nodeid, {"wall_time_s": 0.0, "outcome": "passed"})
     rec["wall_time_s"] = round(rec["wall_time_s"] + report.duration, 1)
+    for name, value in getattr(report, "user_properties", ()):   # e.g. the re-run's drift from its evidence
+        rec[name] = value
     if report.when == "call" or report.outcome != "passed":
         xfail = getattr(report, "wasxfail", None) is not None
         rec["outcome"] = ("xfailed" if report.skipped else "xpassed") if xfail else report.outcome
@@ -125,7 +127,10 @@ def _write_timings() -> dict:
     total = sum(v["wall_time_s"] for v in _CLAIM_TIMES.values())
     out = ROOT / "outputs" / "claims"
     out.mkdir(parents=True, exist_ok=True)
-    record = {"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "cpus": os.cpu_count(),
+    from shared.engine.results import cpu_model, git_revision
+
+    record = {"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "git": git_revision(), "cpu_model": cpu_model(),
+              "cpus": os.cpu_count(), "loadavg": [round(x, 2) for x in os.getloadavg()],
               "parallel_workers": _WORKERS, "total_s": round(total, 1),
               "suite_wall_s": round(time.time() - _SUITE_T0, 1), "budget_per_claim_s": CLAIM_BUDGET_S,
               "claims": _CLAIM_TIMES}

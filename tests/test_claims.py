@@ -132,13 +132,15 @@ def changed_checks(records: list[dict], known_failing: set[int]) -> list[str]:
 
 @pytest.mark.claims
 @pytest.mark.parametrize("job,experiment,seed,kind", _suite())
-def test_claim(job, experiment, seed, kind, tmp_path):
+def test_claim(job, experiment, seed, kind, tmp_path, record_property):
     """A stage: trained once (or found in the cache) - the cache file the claims look for exists afterwards.
 
     A claim: re-run into ``tmp_path`` (nothing published) and held to its ``expected:`` block. Its outcome must equal
     the committed evidence's check by check: a check that fails now but passed in the committed run fails the test,
     and so does one the committed run fails that now passes (the evidence and README would otherwise silently
-    disagree with the code). One test per claim (one claim run), so two workers never run the same claim."""
+    disagree with the code). One test per claim (one claim run), so two workers never run the same claim. How far
+    the re-run's numbers are from the committed ones (bit for bit or not) goes into ``outputs/claims/timings.json``
+    (``drift``, :func:`shared.engine.results.metric_drift`)."""
     if job == "stage":
         from conftest import image_stage_key
 
@@ -151,8 +153,13 @@ def test_claim(job, experiment, seed, kind, tmp_path):
         key = image_stage_key(experiment, seed) if kind == "image" else teacher_key(cfg, seed)
         assert (Path(cfg.paths.output_dir) / "teacher_cache" / key / "teacher.ckpt").is_file()
         return
+    from shared.engine.results import metric_drift
+
     block, _ = claim_block(experiment)
-    records = evaluate_expected(block, run_into(experiment, tmp_path))
+    metrics = run_into(experiment, tmp_path)
+    if committed(experiment) is not None:
+        record_property("drift", metric_drift(metrics, committed(experiment)))
+    records = evaluate_expected(block, metrics)
     known = failing_checks(evaluate_expected(block, committed(experiment))) if committed(experiment) else set()
     changed = changed_checks(records, known)
     assert not changed, f"{experiment}: " + "; ".join(changed)
@@ -205,3 +212,14 @@ def test_a_changed_check_outcome_is_named_both_ways():
     assert changed_checks(rec, {1}) == []
     out = changed_checks(rec, {0})
     assert len(out) == 2 and "check 0 now PASSES" in out[0] and "check 1 now FAILS" in out[1]
+
+
+def test_metric_drift_counts_identical_numbers_and_leaves_out_timings():
+    from shared.engine.results import metric_drift
+
+    committed_ = {"fd": {"mean": 2.0, "per_seed": [1.0, 3.0]}, "wall_time_s": 10.0, "ok": True, "nan": float("nan")}
+    same = metric_drift(json.loads(json.dumps(committed_)) | {"nan": float("nan")}, committed_)
+    assert same == {"compared": 4, "identical": 4, "max_rel": 0.0, "worst": None}
+    moved = metric_drift({"fd": {"mean": 2.0, "per_seed": [1.0, 4.0]}, "wall_time_s": 99.0, "nan": 1.0}, committed_)
+    assert moved["compared"] == 4 and moved["identical"] == 2 and moved["worst"] == "nan"
+    assert metric_drift({"fd": {"mean": 3.0}}, {"fd": {"mean": 2.0}})["max_rel"] == 1 / 3

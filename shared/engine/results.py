@@ -150,3 +150,44 @@ def write_results(path: str | os.PathLike, metrics: dict, *, claim: str | None =
     tmp.write_text(json.dumps(record, indent=2, default=_jsonable) + "\n")
     os.replace(tmp, path)
     return record
+
+
+# Metric-name words that measure the machine, not the method: left out when a re-run is compared with its evidence.
+_MACHINE_WORDS = {"time", "times", "wall", "s", "seconds", "ms", "mem", "memory", "bytes", "mib", "gib", "throughput",
+                  "cached", "speedup"}
+
+
+def _numbers(x: Any, path: str = ""):
+    if isinstance(x, dict):
+        for k, v in x.items():
+            yield from _numbers(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(x, (list, tuple)):
+        for i, v in enumerate(x):
+            yield from _numbers(v, f"{path}[{i}]")
+    elif isinstance(x, (int, float)) and not isinstance(x, bool):
+        yield path, float(x)
+
+
+def _machine_metric(path: str) -> bool:
+    import re
+
+    return any(w in _MACHINE_WORDS for w in re.split(r"[._\[\]\s=]+", path.lower()))
+
+
+def metric_drift(new: dict, committed: dict) -> dict:
+    """How far a re-run's metrics are from the committed evidence's: over every number both trees hold (timings,
+    memory and cache flags left out), ``compared``, ``identical`` (bit for bit; NaN equals NaN) and the largest
+    relative difference ``max_rel`` (``|a - b| / max(|a|, |b|)``, at most 2; inf where one is NaN) with its metric
+    ``worst``."""
+    a, b = dict(_numbers(new)), dict(_numbers(committed))
+    keys = [k for k in a if k in b and not _machine_metric(k)]
+    same, worst, max_rel = 0, None, 0.0
+    for k in keys:
+        x, y = a[k], b[k]
+        if x == y or (x != x and y != y):
+            same += 1
+            continue
+        rel = abs(x - y) / max(abs(x), abs(y)) if x == x and y == y else float("inf")
+        if rel > max_rel:
+            max_rel, worst = rel, k
+    return {"compared": len(keys), "identical": same, "max_rel": max_rel, "worst": worst}
