@@ -402,3 +402,25 @@ def test_claim_times_judge_each_claim_by_its_tier_and_bound_the_suite(tmp_path):
     assert ("| cpu | **11.0** | two at a time ≥ 11.0 min (within the 45-min suite budget); "
             "1 claim(s) not timed") in totals[0]
     assert "| long | **30.0** | two at a time ≥ 25.0 min" in totals[1]
+
+
+def test_the_measured_suite_run_is_reported_from_its_newest_record(tmp_path):
+    from tools.report import suite_run_md
+
+    assert suite_run_md(tmp_path) == ""
+    (tmp_path / "docs" / "measurements").mkdir(parents=True)
+    rec = {"date": "2026-12-05T01:52:00", "cpus": 2, "parallel_workers": 2, "suite_wall_s": 3966.0,
+           "git": {"revision": "ca9b0bbf"},
+           "claims": {"t::test_claim[stage-image-x-seed0]": {"wall_time_s": 60.0, "outcome": "passed"},
+                      "t::test_claim[vdm/moving_digits_claim]": {"wall_time_s": 120.0, "outcome": "failed",
+                                                                 "drift": {"compared": 4, "identical": 3,
+                                                                           "max_rel": 0.25, "worst": "fd.mean"}}},
+           "summary": {"claims": 1, "claims_s": 120.0, "stages": 1, "stages_s": 60.0, "with_drift": 1,
+                       "bit_identical": 0}}
+    folder = tmp_path / "docs" / "measurements"
+    (folder / "claims_suite_2026-12-01.json").write_text(json.dumps(rec | {"suite_wall_s": 1.0}))   # older: not shown
+    (folder / "claims_suite_2026-12-05.json").write_text(json.dumps(rec))
+    md = suite_run_md(tmp_path)
+    assert "**66.1 min wall** (**over** the 45-min budget)" in md and "revision ca9b0bb" in md
+    assert "| stage-image-x-seed0 | 1.0 | stage trained |  |  |" in md
+    assert "| vdm/moving_digits_claim | 2.0 | **changed** | 3 / 4 | 0.25 (`fd.mean`) |" in md

@@ -56,6 +56,7 @@ def main(argv=None) -> int:
     ap.add_argument("out", type=Path)
     ap.add_argument("--timings", type=Path, default=ROOT / "outputs" / "claims" / "timings.json")
     ap.add_argument("--runs", type=Path, default=None)
+    ap.add_argument("--revision", default=None, help="the suite's git revision, for a record written without it")
     a = ap.parse_args(argv)
     if not a.timings.is_file():
         print(f"error: no timing record at {a.timings}: run make claims first", file=sys.stderr)
@@ -64,6 +65,8 @@ def main(argv=None) -> int:
         print(f"error: {a.out} is under papers/, which only a publishing run writes", file=sys.stderr)
         return 2
     record = json.loads(a.timings.read_text())
+    if a.revision and "git" not in record:
+        record["git"] = {"revision": a.revision, "source": "given to tools.claims_record"}
     if a.runs is not None:
         found = drift_from_runs(a.runs)
         for test_id, rec in record["claims"].items():

@@ -150,6 +150,7 @@ def results_md(root=None) -> str:
                 )
         parts.append("\n".join(lines) + "\n")
     parts.append(claim_times_md(root))
+    parts.append(suite_run_md(root))
     return "\n".join(parts)
 
 
@@ -258,6 +259,43 @@ def claim_times_md(root=None) -> str:
                     f"{note} | | |")
     tail.append(f"| total | every timed result (with follow-ups) | | {total_all / 60:.1f} | | | |")
     return "\n".join(head + rows + tail) + "\n"
+
+
+def suite_run_md(root=None) -> str:
+    """The newest measured ``make claims`` run kept as evidence (``docs/measurements/claims_suite_*.json``, written by
+    ``python -m tools.claims_record``): its wall time against the 45-minute budget, and per claim the wall time,
+    the outcome against the committed evidence and how far the re-run's numbers are from the committed ones."""
+    found = sorted((_root(root) / "docs" / "measurements").glob("claims_suite_*.json"))
+    if not found:
+        return ""
+    f = found[-1]
+    rec = json.loads(f.read_text())
+    s = rec.get("summary") or {}
+    wall = float(rec.get("suite_wall_s", 0.0))
+    rev = str((rec.get("git") or {}).get("revision", "?"))[:7]
+    lines = [
+        "## Claim suite, measured\n",
+        f"`make claims` at revision {rev} on {rec.get('cpus', '?')} CPUs, {rec.get('parallel_workers', '?')} claims at "
+        f"a time with one thread each, {str(rec.get('date', '?'))[:10]} ([record]({f.relative_to(_root(root))})): "
+        f"**{wall / 60:.1f} min wall** ({'within' if wall <= SUITE_BUDGET_S else '**over**'} the "
+        f"{SUITE_BUDGET_S / 60:.0f}-min budget); {s.get('claims', '?')} claims summing to "
+        f"{float(s.get('claims_s', 0)) / 60:.1f} min and {s.get('stages', '?')} shared stages to "
+        f"{float(s.get('stages_s', 0)) / 60:.1f} min. Outcome: every check as the committed evidence has it (pass or "
+        f"known failure) or not. Drift: the re-run's numbers against the committed results.json, timings left out; "
+        f"{s.get('bit_identical', '?')} of {s.get('with_drift', '?')} claims bit for bit.\n",
+        "| test | wall (min) | outcome vs evidence | numbers identical | largest relative difference |",
+        "|---|---|---|---|---|",
+    ]
+    for test, r in rec.get("claims", {}).items():
+        name = test.split("[", 1)[1][:-1] if "[" in test else test
+        d = r.get("drift")
+        same = f"{d['identical']} / {d['compared']}" if d else ""
+        worst = (f"{d['max_rel']:.2g} (`{d['worst']}`)" if d and d.get("worst") else ("0" if d else ""))
+        outcome = {"passed": "as committed", "failed": "**changed**"}.get(r.get("outcome"), r.get("outcome"))
+        if name.startswith("stage-"):   # a shared stage: trained for the claims, no evidence of its own
+            outcome = "stage trained" if r.get("outcome") == "passed" else f"stage {r.get('outcome')}"
+        lines.append(f"| {name} | {float(r['wall_time_s']) / 60:.1f} | {outcome} | {same} | {worst} |")
+    return "\n".join(lines) + "\n"
 
 
 def _compute_note(compute) -> str:

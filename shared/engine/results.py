@@ -154,7 +154,7 @@ def write_results(path: str | os.PathLike, metrics: dict, *, claim: str | None =
 
 # Metric-name words that measure the machine, not the method: left out when a re-run is compared with its evidence.
 _MACHINE_WORDS = {"time", "times", "wall", "s", "seconds", "ms", "mem", "memory", "bytes", "mib", "gib", "throughput",
-                  "cached", "speedup"}
+                  "cached", "speedup", "cost", "forward", "bench"}
 
 
 def _numbers(x: Any, path: str = ""):
