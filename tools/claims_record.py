@@ -20,10 +20,19 @@ from shared.engine.results import metric_drift
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def test_name(test_id: str) -> str:
+    """``tests/test_claims.py::test_claim[vdm/moving_digits_claim]`` -> ``vdm/moving_digits_claim`` (its parameter)."""
+    return test_id.split("[", 1)[1][:-1] if "[" in test_id else test_id
+
+
+def is_stage(test_id: str) -> bool:
+    """A shared stage's test (trained for the claims, no evidence of its own), not a claim's."""
+    return test_name(test_id).startswith("stage-")
+
+
 def _claim_of(test_id: str) -> str | None:
-    """``tests/test_claims.py::test_claim[vdm/moving_digits_claim]`` -> ``vdm/moving_digits_claim`` (None: a stage)."""
-    inner = test_id.split("[", 1)[1][:-1] if "[" in test_id else ""
-    return None if not inner or inner.startswith("stage-") else inner
+    """The experiment a claim test re-ran (None: a stage)."""
+    return None if is_stage(test_id) or "[" not in test_id else test_name(test_id)
 
 
 def drift_from_runs(runs: Path, root: Path = ROOT) -> dict[str, dict]:

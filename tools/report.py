@@ -265,6 +265,8 @@ def suite_run_md(root=None) -> str:
     """The newest measured ``make claims`` run kept as evidence (``docs/measurements/claims_suite_*.json``, written by
     ``python -m tools.claims_record``): its wall time against the 45-minute budget, and per claim the wall time,
     the outcome against the committed evidence and how far the re-run's numbers are from the committed ones."""
+    from tools.claims_record import is_stage, test_name
+
     found = sorted((_root(root) / "docs" / "measurements").glob("claims_suite_*.json"))
     if not found:
         return ""
@@ -287,12 +289,12 @@ def suite_run_md(root=None) -> str:
         "|---|---|---|---|---|",
     ]
     for test, r in rec.get("claims", {}).items():
-        name = test.split("[", 1)[1][:-1] if "[" in test else test
+        name = test_name(test)
         d = r.get("drift")
         same = f"{d['identical']} / {d['compared']}" if d else ""
         worst = (f"{d['max_rel']:.2g} (`{d['worst']}`)" if d and d.get("worst") else ("0" if d else ""))
         outcome = {"passed": "as committed", "failed": "**changed**"}.get(r.get("outcome"), r.get("outcome"))
-        if name.startswith("stage-"):   # a shared stage: trained for the claims, no evidence of its own
+        if is_stage(test):   # a shared stage: trained for the claims, no evidence of its own
             outcome = "stage trained" if r.get("outcome") == "passed" else f"stage {r.get('outcome')}"
         lines.append(f"| {name} | {float(r['wall_time_s']) / 60:.1f} | {outcome} | {same} | {worst} |")
     return "\n".join(lines) + "\n"
