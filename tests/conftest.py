@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+import shared  # noqa: F401  - first: pins the CPU instruction set before any torch kernel runs (shared.engine.isa)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("PYTHONHASHSEED", "0")

@@ -270,6 +270,7 @@ def test_a_run_that_reuses_cached_stages_says_so_and_is_not_timed(tmp_path):
 
     from shared.engine import claims
 
+    claims._REUSED.clear()   # stages an earlier test of this worker reused without finishing a claim
     root = fake_tree(tmp_path)
     cfg = OmegaConf.create({"run_dir": str(tmp_path / "run"), "seed": 0,
                             "claim": {"seeds": [0], "publish": False},
@@ -424,3 +425,36 @@ def test_the_measured_suite_run_is_reported_from_its_newest_record(tmp_path):
     assert "**66.1 min wall** (**over** the 45-min budget)" in md and "revision ca9b0bb" in md
     assert "| stage-image-x-seed0 | 1.0 | stage trained |  |  |" in md
     assert "| vdm/moving_digits_claim | 2.0 | **changed** | 3 / 4 | 0.25 (`fd.mean`) |" in md
+
+
+def test_a_claim_run_does_not_inherit_stages_an_earlier_failed_claim_reused(tmp_path, monkeypatch):
+    """make claims runs many claims in one process: one that raised after reusing a stage must not leave it in the
+    next claim's record (shared.engine.train.run starts every pipeline with claims.begin_claim)."""
+    import sys
+    import types
+
+    from conftest import compose
+    from omegaconf import open_dict
+
+    from shared.engine import claims
+    from shared.engine.train import run
+
+    def failing(cfg):
+        claims.note_reused("teacher_cache:seed0")
+        raise RuntimeError("boom")
+
+    def clean(cfg):
+        return claims.finish(cfg, {"fd": 1.0}, paper="ddpm", claim="digits_claim", t0=0.0, copy_to_paper=False)
+
+    mod = types.ModuleType("fake_pipelines")
+    mod.failing, mod.clean = failing, clean
+    monkeypatch.setitem(sys.modules, "fake_pipelines", mod)
+    for name in ("failing", "clean"):
+        cfg = compose(["experiment=ddpm/digits_claim", "logger=none", f"run_dir={tmp_path / name}"])
+        with open_dict(cfg):
+            cfg.pipeline = f"fake_pipelines.{name}"
+        if name == "failing":
+            with pytest.raises(RuntimeError, match="boom"):
+                run(cfg)
+        else:
+            assert "reused_stages" not in run(cfg)

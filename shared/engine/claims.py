@@ -111,6 +111,11 @@ def check_publish(cfg: DictConfig, experiment: str | None) -> None:
     why = publish_refusal(cfg, protocol, experiment)
     if why:
         raise ConfigError(why)
+    from shared.engine.isa import isa_problem
+
+    isa = isa_problem()   # evidence must come out the same on every host: the pinned CPU instruction set
+    if isa:
+        raise ConfigError(f"claim.publish=true refused: {isa}")
     _APPROVED.add(str(cfg.run_dir))
 
 
@@ -206,6 +211,12 @@ def fit_first_stage(cfg: DictConfig, videos):
     with torch.no_grad():
         rec = ae.reconstruct(videos.transpose(1, 2).flatten(0, 1))
     return ae_file, rec.reshape(videos.shape[0], -1, *rec.shape[1:]).transpose(1, 2), seconds
+
+
+def begin_claim() -> None:
+    """A claim pipeline starts: forget stages recorded by an earlier claim of this process that never reached
+    :func:`finish` (it raised), so this claim's record lists only its own reused stages."""
+    _REUSED.clear()
 
 
 def note_reused(stage: str) -> None:

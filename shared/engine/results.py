@@ -91,6 +91,11 @@ def compute_resources() -> dict:
     except ImportError:  # pragma: no cover
         pass
     try:
+        from shared.engine.isa import isa_state
+        out.update(isa_state())   # the instruction set the numbers were computed with (AVX2 pinned: shared.engine.isa)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
         out["loadavg_15m_at_end"] = round(os.getloadavg()[2], 2)
     except OSError:  # pragma: no cover
         pass

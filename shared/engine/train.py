@@ -17,7 +17,7 @@ import hydra
 from hydra.utils import get_method
 from omegaconf import DictConfig
 
-from shared.engine.claims import check_publish
+from shared.engine.claims import begin_claim, check_publish
 from shared.engine.cli import hydra_cli
 from shared.engine.console import start_run
 from shared.engine.quick import expand_argv
@@ -49,6 +49,7 @@ def run(cfg: DictConfig, experiment: str | None = None):
         set_run_dir(cfg)
         check_config(cfg)
         check_publish(cfg, experiment or _experiment_choice())   # refused before anything is trained
+        begin_claim()
         return get_method(cfg.pipeline)(cfg)
     set_run_dir(cfg)
     check_config(cfg)
