@@ -48,10 +48,16 @@ def claim_block(experiment: str):
     return OmegaConf.to_container(cfg.expected, resolve=True), cfg
 
 
-def committed(experiment: str) -> dict | None:
+def committed_record(experiment: str) -> dict | None:
+    """The committed evidence of a claim (``papers/<id>/results/<claim>.json``), or None."""
     block, cfg = claim_block(experiment)
     path = ROOT / "papers" / experiment.split("/")[0] / "results" / f"{cfg.claim.name}.json"
-    return json.loads(path.read_text())["metrics"] if path.exists() else None
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def committed(experiment: str) -> dict | None:
+    rec = committed_record(experiment)
+    return rec["metrics"] if rec is not None else None
 
 
 def _tier(experiment: str) -> str:
@@ -157,8 +163,13 @@ def test_claim(job, experiment, seed, kind, tmp_path, record_property):
 
     block, _ = claim_block(experiment)
     metrics = run_into(experiment, tmp_path)
-    if committed(experiment) is not None:
-        record_property("drift", metric_drift(metrics, committed(experiment)))
+    evidence = committed_record(experiment)
+    if evidence is not None:   # with the instruction sets: AVX2 vs AVX-512 rounding shows as drift (shared.engine.isa)
+        from shared.engine.isa import isa_state
+
+        record_property("drift", {**metric_drift(metrics, evidence["metrics"]),
+                                  "evidence_cpu_capability": (evidence.get("compute") or {}).get("cpu_capability"),
+                                  "cpu_capability": isa_state()["cpu_capability"]})
     records = evaluate_expected(block, metrics)
     known = failing_checks(evaluate_expected(block, committed(experiment))) if committed(experiment) else set()
     changed = changed_checks(records, known)
