@@ -223,3 +223,30 @@ def test_step_overhead_bench_steps_both_loops_of_a_claim_stage():
         main(["--experiment", "video_ldm/sprites_claim_gpu", "--amp", "fp16"])
     with pytest.raises(SystemExit, match="--steps"):
         main(["--experiment", "video_ldm/sprites_claim_gpu", "--steps", "3", "--warmup", "2"])
+
+
+def test_git_revision_names_changed_code_but_not_published_evidence(tmp_path):
+    """A worktree that publishes claims one after another changes papers/<id>/results: the later claims' records
+    must not call that tree dirty; a changed source file is dirty, by name."""
+    import subprocess
+
+    from shared.engine.results import git_revision
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    (tmp_path / "papers" / "p" / "results").mkdir(parents=True)
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "papers" / "p" / "results" / "claim.json").write_text("{}")
+    (tmp_path / "shared" / "code.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    assert git_revision(tmp_path)["dirty"] is False
+    (tmp_path / "papers" / "p" / "results" / "claim.json").write_text('{"m": 1}')
+    (tmp_path / "untracked.txt").write_text("ignored")
+    rec = git_revision(tmp_path)
+    assert rec["dirty"] is False and "dirty_paths" not in rec
+    (tmp_path / "shared" / "code.py").write_text("x = 2\n")
+    rec = git_revision(tmp_path)
+    assert rec["dirty"] is True and rec["dirty_paths"] == ["shared/code.py"]

@@ -9,6 +9,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 from importlib import metadata
@@ -18,18 +19,25 @@ from typing import Any
 PACKAGES = ("torch", "torchvision", "pytorch-lightning", "hydra-core", "numpy", "scikit-learn")
 
 
+# Published evidence (papers/<id>/results/...) is what runs write, not what they run: a worktree that publishes
+# several claims one after another is not "dirty" for the later ones. Any other changed tracked file is, by name.
+EVIDENCE = re.compile(r"papers/[^/]+/results/")
+
+
 def git_revision(cwd: str | os.PathLike | None = None) -> dict:
     cwd = cwd or Path(__file__).resolve().parents[2]
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
                              timeout=10, check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                                    capture_output=True, text=True, timeout=10).stdout.strip())
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                                capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.SubprocessError):
         # a copy of the tree without .git (a remote GPU machine, say): the revision its sender names, marked so
         sent = os.environ.get("VDP_GIT_REVISION")
         return {"revision": sent or "unknown", "dirty": True, **({"source": "VDP_GIT_REVISION"} if sent else {})}
-    return {"revision": rev, "dirty": dirty}
+    changed = [p for p in (line[3:].split(" -> ")[-1].strip('"') for line in status.splitlines() if line.strip())
+               if not EVIDENCE.match(p)]
+    return {"revision": rev, "dirty": bool(changed), **({"dirty_paths": changed[:10]} if changed else {})}
 
 
 def package_versions() -> dict:
