@@ -11,7 +11,8 @@ import platform as _platform
 
 # The ISA pin: environment variables torch's CPU libraries read when they first run (not at ``import torch``).
 ISA_PIN = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
+X86 = _platform.machine().lower() in ("x86_64", "amd64")   # the pin applies to x86-64 hosts only
 
-if _platform.machine().lower() in ("x86_64", "amd64") and _os.environ.get("VDP_CPU_ISA", "avx2") != "native":
+if X86 and _os.environ.get("VDP_CPU_ISA", "avx2") != "native":
     for _key, _value in ISA_PIN.items():
         _os.environ.setdefault(_key, _value)

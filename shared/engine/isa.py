@@ -12,15 +12,10 @@ opts out. A publishing run must compute with the pin (:func:`isa_problem`), and 
 from __future__ import annotations
 
 import os
-import platform
 
-from shared import ISA_PIN
+from shared import ISA_PIN, X86
 
 CHOICES = ("avx2", "native")
-
-
-def is_x86() -> bool:
-    return platform.machine().lower() in ("x86_64", "amd64")
 
 
 def isa_state() -> dict:
@@ -41,7 +36,7 @@ def isa_state() -> dict:
 def isa_problem() -> str | None:
     """None when this process computes with the pinned AVX2 code (or the host is not x86-64, where nothing is
     pinned); otherwise one line saying why not and what to do."""
-    if not is_x86():
+    if not X86:
         return None
     wanted = os.environ.get("VDP_CPU_ISA", "avx2")
     if wanted not in CHOICES:

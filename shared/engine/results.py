@@ -182,8 +182,6 @@ def _numbers(x: Any, path: str = ""):
 
 
 def _machine_metric(path: str) -> bool:
-    import re
-
     return any(w in _MACHINE_WORDS for w in re.split(r"[._\[\]\s=]+", path.lower()))
 
 
