@@ -196,12 +196,14 @@ def test_dit_stream_ab_patches_the_line_it_names():
     assert seen == [torch.float32, torch.float32, torch.bfloat16, torch.float32]
 
 
-def test_step_overhead_bench_steps_both_loops_of_a_claim_stage():
+def test_step_overhead_bench_steps_both_loops_of_a_claim_stage(tmp_path, monkeypatch):
     """tests/bench/step_overhead.py (issue 23's GPU per-step question) runs one claim stage's module both ways at a
-    tiny size: both loops take the configured steps and report positive per-step times."""
+    tiny size: both loops take the configured steps and report positive per-step times, and write nothing into the
+    working directory (it once resolved ``${run_dir}/checkpoints`` before the run folder was set: ./None/...)."""
     import sys
     from pathlib import Path
 
+    monkeypatch.chdir(tmp_path)
     sys.path.insert(0, str(Path(__file__).parent / "bench"))
     from step_overhead import main
 
@@ -223,6 +225,7 @@ def test_step_overhead_bench_steps_both_loops_of_a_claim_stage():
         main(["--experiment", "video_ldm/sprites_claim_gpu", "--amp", "fp16"])
     with pytest.raises(SystemExit, match="--steps"):
         main(["--experiment", "video_ldm/sprites_claim_gpu", "--steps", "3", "--warmup", "2"])
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_git_revision_names_changed_code_but_not_published_evidence(tmp_path):

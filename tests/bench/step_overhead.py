@@ -25,15 +25,17 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 
-def stage_config(experiment: str, stage: str, steps: int, device: str, overrides: list[str]):
+def stage_config(experiment: str, stage: str, steps: int, device: str, overrides: list[str], run_dir):
     from omegaconf import OmegaConf, open_dict
 
     from shared.engine.claims import variant_config
     from shared.engine.compose import compose
 
     cfg = compose([f"experiment={experiment}", *(["trainer=cpu"] if device == "cpu" else []), "logger=none",
-                   *overrides])
-    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))   # as a claim's seed job sees it
+                   f"run_dir={run_dir}", *overrides])
+    # as a claim's seed job sees it; resolved with the run folder set (else the checkpoint callback's
+    # ${run_dir}/checkpoints becomes "None/checkpoints" in the working directory)
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     if stage == "autoencoder":
         c = cfg.claim
         sub = variant_config(cfg, {"module": OmegaConf.to_container(c.autoencoder_module, resolve=True),
@@ -180,7 +182,8 @@ def main(argv=None) -> dict:
         torch.backends.cudnn.benchmark = True
     if a.threads:
         torch.set_num_threads(a.threads)
-    cfg = stage_config(a.experiment, a.stage, a.steps, a.device, a.override)
+    work = tempfile.TemporaryDirectory()   # the run folder: nothing is written outside it
+    cfg = stage_config(a.experiment, a.stage, a.steps, a.device, a.override, Path(work.name) / "run")
     amp = a.amp == "bf16" or (a.amp == "auto" and str(cfg.trainer.get("precision", "")).startswith("bf16"))
     bare, table = bare_loop(cfg, a.steps, a.warmup, a.device, a.profile, amp=amp and a.device == "cuda")
     out = {"experiment": a.experiment, "stage": a.stage, "device": a.device,
@@ -192,11 +195,11 @@ def main(argv=None) -> dict:
         out["data_s_per_batch"] = round(data_seconds(cfg, a.data_batches), 5)
     if not a.bare_only:
         timer = StepTimer()
-        with tempfile.TemporaryDirectory() as d:
-            fit(cfg, run_dir=Path(d) / "run", extra_callbacks=[timer])
+        fit(cfg, run_dir=Path(work.name) / "run", extra_callbacks=[timer])
         harness = per_step(timer.times, a.warmup)
         out.update({"fit_s_per_step": round(harness, 5), "fit_over_bare": round(harness / bare, 3)})
     out["overrides"] = a.override
+    work.cleanup()
     if table:
         print(table)
     print(json.dumps(out))
