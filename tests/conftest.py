@@ -131,12 +131,14 @@ def _write_timings() -> dict:
     out.mkdir(parents=True, exist_ok=True)
     from shared.engine.results import cpu_model, git_revision
 
+    suite = os.environ.get("VDP_CLAIMS_SUITE", "").strip() or None   # make claims-image / claims-video: one half
     record = {"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "git": git_revision(), "cpu_model": cpu_model(),
+              "suite": suite,
               "cpus": os.cpu_count(), "loadavg": [round(x, 2) for x in os.getloadavg()],
               "parallel_workers": _WORKERS, "total_s": round(total, 1),
               "suite_wall_s": round(time.time() - _SUITE_T0, 1), "budget_per_claim_s": CLAIM_BUDGET_S,
               "claims": _CLAIM_TIMES}
-    (out / "timings.json").write_text(json.dumps(record, indent=2))
+    (out / (f"timings_{suite}.json" if suite else "timings.json")).write_text(json.dumps(record, indent=2))
     return record
 
 
@@ -181,10 +183,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         return
     record = _write_timings()
     total, out = record["total_s"], ROOT / "outputs" / "claims"
+    name = f"timings_{record['suite']}.json" if record.get("suite") else "timings.json"
     tr = terminalreporter
     tr.section("claim-suite wall times")
     for nodeid, v in sorted(_CLAIM_TIMES.items(), key=lambda kv: -kv[1]["wall_time_s"]):
         flag = "  OVER 10 min" if v["wall_time_s"] > CLAIM_BUDGET_S else ""
         tr.write_line(f"{v['wall_time_s']:8.1f} s  {v['outcome']:7s} {nodeid}{flag}")
     tr.write_line(f"{total:8.1f} s  sum of claim tests ({total / 60:.1f} min); suite wall "
-                  f"{record['suite_wall_s'] / 60:.1f} min -> {out / 'timings.json'}")
+                  f"{record['suite_wall_s'] / 60:.1f} min -> {out / name}")

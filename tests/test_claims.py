@@ -11,8 +11,12 @@ evidence and the README get updated instead of silently disagreeing. Checks comp
 Slow (minutes per claim): marker ``claims``, run by ``make claims`` (two at a time, one thread each; the stages
 several claims share first, then the claims longest first by their committed wall times). Claims whose config says
 ``claim.tier: long`` (up to 30 minutes on one core) carry the marker ``claims_long`` as well and run in ``make
-claims-long`` instead. The fast tests at the end — in ``make test`` — check that every check resolves against the
-committed results and that the suite holds every claim once.
+claims-long`` instead. The CPU tier splits into two halves that also run on their own (the whole tier takes over an
+hour on two cores): ``make claims-image`` (claims on image data: DDPM ... DiT) and ``make claims-video`` (claims on
+video data); the environment variable ``VDP_CLAIMS_SUITE`` (``image`` / ``video``; unset: the whole tier) selects the
+half at collection, so its stages and its longest-first order are the half's own. The fast tests at the end — in
+``make test`` — check that every check resolves against the committed results and that the suite holds every claim
+once.
 """
 from __future__ import annotations
 
@@ -64,6 +68,29 @@ def _tier(experiment: str) -> str:
     return "long" if str(_cfg(experiment).claim.get("tier", "")) == "long" else "cpu"
 
 
+HALVES = ("image", "video")
+SUITE_VARIABLE = "VDP_CLAIMS_SUITE"
+
+
+def half(experiment: str) -> str:
+    """``video`` for a claim on video data (its datamodule is the shared VideoDataModule), else ``image``: the half of
+    the CPU tier ``make claims-video`` / ``make claims-image`` runs it in."""
+    target = str(_cfg(experiment).data.get("_target_", ""))
+    return "video" if target.endswith("video_datamodule.VideoDataModule") else "image"
+
+
+def selected_half() -> str | None:
+    """The half ``VDP_CLAIMS_SUITE`` selects (None: unset or empty, the whole tier); any other value is refused in
+    one line naming the variable and the values it takes."""
+    import os
+
+    value = os.environ.get(SUITE_VARIABLE, "").strip()
+    if value and value not in HALVES:
+        raise pytest.UsageError(f"{SUITE_VARIABLE}={value!r}: expected one of {', '.join(HALVES)} (or unset: the "
+                                "whole claim suite)")
+    return value or None
+
+
 def _recorded_cost(experiment: str) -> float:
     """Seconds the committed run recorded, less the shared stages it trained (those run as their own tests first):
     the order of the claim groups (longest first keeps the two workers of ``make claims`` evenly loaded)."""
@@ -79,7 +106,18 @@ def _recorded_cost(experiment: str) -> float:
 
 
 @functools.cache
+def stage_halves() -> dict[tuple[str, str], set[str]]:
+    """The halves of the CPU tier whose claims use each shared stage (a half's run trains the stages it needs)."""
+    return _stage_users()[1]
+
+
+@functools.cache
 def shared_stages() -> dict[tuple[str, str], tuple[str, int, str]]:
+    return _stage_users()[0]
+
+
+@functools.cache
+def _stage_users():
     """The cached stages two or more claims of one tier share: ``{(tier, recipe): (experiment, seed, kind)}`` with
     kind ``image`` (a ``claim.image`` stage recipe, e.g. the image U-Net six video papers start from) or ``teacher``
     (the experiment's own recipe, the EDM teacher of KD/PD/CM). Each is trained by its own test before the claims,
@@ -99,21 +137,29 @@ def shared_stages() -> dict[tuple[str, str], tuple[str, int, str]]:
                 continue
             sig = json.dumps([kind, recipe, int(seed)], sort_keys=True, default=str)
             users.setdefault((_tier(exp), sig), []).append((exp, int(seed), kind))
-    return {k: v[0] for k, v in users.items() if len({e for e, _, _ in v}) >= 2}
+    shared = {k: v for k, v in users.items() if len({e for e, _, _ in v}) >= 2}
+    return {k: v[0] for k, v in shared.items()}, {k: {half(e) for e, _, _ in v} for k, v in shared.items()}
 
 
-def _suite():
+def _suite(only: str | None = None):
     """The claim suite as pytest runs it: the shared stages (image stages first, the longer ones), then the claims
     longest first by their committed wall times. pytest-xdist's ``load`` scheduler (``--maxschedchunk 1``) starts each
     of the two workers with two consecutive items and then hands out the next item to whichever worker has one left,
     so items 1 and 2 are swapped: the workers start with items (0, 2) and (1, 3) - the two seeds of the longest stage
-    train side by side - and the rest goes longest first to the worker that frees up."""
+    train side by side - and the rest goes longest first to the worker that frees up. ``only``: one half of the CPU
+    tier (:func:`half`; its claims and the stages they use, ordered and swapped on their own), the long tier left
+    out."""
     out = []
     stages = sorted(shared_stages().items(), key=lambda kv: (kv[1][2] != "image", kv[1][1], kv[1][0]))
-    for (tier, _), (exp, seed, kind) in stages:
+    for key, (exp, seed, kind) in stages:
+        tier = key[0]
+        if only is not None and (tier == "long" or only not in stage_halves()[key]):
+            continue
         marks = [pytest.mark.claims_long] if tier == "long" else []
         out.append((tier, pytest.param("stage", exp, seed, kind, id=f"stage-{kind}-{exp}-seed{seed}", marks=marks)))
     for exp in sorted(make_target_claims(), key=lambda e: (-_recorded_cost(e), e)):
+        if only is not None and (_tier(exp) == "long" or half(exp) != only):
+            continue
         marks = [pytest.mark.claims_long] if _tier(exp) == "long" else []
         out.append((_tier(exp), pytest.param("claim", exp, None, None, id=exp, marks=marks)))
     params = []
@@ -137,7 +183,7 @@ def changed_checks(records: list[dict], known_failing: set[int]) -> list[str]:
 
 
 @pytest.mark.claims
-@pytest.mark.parametrize("job,experiment,seed,kind", _suite())
+@pytest.mark.parametrize("job,experiment,seed,kind", _suite(selected_half()))
 def test_claim(job, experiment, seed, kind, tmp_path, record_property):
     """A stage: trained once (or found in the cache) - the cache file the claims look for exists afterwards.
 
@@ -215,6 +261,35 @@ def test_the_suite_runs_every_claim_once_after_its_stages():
         stages = [i for i, j in enumerate(jobs) if j == "stage"]
         if stages:
             assert max(stages) <= len(stages), jobs   # at most one claim moved up by the start-of-run swap
+
+
+def test_the_two_halves_split_the_cpu_tier_each_with_the_stages_it_uses(monkeypatch):
+    """``make claims-image`` + ``make claims-video`` run every CPU-tier claim exactly once between them, each half
+    with the shared stages its claims use (first, swapped on their own) and nothing of the long tier; the MovingDigits
+    image stage belongs to the video half, the EDM teacher to the image half. A wrong suite name is one line."""
+    full = _suite()
+    cpu = sorted(p.values[1] for p in full if p.values[0] == "claim" and not _is_long(p))
+    seen = []
+    for which in HALVES:
+        params = _suite(which)
+        assert params and not any(_is_long(p) for p in params), which
+        claims = [p.values[1] for p in params if p.values[0] == "claim"]
+        assert claims and all(half(e) == which for e in claims), (which, claims)
+        seen += claims
+        jobs = [p.values[0] for p in params]
+        stages = [i for i, j in enumerate(jobs) if j == "stage"]
+        assert stages and max(stages) <= len(stages), (which, jobs)
+        kinds = {p.values[3] for p in params if p.values[0] == "stage"}
+        assert kinds == ({"teacher"} if which == "image" else {"image"}), (which, kinds)
+    assert sorted(seen) == cpu
+    assert {half("ddpm/digits_claim"), half("vdm/moving_digits_claim")} == {"image", "video"}
+    monkeypatch.setenv(SUITE_VARIABLE, "videos")
+    with pytest.raises(pytest.UsageError, match=r"VDP_CLAIMS_SUITE='videos': expected one of image, video"):
+        selected_half()
+    monkeypatch.setenv(SUITE_VARIABLE, "video")
+    assert selected_half() == "video"
+    monkeypatch.delenv(SUITE_VARIABLE)
+    assert selected_half() is None
 
 
 def test_a_changed_check_outcome_is_named_both_ways():

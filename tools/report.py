@@ -264,21 +264,33 @@ def claim_times_md(root=None) -> str:
 def suite_run_md(root=None) -> str:
     """The newest measured ``make claims`` run kept as evidence (``docs/measurements/claims_suite_*.json``, written by
     ``python -m tools.claims_record``): its wall time against the 45-minute budget, and per claim the wall time,
-    the outcome against the committed evidence and how far the re-run's numbers are from the committed ones."""
+    the outcome against the committed evidence and how far the re-run's numbers are from the committed ones. One
+    record per suite: the whole CPU tier (``make claims``) and each half (``make claims-image`` / ``claims-video``,
+    ``suite`` in the record)."""
+    newest: dict[str, Path] = {}   # per suite (the whole CPU tier, or one half: make claims-image / claims-video)
+    for f in sorted((_root(root) / "docs" / "measurements").glob("claims_suite_*.json")):
+        newest[json.loads(f.read_text()).get("suite") or ""] = f
+    if not newest:
+        return ""
+    lines = ["## Claim suite, measured\n"]
+    for suite in sorted(newest, key=lambda k: (k != "", k)):
+        lines += _suite_record_md(newest[suite], root)
+    return "\n".join(lines) + "\n"
+
+
+def _suite_record_md(f: Path, root=None) -> list[str]:
     from tools.claims_record import is_stage, test_name
 
-    found = sorted((_root(root) / "docs" / "measurements").glob("claims_suite_*.json"))
-    if not found:
-        return ""
-    f = found[-1]
     rec = json.loads(f.read_text())
     s = rec.get("summary") or {}
     wall = float(rec.get("suite_wall_s", 0.0))
     rev = str((rec.get("git") or {}).get("revision", "?"))[:7]
+    target = f"make claims-{rec['suite']}" if rec.get("suite") else "make claims"
+    scope = f" (the {rec['suite']} half of the CPU tier)" if rec.get("suite") else " (the whole CPU tier)"
     lines = [
-        "## Claim suite, measured\n",
-        f"`make claims` at revision {rev} on {rec.get('cpus', '?')} CPUs, {rec.get('parallel_workers', '?')} claims at "
-        f"a time with one thread each, {str(rec.get('date', '?'))[:10]} ([record]({f.relative_to(_root(root))})): "
+        f"`{target}`{scope} at revision {rev} on {rec.get('cpus', '?')} CPUs, {rec.get('parallel_workers', '?')} "
+        f"claims at a time with one thread each, {str(rec.get('date', '?'))[:10]} "
+        f"([record]({f.relative_to(_root(root))})): "
         f"**{wall / 60:.1f} min wall** ({'within' if wall <= SUITE_BUDGET_S else '**over**'} the "
         f"{SUITE_BUDGET_S / 60:.0f}-min budget); {s.get('claims', '?')} claims summing to "
         f"{float(s.get('claims_s', 0)) / 60:.1f} min and {s.get('stages', '?')} shared stages to "
@@ -297,7 +309,7 @@ def suite_run_md(root=None) -> str:
         if is_stage(test):   # a shared stage: trained for the claims, no evidence of its own
             outcome = "stage trained" if r.get("outcome") == "passed" else f"stage {r.get('outcome')}"
         lines.append(f"| {name} | {float(r['wall_time_s']) / 60:.1f} | {outcome} | {same} | {worst} |")
-    return "\n".join(lines) + "\n"
+    return lines + [""]
 
 
 def _compute_note(compute) -> str:
