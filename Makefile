@@ -14,7 +14,7 @@ export WANDB_MODE := offline
 export PYTHONHASHSEED := 0
 
 .DEFAULT_GOAL := help
-.PHONY: help install test claims claims-image claims-video claims-long claims-gpu lint demo report bench bench-gpu clean \
+.PHONY: help install test claims claims-image claims-video claims-control claims-long claims-gpu lint demo report bench bench-gpu clean \
         ddpm ddim rectified_flow instaflow knowledge_distillation progressive_distillation \
         consistency_models few_step_table dit vdm pvdm video_ldm animatediff animate_anyone emo judges \
         text2video_zero long_video latent_shift pyoco videofusion tune_a_video gen1 controlnet_video \
@@ -38,11 +38,14 @@ CLAIMS_PYTEST := -m pytest -q -m "claims and not claims_long" -n 2 --dist load -
 claims: $(STAMP)  ## run every claim check of the CPU tier (slow: over an hour) and assert the papers' directions; two at a time, one thread each
 	VDP_CLAIMS_SUITE= OMP_NUM_THREADS=1 $(PY) $(CLAIMS_PYTEST)
 
-claims-image: $(STAMP)  ## the image half of make claims (DDPM ... DiT: the claims on image data), measured in docs/PERFORMANCE.md
+claims-image: $(STAMP)  ## part of make claims: the image papers (DDPM ... DiT), measured in docs/PERFORMANCE.md
 	VDP_CLAIMS_SUITE=image OMP_NUM_THREADS=1 $(PY) $(CLAIMS_PYTEST)
 
-claims-video: $(STAMP)  ## the video half of make claims (the claims on video data), measured in docs/PERFORMANCE.md
+claims-video: $(STAMP)  ## part of make claims: video generation and the temporal-consistency toolbox, measured in docs/PERFORMANCE.md
 	VDP_CLAIMS_SUITE=video OMP_NUM_THREADS=1 $(PY) $(CLAIMS_PYTEST)
+
+claims-control: $(STAMP)  ## part of make claims: the avatar and control papers (Animate Anyone, EMO, ControlNet), measured in docs/PERFORMANCE.md
+	VDP_CLAIMS_SUITE=control OMP_NUM_THREADS=1 $(PY) $(CLAIMS_PYTEST)
 
 claims-long: $(STAMP)  ## the longer CPU tier of claim checks (claim.tier: long, up to 30 min each on one core)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m claims_long -n 2 --dist load --maxschedchunk 1 --timeout=7200

@@ -131,7 +131,7 @@ def _write_timings() -> dict:
     out.mkdir(parents=True, exist_ok=True)
     from shared.engine.results import cpu_model, git_revision
 
-    suite = os.environ.get("VDP_CLAIMS_SUITE", "").strip() or None   # make claims-image / claims-video: one half
+    suite = os.environ.get("VDP_CLAIMS_SUITE", "").strip() or None   # make claims-image / -video / -control: one part
     record = {"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "git": git_revision(), "cpu_model": cpu_model(),
               "suite": suite,
               "cpus": os.cpu_count(), "loadavg": [round(x, 2) for x in os.getloadavg()],

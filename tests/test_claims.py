@@ -11,12 +11,13 @@ evidence and the README get updated instead of silently disagreeing. Checks comp
 Slow (minutes per claim): marker ``claims``, run by ``make claims`` (two at a time, one thread each; the stages
 several claims share first, then the claims longest first by their committed wall times). Claims whose config says
 ``claim.tier: long`` (up to 30 minutes on one core) carry the marker ``claims_long`` as well and run in ``make
-claims-long`` instead. The CPU tier splits into two halves that also run on their own (the whole tier takes over an
-hour on two cores): ``make claims-image`` (claims on image data: DDPM ... DiT) and ``make claims-video`` (claims on
-video data); the environment variable ``VDP_CLAIMS_SUITE`` (``image`` / ``video``; unset: the whole tier) selects the
-half at collection, so its stages and its longest-first order are the half's own. The fast tests at the end — in
-``make test`` — check that every check resolves against the committed results and that the suite holds every claim
-once.
+claims-long`` instead. The CPU tier (over an hour on two cores) splits into three parts that also run on their own:
+``make claims-image`` (claims on image data: DDPM ... DiT), ``make claims-video`` (video generation and the
+temporal-consistency toolbox: claims on video data) and ``make claims-control`` (the conditioned papers: Animate
+Anyone, EMO, ControlNet on a video model). The environment variable ``VDP_CLAIMS_SUITE`` (``image`` / ``video`` /
+``control``; unset: the whole tier) selects a part at collection, so its stages and its longest-first order are the
+part's own. The fast tests at the end — in ``make test`` — check that every check resolves against the committed
+results and that the suite holds every claim once.
 """
 from __future__ import annotations
 
@@ -68,25 +69,29 @@ def _tier(experiment: str) -> str:
     return "long" if str(_cfg(experiment).claim.get("tier", "")) == "long" else "cpu"
 
 
-HALVES = ("image", "video")
+SUITES = ("image", "video", "control")
 SUITE_VARIABLE = "VDP_CLAIMS_SUITE"
+# the avatar and control papers (conditioned generation): their own part of the suite
+CONTROL_PAPERS = ("animate_anyone", "emo", "controlnet_video", "gen1", "generative_image_dynamics")
 
 
-def half(experiment: str) -> str:
-    """``video`` for a claim on video data (its datamodule is the shared VideoDataModule), else ``image``: the half of
-    the CPU tier ``make claims-video`` / ``make claims-image`` runs it in."""
+def suite_of(experiment: str) -> str:
+    """The part of the CPU tier that runs a claim: ``control`` for the avatar and control papers, ``video`` for the
+    other claims on video data (their datamodule is the shared VideoDataModule), else ``image``."""
+    if experiment.split("/")[0] in CONTROL_PAPERS:
+        return "control"
     target = str(_cfg(experiment).data.get("_target_", ""))
     return "video" if target.endswith("video_datamodule.VideoDataModule") else "image"
 
 
-def selected_half() -> str | None:
-    """The half ``VDP_CLAIMS_SUITE`` selects (None: unset or empty, the whole tier); any other value is refused in
+def selected_suite() -> str | None:
+    """The part ``VDP_CLAIMS_SUITE`` selects (None: unset or empty, the whole tier); any other value is refused in
     one line naming the variable and the values it takes."""
     import os
 
     value = os.environ.get(SUITE_VARIABLE, "").strip()
-    if value and value not in HALVES:
-        raise pytest.UsageError(f"{SUITE_VARIABLE}={value!r}: expected one of {', '.join(HALVES)} (or unset: the "
+    if value and value not in SUITES:
+        raise pytest.UsageError(f"{SUITE_VARIABLE}={value!r}: expected one of {', '.join(SUITES)} (or unset: the "
                                 "whole claim suite)")
     return value or None
 
@@ -106,8 +111,8 @@ def _recorded_cost(experiment: str) -> float:
 
 
 @functools.cache
-def stage_halves() -> dict[tuple[str, str], set[str]]:
-    """The halves of the CPU tier whose claims use each shared stage (a half's run trains the stages it needs)."""
+def stage_suites() -> dict[tuple[str, str], set[str]]:
+    """The parts of the CPU tier whose claims use each shared stage (a part's run trains the stages it needs)."""
     return _stage_users()[1]
 
 
@@ -138,7 +143,7 @@ def _stage_users():
             sig = json.dumps([kind, recipe, int(seed)], sort_keys=True, default=str)
             users.setdefault((_tier(exp), sig), []).append((exp, int(seed), kind))
     shared = {k: v for k, v in users.items() if len({e for e, _, _ in v}) >= 2}
-    return {k: v[0] for k, v in shared.items()}, {k: {half(e) for e, _, _ in v} for k, v in shared.items()}
+    return {k: v[0] for k, v in shared.items()}, {k: {suite_of(e) for e, _, _ in v} for k, v in shared.items()}
 
 
 def _suite(only: str | None = None):
@@ -146,19 +151,19 @@ def _suite(only: str | None = None):
     longest first by their committed wall times. pytest-xdist's ``load`` scheduler (``--maxschedchunk 1``) starts each
     of the two workers with two consecutive items and then hands out the next item to whichever worker has one left,
     so items 1 and 2 are swapped: the workers start with items (0, 2) and (1, 3) - the two seeds of the longest stage
-    train side by side - and the rest goes longest first to the worker that frees up. ``only``: one half of the CPU
-    tier (:func:`half`; its claims and the stages they use, ordered and swapped on their own), the long tier left
-    out."""
+    train side by side - and the rest goes longest first to the worker that frees up. ``only``: one part of the CPU
+    tier (:func:`suite_of`; its claims and the stages they use, ordered and swapped on their own), the long tier
+    left out."""
     out = []
     stages = sorted(shared_stages().items(), key=lambda kv: (kv[1][2] != "image", kv[1][1], kv[1][0]))
     for key, (exp, seed, kind) in stages:
         tier = key[0]
-        if only is not None and (tier == "long" or only not in stage_halves()[key]):
+        if only is not None and (tier == "long" or only not in stage_suites()[key]):
             continue
         marks = [pytest.mark.claims_long] if tier == "long" else []
         out.append((tier, pytest.param("stage", exp, seed, kind, id=f"stage-{kind}-{exp}-seed{seed}", marks=marks)))
     for exp in sorted(make_target_claims(), key=lambda e: (-_recorded_cost(e), e)):
-        if only is not None and (_tier(exp) == "long" or half(exp) != only):
+        if only is not None and (_tier(exp) == "long" or suite_of(exp) != only):
             continue
         marks = [pytest.mark.claims_long] if _tier(exp) == "long" else []
         out.append((_tier(exp), pytest.param("claim", exp, None, None, id=exp, marks=marks)))
@@ -183,7 +188,7 @@ def changed_checks(records: list[dict], known_failing: set[int]) -> list[str]:
 
 
 @pytest.mark.claims
-@pytest.mark.parametrize("job,experiment,seed,kind", _suite(selected_half()))
+@pytest.mark.parametrize("job,experiment,seed,kind", _suite(selected_suite()))
 def test_claim(job, experiment, seed, kind, tmp_path, record_property):
     """A stage: trained once (or found in the cache) - the cache file the claims look for exists afterwards.
 
@@ -263,33 +268,34 @@ def test_the_suite_runs_every_claim_once_after_its_stages():
             assert max(stages) <= len(stages), jobs   # at most one claim moved up by the start-of-run swap
 
 
-def test_the_two_halves_split_the_cpu_tier_each_with_the_stages_it_uses(monkeypatch):
-    """``make claims-image`` + ``make claims-video`` run every CPU-tier claim exactly once between them, each half
-    with the shared stages its claims use (first, swapped on their own) and nothing of the long tier; the MovingDigits
-    image stage belongs to the video half, the EDM teacher to the image half. A wrong suite name is one line."""
+def test_the_three_parts_split_the_cpu_tier_each_with_the_stages_it_uses(monkeypatch):
+    """``make claims-image`` + ``claims-video`` + ``claims-control`` run every CPU-tier claim exactly once between
+    them, each part with the shared stages its claims use (first, swapped on their own) and nothing of the long tier;
+    the MovingDigits image stage belongs to the video part, the EDM teacher to the image part, and the control part
+    (Animate Anyone, EMO, ControlNet) has none. A wrong suite name is one line."""
     full = _suite()
     cpu = sorted(p.values[1] for p in full if p.values[0] == "claim" and not _is_long(p))
     seen = []
-    for which in HALVES:
+    for which, kinds in (("image", {"teacher"}), ("video", {"image"}), ("control", set())):
         params = _suite(which)
         assert params and not any(_is_long(p) for p in params), which
         claims = [p.values[1] for p in params if p.values[0] == "claim"]
-        assert claims and all(half(e) == which for e in claims), (which, claims)
+        assert claims and all(suite_of(e) == which for e in claims), (which, claims)
         seen += claims
         jobs = [p.values[0] for p in params]
         stages = [i for i, j in enumerate(jobs) if j == "stage"]
-        assert stages and max(stages) <= len(stages), (which, jobs)
-        kinds = {p.values[3] for p in params if p.values[0] == "stage"}
-        assert kinds == ({"teacher"} if which == "image" else {"image"}), (which, kinds)
+        assert not stages or max(stages) <= len(stages), (which, jobs)
+        assert {p.values[3] for p in params if p.values[0] == "stage"} == kinds, which
     assert sorted(seen) == cpu
-    assert {half("ddpm/digits_claim"), half("vdm/moving_digits_claim")} == {"image", "video"}
+    assert [suite_of(e) for e in ("ddpm/digits_claim", "vdm/moving_digits_claim", "emo/talking_faces_claim",
+                                  "controlnet_video/styled_shapes_claim")] == ["image", "video", "control", "control"]
     monkeypatch.setenv(SUITE_VARIABLE, "videos")
-    with pytest.raises(pytest.UsageError, match=r"VDP_CLAIMS_SUITE='videos': expected one of image, video"):
-        selected_half()
-    monkeypatch.setenv(SUITE_VARIABLE, "video")
-    assert selected_half() == "video"
+    with pytest.raises(pytest.UsageError, match=r"VDP_CLAIMS_SUITE='videos': expected one of image, video, control"):
+        selected_suite()
+    monkeypatch.setenv(SUITE_VARIABLE, "control")
+    assert selected_suite() == "control"
     monkeypatch.delenv(SUITE_VARIABLE)
-    assert selected_half() is None
+    assert selected_suite() is None
 
 
 def test_a_changed_check_outcome_is_named_both_ways():

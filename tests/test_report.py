@@ -425,13 +425,13 @@ def test_the_measured_suite_run_is_reported_from_its_newest_record(tmp_path):
     assert "**66.1 min wall** (**over** the 45-min budget)" in md and "revision ca9b0bb" in md
     assert "| stage-image-x-seed0 | 1.0 | stage trained |  |  |" in md
     assert "| vdm/moving_digits_claim | 2.0 | **changed** | 3 / 4 | 0.25 (`fd.mean`) |" in md
-    # a half of the CPU tier measured on its own is shown beside the whole tier's newest record, each once
+    # a part of the CPU tier measured on its own is shown beside the whole tier's newest record, each once
     (folder / "claims_suite_2026-12-06_video.json").write_text(json.dumps(rec | {"suite": "video",
                                                                                   "suite_wall_s": 2580.0}))
     md = suite_run_md(tmp_path)
     assert md.count("## Claim suite, measured") == 1 and md.count("| vdm/moving_digits_claim |") == 2
     assert "`make claims` (the whole CPU tier) at revision ca9b0bb" in md and "**66.1 min wall**" in md
-    assert "`make claims-video` (the video half of the CPU tier)" in md and "**43.0 min wall** (within" in md
+    assert "`make claims-video` (the video part of the CPU tier)" in md and "**43.0 min wall** (within" in md
     assert md.index("`make claims`") < md.index("`make claims-video`") and "**0.0 min wall**" not in md
 
 

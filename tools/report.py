@@ -265,9 +265,9 @@ def suite_run_md(root=None) -> str:
     """The newest measured ``make claims`` run kept as evidence (``docs/measurements/claims_suite_*.json``, written by
     ``python -m tools.claims_record``): its wall time against the 45-minute budget, and per claim the wall time,
     the outcome against the committed evidence and how far the re-run's numbers are from the committed ones. One
-    record per suite: the whole CPU tier (``make claims``) and each half (``make claims-image`` / ``claims-video``,
-    ``suite`` in the record)."""
-    newest: dict[str, Path] = {}   # per suite (the whole CPU tier, or one half: make claims-image / claims-video)
+    record per suite: the whole CPU tier (``make claims``) and each part (``make claims-image`` / ``-video`` /
+    ``-control``, ``suite`` in the record)."""
+    newest: dict[str, Path] = {}   # per suite (the whole CPU tier, or one part: make claims-image / -video / -control)
     for f in sorted((_root(root) / "docs" / "measurements").glob("claims_suite_*.json")):
         newest[json.loads(f.read_text()).get("suite") or ""] = f
     if not newest:
@@ -286,7 +286,7 @@ def _suite_record_md(f: Path, root=None) -> list[str]:
     wall = float(rec.get("suite_wall_s", 0.0))
     rev = str((rec.get("git") or {}).get("revision", "?"))[:7]
     target = f"make claims-{rec['suite']}" if rec.get("suite") else "make claims"
-    scope = f" (the {rec['suite']} half of the CPU tier)" if rec.get("suite") else " (the whole CPU tier)"
+    scope = f" (the {rec['suite']} part of the CPU tier)" if rec.get("suite") else " (the whole CPU tier)"
     lines = [
         f"`{target}`{scope} at revision {rev} on {rec.get('cpus', '?')} CPUs, {rec.get('parallel_workers', '?')} "
         f"claims at a time with one thread each, {str(rec.get('date', '?'))[:10]} "
