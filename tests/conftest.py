@@ -122,6 +122,11 @@ def pytest_runtest_logreport(report):
         _write_timings()  # after every claim, so an interrupted suite keeps what finished
 
 
+def _timings_name(suite: str | None) -> str:
+    """``timings.json`` for the whole suite, ``timings_<part>.json`` for one part (``VDP_CLAIMS_SUITE``)."""
+    return f"timings_{suite}.json" if suite else "timings.json"
+
+
 def _write_timings() -> dict:
     import json
     import time
@@ -138,7 +143,7 @@ def _write_timings() -> dict:
               "parallel_workers": _WORKERS, "total_s": round(total, 1),
               "suite_wall_s": round(time.time() - _SUITE_T0, 1), "budget_per_claim_s": CLAIM_BUDGET_S,
               "claims": _CLAIM_TIMES}
-    (out / (f"timings_{suite}.json" if suite else "timings.json")).write_text(json.dumps(record, indent=2))
+    (out / _timings_name(suite)).write_text(json.dumps(record, indent=2))
     return record
 
 
@@ -183,7 +188,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         return
     record = _write_timings()
     total, out = record["total_s"], ROOT / "outputs" / "claims"
-    name = f"timings_{record['suite']}.json" if record.get("suite") else "timings.json"
+    name = _timings_name(record.get("suite"))
     tr = terminalreporter
     tr.section("claim-suite wall times")
     for nodeid, v in sorted(_CLAIM_TIMES.items(), key=lambda kv: -kv[1]["wall_time_s"]):

@@ -118,16 +118,17 @@ def stage_suites() -> dict[tuple[str, str], set[str]]:
 
 @functools.cache
 def shared_stages() -> dict[tuple[str, str], tuple[str, int, str]]:
-    return _stage_users()[0]
-
-
-@functools.cache
-def _stage_users():
     """The cached stages two or more claims of one tier share: ``{(tier, recipe): (experiment, seed, kind)}`` with
     kind ``image`` (a ``claim.image`` stage recipe, e.g. the image U-Net six video papers start from) or ``teacher``
     (the experiment's own recipe, the EDM teacher of KD/PD/CM). Each is trained by its own test before the claims,
     so its seeds train side by side on the two workers instead of inside whichever claim comes first. Recipes are
     compared as configured (cheap, at collection); the test checks the cache file the claims will look for."""
+    return _stage_users()[0]
+
+
+@functools.cache
+def _stage_users():
+    """``(shared_stages(), stage_suites())``: each shared stage's first user, and the parts its users are in."""
     users: dict[tuple[str, str], list] = {}
     for exp in make_target_claims():
         cfg = _cfg(exp)
