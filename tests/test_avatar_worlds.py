@@ -430,6 +430,36 @@ def test_talking_faces_items_unchanged_without_random_appearance():
         assert item_digest(TalkingFaces(n=8, frames=8, size=16, frames_only=True, **extra)[1]) == "0b95e485778771e0"
 
 
+def test_talking_faces_head_travel_default_is_unchanged_and_scales_the_motion():
+    """``head_travel``: 1 (the default) renders the items of the digests above; larger values move the face further
+    for the same head pose (the face mask's centroid travels about ``head_travel`` times as far), nothing else drawn
+    changes."""
+    assert item_digest(TalkingFaces(n=8, frames=4, size=16, head_travel=1.0)[5]) == "2120f79f693cade6"
+    kw = dict(n=6, frames=16, size=32, speed=(0.08, 0.08))
+    travel = {}
+    for k in (1.0, 3.0):
+        ds = TalkingFaces(**kw, head_travel=k)
+        steps = []
+        for i in range(len(ds)):
+            it = ds[i]
+            m = it["face_mask"].float()
+            ys, xs = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+            c = torch.stack([(m * xs).sum((1, 2)), (m * ys).sum((1, 2))], 1) / m.sum((1, 2))[:, None]
+            steps.append(float((c.max(0).values - c.min(0).values).norm()))
+            ref = TalkingFaces(**kw)[i]
+            for key in ("audio", "mouth_open", "head_pose", "speed", "identity"):
+                assert torch.equal(it[key], ref[key]), key
+        travel[k] = float(np.mean(steps))
+    assert 2.2 < travel[3.0] / travel[1.0] < 3.8, travel
+
+
+@pytest.mark.parametrize("bad", [0, -1.0])
+def test_talking_faces_head_travel_must_be_positive(bad):
+    with pytest.raises(ValueError, match="head_travel must be > 0") as e:
+        TalkingFaces(n=2, frames=2, size=16, head_travel=bad)
+    assert "\n" not in str(e.value)
+
+
 def _has_colour(img: torch.Tensor, rgb) -> bool:
     """Whether a pixel of ``img`` (3, H, W) in [-1, 1] is exactly ``rgb`` in [0, 1] (a fully covered one)."""
     c = torch.as_tensor(np.asarray(rgb, np.float32) * 2 - 1).view(3, 1, 1)

@@ -197,3 +197,31 @@ def test_claim_noise_prior_keeps_iid_and_draws_each_clip_from_the_prior():
     seen.clear()
     long_generation(Fake(), clips, {}, 5, f=3, n=1, k=2, motion=False)   # no prior: per-clip i.i.d. seeds 5, 6
     assert torch.equal(seen[1], torch.randn(2, 3, 3, 8, 8, generator=torch.Generator().manual_seed(6)))
+
+
+def test_temporal_probe_reloads_a_finished_run_and_measures_both_paths(tmp_path):
+    """``python -m papers.emo.probe``: reloads the quick run's stage-2 model (nothing trains again) and writes the
+    motion-frame and speed readings; a folder without a finished run is one line naming the file."""
+    import json
+
+    from conftest import compose
+
+    from papers.emo.probe import main
+    from shared.engine.train import run
+
+    over = ["experiment=emo/talking_faces_claim_v3", "quick=true", "++data.train.head_travel=3.0"]
+    run(compose(over + ["logger=none", f"run_dir={tmp_path}"]))
+    ckpt = tmp_path / "video_seed0" / "checkpoints" / "last.ckpt"
+    before = ckpt.stat().st_mtime_ns
+    out = main(over + [f"run_dir={tmp_path}"])
+    assert ckpt.stat().st_mtime_ns == before  # resumed finished, not trained again
+    saved = json.loads((tmp_path / "temporal_probe.json").read_text())
+    assert saved == out and saved["seed"] == 0 and saved["speeds"] == [0.0, 0.01, 0.08, 0.3]
+    assert saved["speed_effect"][0] == 0.0 and len(saved["judged_speed"]) == 4
+    for k in ("first_frame_to_previous_motion_frames", "first_frame_to_previous_zero_maps", "motion_frames_effect",
+              "continuation_error_motion_frames", "real_first_frame_to_previous"):
+        assert 0.0 <= saved[k] < 2.0, k
+    assert saved["motion_frames_effect"] > 0  # real motion frames reach the output
+    with pytest.raises(FileNotFoundError, match="image/export.safetensors not found") as e:
+        main(over + [f"run_dir={tmp_path / 'nothing'}"])
+    assert "\n" not in str(e.value)

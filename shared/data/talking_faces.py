@@ -214,6 +214,8 @@ class TalkingFaces(_OneFrameWorld):
         segment_seconds, silence_prob: the speech segments.
         supersample: odd samples per pixel side. background: RGB in [0, 1].
         random_appearance: give each item's face a fresh random appearance (module docstring).
+        head_travel: how far the head moves in the image per radian of yaw / pitch, as a multiple of the default
+            (0.12 / 0.1 of the image side per radian); > 1 makes head motion visible at small sizes.
     """
 
     per_frame_keys = ("mouth_open", "mouth_width", "eye_open", "brow_raise", "audio_envelope", "head_pose",
@@ -245,11 +247,15 @@ class TalkingFaces(_OneFrameWorld):
         background: Sequence[float] = (0.55, 0.6, 0.66),
         frames_only: bool = False,
         random_appearance: bool = False,
+        head_travel: float = 1.0,
     ):
         super().__init__(n, frames, size, seed, split, frames_only)
         if not isinstance(random_appearance, bool):
             raise ValueError(f"random_appearance must be true or false, got {random_appearance!r}")
         self.random_appearance = random_appearance
+        if not float(head_travel) > 0:
+            raise ValueError(f"head_travel must be > 0, got {head_travel!r}")
+        self.head_travel = float(head_travel)
         self.features = AudioFrameFeatures(sample_rate, fps, n_mels, n_fft, hop, context, encoder=audio_encoder)
         self.sample_rate, self.fps = self.features.sample_rate, self.features.fps
         self.samples_per_frame = self.features.samples_per_frame
@@ -322,8 +328,8 @@ class TalkingFaces(_OneFrameWorld):
         mo, mw = (np.asarray(v, np.float32)[:, None, None] for v in (mouth_open, mouth_width))
         eo, br = (np.asarray(v, np.float32)[:, None, None] for v in (eye_open, brow))
         a, b = who.width * S, who.height * S
-        cx = 0.5 * S + 0.12 * S * yaw
-        cy = 0.44 * S + 0.1 * S * pitch
+        cx = 0.5 * S + (0.12 * self.head_travel) * S * yaw
+        cy = 0.44 * S + (0.1 * self.head_travel) * S * pitch
         rx, ry = self._px - cx, self._py - cy  # (T, 1, n), (T, n, 1)
         cr, sr = np.cos(roll), np.sin(roll)
         qx, qy = cr * rx + sr * ry, -sr * rx + cr * ry  # face coordinates (roll undone), (T, n, n)
