@@ -219,7 +219,8 @@ def test_temporal_probe_reloads_a_finished_run_and_measures_both_paths(tmp_path)
     assert saved == out and saved["seed"] == 0 and saved["speeds"] == [0.0, 0.01, 0.08, 0.3]
     assert saved["speed_effect"][0] == 0.0 and len(saved["judged_speed"]) == 4
     for k in ("first_frame_to_previous_motion_frames", "first_frame_to_previous_zero_maps", "motion_frames_effect",
-              "continuation_error_motion_frames", "real_first_frame_to_previous"):
+              "continuation_error_motion_frames", "real_first_frame_to_previous", "pose_jump_motion_frames",
+              "pose_jump_zero_maps", "pose_jump_real"):
         assert 0.0 <= saved[k] < 2.0, k
     assert saved["motion_frames_effect"] > 0  # real motion frames reach the output
     with pytest.raises(FileNotFoundError, match="image/export.safetensors not found") as e:

@@ -7,7 +7,9 @@ writes ``<run_dir>/temporal_probe.json``:
 * motion frames, teacher-forced: the second clip of ``probe_clips`` real long clips is generated with the *real* last
   ``n`` frames of the first clip as motion frames, and again with zero maps, from the same ``x_T``:
   ``first_frame_to_previous_*`` (mean |generated first frame - real previous frame|), ``continuation_error_*`` (mean
-  |generated clip - real continuation|), ``motion_frames_effect`` (mean |with - without|);
+  |generated clip - real continuation|), ``motion_frames_effect`` (mean |with - without|), ``pose_jump_*`` (the
+  head-pose judge's pose change from the real previous frame to the generated first frame, rad; ``pose_jump_real``
+  for the real continuation);
 * speed: the evaluation clips generated at each of ``speeds`` (the same ``x_T``): the head-pose judge's speed
   (``judged_speed``) and the mean |x(speed) - x(first speed)| (``speed_effect``).
 
@@ -26,7 +28,7 @@ from omegaconf import OmegaConf
 from papers.emo import claim as C
 from shared.engine.claims import train_stage
 from shared.engine.compose import compose
-from shared.metrics.avatar_judge import head_speed, load_avatar_judge
+from shared.metrics.avatar_judge import head_speed, judge_outputs, load_avatar_judge
 
 
 def _mad(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -54,6 +56,12 @@ def probe(cfg, probe_clips: int = 16, speeds=(0.0, 0.01, 0.08, 0.3), sample_seed
     with_mf = C.generate(vid, second, sampler, sample_seed, motion_frames=real_mf, n_motion=n, x_T=x_T)
     no_mf = C.generate(vid, second, sampler, sample_seed, n_motion=n, x_T=x_T)
     last = real_mf[:, :, -1]
+
+    def pose_jump(clip):  # judged head pose: first frame of ``clip`` vs the real previous frame, rad
+        both = torch.stack([last, clip[:, :, 0]], dim=2)
+        pose = judge_outputs(both, judge)["head_pose"]
+        return float((pose[:, 1] - pose[:, 0]).norm(dim=-1).mean())
+
     out = {
         "seed": seed,
         "first_frame_to_previous_motion_frames": _mad(with_mf[:, :, 0], last),
@@ -62,6 +70,9 @@ def probe(cfg, probe_clips: int = 16, speeds=(0.0, 0.01, 0.08, 0.3), sample_seed
         "continuation_error_motion_frames": _mad(with_mf, second["x"]),
         "continuation_error_zero_maps": _mad(no_mf, second["x"]),
         "motion_frames_effect": _mad(with_mf, no_mf),
+        "pose_jump_motion_frames": pose_jump(with_mf),
+        "pose_jump_zero_maps": pose_jump(no_mf),
+        "pose_jump_real": pose_jump(second["x"]),
         "within_clip_change": float((with_mf[:, :, 1:] - with_mf[:, :, :-1]).abs().mean()),
     }
     clips = C.eval_clips(cfg, probe_clips, int(cfg.claim.real_seed), f)
