@@ -220,9 +220,10 @@ def test_temporal_probe_reloads_a_finished_run_and_measures_both_paths(tmp_path)
     assert saved["speed_effect"][0] == 0.0 and len(saved["judged_speed"]) == 4
     for k in ("first_frame_to_previous_motion_frames", "first_frame_to_previous_zero_maps", "motion_frames_effect",
               "continuation_error_motion_frames", "real_first_frame_to_previous", "pose_jump_motion_frames",
-              "pose_jump_zero_maps", "pose_jump_real"):
+              "pose_jump_zero_maps", "pose_jump_real", "pose_seam_jump_motion_frames", "pose_within_clip_independent"):
         assert 0.0 <= saved[k] < 2.0, k
     assert saved["motion_frames_effect"] > 0  # real motion frames reach the output
+    assert saved["pose_seam_ratio_real"] > 0 and saved["pose_seam_ratio_motion_frames"] > 0
     with pytest.raises(FileNotFoundError, match="image/export.safetensors not found") as e:
         main(over + [f"run_dir={tmp_path / 'nothing'}"])
     assert "\n" not in str(e.value)

@@ -9,7 +9,9 @@ writes ``<run_dir>/temporal_probe.json``:
   ``first_frame_to_previous_*`` (mean |generated first frame - real previous frame|), ``continuation_error_*`` (mean
   |generated clip - real continuation|), ``motion_frames_effect`` (mean |with - without|), ``pose_jump_*`` (the
   head-pose judge's pose change from the real previous frame to the generated first frame, rad; ``pose_jump_real``
-  for the real continuation);
+  for the real continuation); ``pose_seam_*`` (long generation as the claim's, ``claim.long_clips`` clips chained
+  by generated motion frames or independent: the judge's pose jump at the boundaries over its within-clip pose
+  change, :func:`pose_seams`);
 * speed: the evaluation clips generated at each of ``speeds`` (the same ``x_T``): the head-pose judge's speed
   (``judged_speed``) and the mean |x(speed) - x(first speed)| (``speed_effect``).
 
@@ -33,6 +35,15 @@ from shared.metrics.avatar_judge import head_speed, judge_outputs, load_avatar_j
 
 def _mad(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().mean())
+
+
+def pose_seams(chain: list[torch.Tensor], judge) -> tuple[float, float, float]:
+    """(pose jump at the clip boundaries, pose change between consecutive frames inside clips, their ratio): the
+    head-pose judge's mean Euclidean change, rad (the pose counterpart of :func:`papers.emo.claim.seam_ratio`)."""
+    poses = [judge_outputs(c, judge)["head_pose"] for c in chain]  # (B, T, 3) each
+    within = torch.cat([(p[:, 1:] - p[:, :-1]).norm(dim=-1) for p in poses], dim=1).mean()
+    seams = torch.stack([(b[:, 0] - a[:, -1]).norm(dim=-1) for a, b in zip(poses[:-1], poses[1:])]).mean()
+    return float(seams), float(within), float(seams) / max(float(within), 1e-12)
 
 
 def probe(cfg, probe_clips: int = 16, speeds=(0.0, 0.01, 0.08, 0.3), sample_seed: int = 5) -> dict:
@@ -75,6 +86,13 @@ def probe(cfg, probe_clips: int = 16, speeds=(0.0, 0.01, 0.08, 0.3), sample_seed
         "pose_jump_real": pose_jump(second["x"]),
         "within_clip_change": float((with_mf[:, :, 1:] - with_mf[:, :, :-1]).abs().mean()),
     }
+    k = int(cfg.claim.long_clips)
+    chains = C.eval_clips(cfg, probe_clips, int(cfg.claim.long_seed) + 1, k * f)
+    for name, motion in (("motion_frames", True), ("independent", False)):
+        chain = C.long_generation(vid, chains, sampler, sample_seed + 1, f, n, k, motion=motion, prior=prior)
+        out[f"pose_seam_jump_{name}"], out[f"pose_within_clip_{name}"], out[f"pose_seam_ratio_{name}"] = \
+            pose_seams(chain, judge)
+    out["pose_seam_ratio_real"] = pose_seams(list(chains["x"].split(f, dim=2)), judge)[2]
     clips = C.eval_clips(cfg, probe_clips, int(cfg.claim.real_seed), f)
     x_T = C.initial_noise(clips["x"].shape, sample_seed + 2, prior)
     vids = [C.generate(vid, clips, sampler, sample_seed + 2, speed=float(s), n_motion=n, x_T=x_T) for s in speeds]
