@@ -44,7 +44,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from papers.emo.data import EMOClips
 from shared.data.puppets import heldout_identity_set
-from shared.engine.claims import finish, summarise, train_stage
+from shared.engine.claims import finish, summarise, summarise_seeds, train_stage
 from shared.engine.video_io import save_labelled_columns
 from shared.metrics.avatar_judge import (
     avatar_judge_sha256,
@@ -52,6 +52,7 @@ from shared.metrics.avatar_judge import (
     frame_features,
     head_speed,
     identity_accuracy,
+    judge_outputs,
     load_avatar_judge,
     mouth_opening,
     pearson,
@@ -131,6 +132,21 @@ def seam_ratio(chain: list[torch.Tensor]) -> tuple[float, float, float]:
     seams = torch.stack([(b[:, :, 0] - a[:, :, -1]).abs().mean(dim=(1, 2, 3)) for a, b in zip(chain[:-1], chain[1:])])
     s, w = float(seams.mean()), float(within)
     return s, w, s / max(w, 1e-12)
+
+
+def pose_seams(chain: list[torch.Tensor], judge) -> tuple[float, float, float]:
+    """(pose jump at the clip boundaries, pose change between consecutive frames inside clips, their ratio): the
+    head-pose judge's mean Euclidean change, rad (the pose counterpart of :func:`seam_ratio`)."""
+    poses = [judge_outputs(c, judge)["head_pose"] for c in chain]  # (B, T, 3) each
+    within = torch.cat([(p[:, 1:] - p[:, :-1]).norm(dim=-1) for p in poses], dim=1).mean()
+    seams = torch.stack([(b[:, 0] - a[:, -1]).norm(dim=-1) for a, b in zip(poses[:-1], poses[1:])]).mean()
+    return float(seams), float(within), float(seams) / max(float(within), 1e-12)
+
+
+def pose_jump(previous: torch.Tensor, clip: torch.Tensor, judge) -> float:
+    """Mean judged head-pose change (rad) from the frames ``previous`` (B, C, H, W) to ``clip``'s first frames."""
+    pose = judge_outputs(torch.stack([previous, clip[:, :, 0]], dim=2), judge)["head_pose"]
+    return float((pose[:, 1] - pose[:, 0]).norm(dim=-1).mean())
 
 
 def long_generation(module, clips: dict, sampler: dict, seed: int, f: int, n: int, k: int, motion: bool,
@@ -273,3 +289,87 @@ def run(cfg: DictConfig) -> dict:
                     extra={"nfe": int(c.sampler.steps), "num_samples": ns,
                            "judge_sha256": avatar_judge_sha256("talking_faces", c.judge_path)})
     return record
+
+
+def temporal_seed_job(cfg: DictConfig, seed: int, img_w: Path, clips: dict, long: dict, judge) -> tuple:
+    """One seed of :func:`run_temporal`: the stage-2 model, then its motion-frame and speed readings."""
+    c = cfg.claim
+    f, n = int(cfg.data.frames), int(c.motion_frames)
+    sampler = OmegaConf.to_container(c.sampler, resolve=True)
+    _, vid = train_stage(cfg, "video", f"video_seed{seed}", seed, {"model.image_weights": str(img_w)})
+    s0 = int(c.sample_seed) + 100 * int(seed)
+    prior = noise_prior(cfg)
+    out: dict = {}
+    # teacher-forced: the second clip of each real long clip, after the real last n frames of the first, or zero maps
+    second = take(long, slice(f, 2 * f))
+    real_mf = long["x"][:, :, f - n:f]
+    x_T = initial_noise(second["x"].shape, s0 + 3, prior)
+    with_mf = generate(vid, second, sampler, s0 + 3, motion_frames=real_mf, n_motion=n, x_T=x_T)
+    zero_mf = generate(vid, second, sampler, s0 + 3, n_motion=n, x_T=x_T)
+    out["pose_jump_motion_frames"] = pose_jump(real_mf[:, :, -1], with_mf, judge)
+    out["pose_jump_zero_maps"] = pose_jump(real_mf[:, :, -1], zero_mf, judge)
+    # long generation, chained by the generated motion frames or independent clips (each clip its own x_T)
+    k = int(c.long_clips)
+    chain_m = long_generation(vid, long, sampler, s0 + 7, f, n, k, motion=True, prior=prior)
+    chain_0 = long_generation(vid, long, sampler, s0 + 7, f, n, k, motion=False, prior=prior)
+    for name, chain in (("motion_frames", chain_m), ("independent", chain_0)):
+        out[f"pose_seam_jump_{name}"], out[f"pose_within_clip_{name}"], out[f"pose_seam_ratio_{name}"] = \
+            pose_seams(chain, judge)
+        out[f"seam_jump_{name}"], out[f"within_clip_change_{name}"], out[f"seam_ratio_{name}"] = seam_ratio(chain)
+    # speed: the same clips and x_T at each speed condition
+    x_T = initial_noise(clips["x"].shape, s0, prior)
+    speeds, gifs = [], {}
+    for i, level in enumerate(c.speed_levels):
+        v = generate(vid, clips, sampler, s0, speed=float(level), n_motion=n, x_T=x_T)
+        speeds.append(float(head_speed(v, judge).mean()))
+        out[f"head_speed_at_{i}"] = speeds[-1]
+        gifs[i] = v
+    out["speed_spearman"] = spearman(torch.tensor(speeds), torch.tensor([float(s) for s in c.speed_levels]))
+    gifs = {"slow": gifs[0], "fast": gifs[len(speeds) - 1], "long": torch.cat(chain_m, dim=2),
+            "long_independent": torch.cat(chain_0, dim=2)}
+    return out, gifs
+
+
+def run_temporal(cfg: DictConfig) -> dict:
+    """EMO's temporal paths alone (``talking_faces_temporal_claim``; papers/emo/README.md, "Temporal-path study"):
+    stage 1 as :func:`run`, per seed one stage-2 model (temporal, audio and speed layers); the motion frames judged in
+    head pose (teacher-forced pose jump from the real previous frame; pose seams of long generation, motion frames vs
+    independent clips) and in pixels (:func:`seam_ratio`); the speed condition by the judged head speed."""
+    t0 = time.time()
+    torch.set_num_threads(1)
+    c = cfg.claim
+    judge = load_avatar_judge("talking_faces", c.judge_path)
+    ns, f = int(c.num_samples), int(cfg.data.frames)
+    clips = eval_clips(cfg, ns, int(c.real_seed), f)
+    long = eval_clips(cfg, int(c.long_samples), int(c.long_seed), f * int(c.long_clips))
+    real_chain = list(long["x"].split(f, dim=2))
+    metrics: dict = {
+        "speed_spearman_real": spearman(head_speed(clips["x"], judge), clips["speed"]),
+        "head_speed_real_slowest_third": float(head_speed(clips["x"], judge)[
+            clips["speed"] <= torch.quantile(clips["speed"], 1 / 3)].mean()),
+        "head_speed_real_fastest_third": float(head_speed(clips["x"], judge)[
+            clips["speed"] >= torch.quantile(clips["speed"], 2 / 3)].mean()),
+        "pose_jump_real": pose_jump(long["x"][:, :, f - 1], take(long, slice(f, 2 * f))["x"], judge),
+        "pose_seam_ratio_real": pose_seams(real_chain, judge)[2],
+        "seam_ratio_real": seam_ratio(real_chain)[2],
+    }
+    img_w, _ = train_stage(cfg, "image", "image", int(c.image_seed))
+    per_seed, gifs = [], None
+    for seed in c.seeds:
+        ts = time.time()
+        res, g = temporal_seed_job(cfg, int(seed), img_w, clips, long, judge)
+        res["seed_wall_time_s"] = time.time() - ts
+        per_seed.append(res)
+        gifs = gifs or g
+    summarise_seeds(per_seed, metrics)
+    kk = min(int(c.gif_videos), ns, int(c.long_samples))
+    if kk > 0:
+        save_labelled_columns({"reference": clips["reference"][:kk], "slow": gifs["slow"][:kk],
+                               "fast": gifs["fast"][:kk], "truth": clips["x"][:kk]},
+                              Path(cfg.run_dir) / "grid.gif", fps=6, scale=4)
+        save_labelled_columns({"reference": long["reference"][:kk], "motion frames": gifs["long"][:kk],
+                               "independent": gifs["long_independent"][:kk], "truth": long["x"][:kk]},
+                              Path(cfg.run_dir) / "long.gif", fps=6, scale=4)
+    return finish(cfg, metrics, paper="emo", claim=str(c.name), t0=t0, artifacts=("*.gif",),
+                  extra={"nfe": int(c.sampler.steps), "num_samples": ns,
+                         "judge_sha256": avatar_judge_sha256("talking_faces", c.judge_path)})

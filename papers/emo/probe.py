@@ -11,7 +11,7 @@ writes ``<run_dir>/temporal_probe.json``:
   head-pose judge's pose change from the real previous frame to the generated first frame, rad; ``pose_jump_real``
   for the real continuation); ``pose_seam_*`` (long generation as the claim's, ``claim.long_clips`` clips chained
   by generated motion frames or independent: the judge's pose jump at the boundaries over its within-clip pose
-  change, :func:`pose_seams`);
+  change, :func:`papers.emo.claim.pose_seams`);
 * speed: the evaluation clips generated at each of ``speeds`` (the same ``x_T``): the head-pose judge's speed
   (``judged_speed``) and the mean |x(speed) - x(first speed)| (``speed_effect``).
 
@@ -30,20 +30,11 @@ from omegaconf import OmegaConf
 from papers.emo import claim as C
 from shared.engine.claims import train_stage
 from shared.engine.compose import compose
-from shared.metrics.avatar_judge import head_speed, judge_outputs, load_avatar_judge
+from shared.metrics.avatar_judge import head_speed, load_avatar_judge
 
 
 def _mad(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().mean())
-
-
-def pose_seams(chain: list[torch.Tensor], judge) -> tuple[float, float, float]:
-    """(pose jump at the clip boundaries, pose change between consecutive frames inside clips, their ratio): the
-    head-pose judge's mean Euclidean change, rad (the pose counterpart of :func:`papers.emo.claim.seam_ratio`)."""
-    poses = [judge_outputs(c, judge)["head_pose"] for c in chain]  # (B, T, 3) each
-    within = torch.cat([(p[:, 1:] - p[:, :-1]).norm(dim=-1) for p in poses], dim=1).mean()
-    seams = torch.stack([(b[:, 0] - a[:, -1]).norm(dim=-1) for a, b in zip(poses[:-1], poses[1:])]).mean()
-    return float(seams), float(within), float(seams) / max(float(within), 1e-12)
 
 
 def probe(cfg, probe_clips: int = 16, speeds=(0.0, 0.01, 0.08, 0.3), sample_seed: int = 5) -> dict:
@@ -67,12 +58,6 @@ def probe(cfg, probe_clips: int = 16, speeds=(0.0, 0.01, 0.08, 0.3), sample_seed
     with_mf = C.generate(vid, second, sampler, sample_seed, motion_frames=real_mf, n_motion=n, x_T=x_T)
     no_mf = C.generate(vid, second, sampler, sample_seed, n_motion=n, x_T=x_T)
     last = real_mf[:, :, -1]
-
-    def pose_jump(clip):  # judged head pose: first frame of ``clip`` vs the real previous frame, rad
-        both = torch.stack([last, clip[:, :, 0]], dim=2)
-        pose = judge_outputs(both, judge)["head_pose"]
-        return float((pose[:, 1] - pose[:, 0]).norm(dim=-1).mean())
-
     out = {
         "seed": seed,
         "first_frame_to_previous_motion_frames": _mad(with_mf[:, :, 0], last),
@@ -81,9 +66,9 @@ def probe(cfg, probe_clips: int = 16, speeds=(0.0, 0.01, 0.08, 0.3), sample_seed
         "continuation_error_motion_frames": _mad(with_mf, second["x"]),
         "continuation_error_zero_maps": _mad(no_mf, second["x"]),
         "motion_frames_effect": _mad(with_mf, no_mf),
-        "pose_jump_motion_frames": pose_jump(with_mf),
-        "pose_jump_zero_maps": pose_jump(no_mf),
-        "pose_jump_real": pose_jump(second["x"]),
+        "pose_jump_motion_frames": C.pose_jump(last, with_mf, judge),
+        "pose_jump_zero_maps": C.pose_jump(last, no_mf, judge),
+        "pose_jump_real": C.pose_jump(last, second["x"], judge),
         "within_clip_change": float((with_mf[:, :, 1:] - with_mf[:, :, :-1]).abs().mean()),
     }
     k = int(cfg.claim.long_clips)
@@ -91,8 +76,8 @@ def probe(cfg, probe_clips: int = 16, speeds=(0.0, 0.01, 0.08, 0.3), sample_seed
     for name, motion in (("motion_frames", True), ("independent", False)):
         chain = C.long_generation(vid, chains, sampler, sample_seed + 1, f, n, k, motion=motion, prior=prior)
         out[f"pose_seam_jump_{name}"], out[f"pose_within_clip_{name}"], out[f"pose_seam_ratio_{name}"] = \
-            pose_seams(chain, judge)
-    out["pose_seam_ratio_real"] = pose_seams(list(chains["x"].split(f, dim=2)), judge)[2]
+            C.pose_seams(chain, judge)
+    out["pose_seam_ratio_real"] = C.pose_seams(list(chains["x"].split(f, dim=2)), judge)[2]
     clips = C.eval_clips(cfg, probe_clips, int(cfg.claim.real_seed), f)
     x_T = C.initial_noise(clips["x"].shape, sample_seed + 2, prior)
     vids = [C.generate(vid, clips, sampler, sample_seed + 2, speed=float(s), n_motion=n, x_T=x_T) for s in speeds]
