@@ -227,3 +227,22 @@ def test_temporal_probe_reloads_a_finished_run_and_measures_both_paths(tmp_path)
     with pytest.raises(FileNotFoundError, match="image/export.safetensors not found") as e:
         main(over + [f"run_dir={tmp_path / 'nothing'}"])
     assert "\n" not in str(e.value)
+
+
+def test_pose_seams_see_a_cut_between_clips_and_none_inside_a_real_video():
+    """``pose_seams``: a real long clip cut into parts has seam jumps like its within-part pose changes (ratio ~1);
+    parts taken from different clips jump at every seam (ratio well above 1). ``pose_jump`` agrees at the first seam."""
+    from papers.emo.claim import pose_jump, pose_seams
+    from shared.data.talking_faces import TalkingFaces
+    from shared.metrics.avatar_judge import load_avatar_judge
+
+    judge = load_avatar_judge("talking_faces", None)
+    ds = TalkingFaces(n=16, frames=16, size=16, split="test", seed=3, identity_split="unseen", head_travel=3.0)
+    x = torch.stack([ds[i]["x"] for i in range(16)])  # (B, 3, 16, 16, 16)
+    real = list(x.split(8, dim=2))
+    seam, within, ratio = pose_seams(real, judge)
+    assert 0 < within and 0.5 < ratio < 1.5, (seam, within, ratio)
+    cut = [real[0], torch.roll(real[1], 1, dims=0)]  # the second part from another clip
+    seam_cut, _, ratio_cut = pose_seams(cut, judge)
+    assert ratio_cut > 2 * ratio and seam_cut > 2 * seam
+    assert abs(pose_jump(real[0][:, :, -1], real[1], judge) - seam) < 1e-6
