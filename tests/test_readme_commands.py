@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import re
 import shlex
 from pathlib import Path
@@ -221,6 +222,10 @@ def check(cmd: str, run: Path, sweep: Path, monkeypatch, tmp_path) -> str:
 
             main(args)
             return "ran"
+        if re.fullmatch(r"papers\.\w+\.probe", module):   # a development probe of a finished run: its config composes
+            assert importlib.util.find_spec(module), f"`{cmd}`: no module {module}"
+            _compose_entry("train", [a for a in args if not a.startswith("run_dir=")])
+            return "composed"
         if module.startswith("tools.") or re.fullmatch(r"shared\.metrics\.train_\w+", module):
             _tool_accepts(module, args, monkeypatch)   # judge re-training: the parser accepts the printed flags
             return "parsed"
