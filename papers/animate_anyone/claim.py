@@ -41,7 +41,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from shared.data.puppets import Puppets, heldout_identity_set
-from shared.engine.claims import finish, summarise, train_stage
+from shared.engine.claims import finish, summarise_seeds, timed_seeds, train_stage
 from shared.engine.video_io import save_labelled_columns
 from shared.metrics.avatar_judge import (
     avatar_judge_sha256,
@@ -165,16 +165,8 @@ def run(cfg: DictConfig) -> dict:
     base_w = None
     if c.get("base_seed") is not None:
         base_w, _ = train_stage(cfg, "base", "base", int(c.base_seed))
-    per_seed, gifs = [], None
-    for seed in c.seeds:
-        ts = time.time()
-        res, gens = seed_job(cfg, int(seed), base_w, clips, judge, real_stats, held)
-        res["seed_wall_time_s"] = time.time() - ts
-        per_seed.append(res)
-        if gifs is None:
-            gifs = gens
-    for key in per_seed[0]:
-        metrics[key] = summarise([r[key] for r in per_seed])
+    per_seed, gifs = timed_seeds(c.seeds, lambda s: seed_job(cfg, s, base_w, clips, judge, real_stats, held))
+    summarise_seeds(per_seed, metrics)
     k = int(c.gif_videos)
     if k > 0:
         cols = {"reference": clips["reference"][:k], "pose": clips["pose_map"][:k], "refnet+mm": gifs[

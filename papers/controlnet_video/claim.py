@@ -37,7 +37,14 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from shared.engine.claims import finish, fit_first_stage, fit_variant, summarise, world_items
+from shared.engine.claims import (
+    finish,
+    fit_first_stage,
+    fit_variant,
+    summarise_seeds,
+    timed_seeds,
+    world_items,
+)
 from shared.engine.video_io import save_labelled_columns
 from shared.metrics.avatar_judge import (
     avatar_judge_sha256,
@@ -252,15 +259,8 @@ def run(cfg: DictConfig) -> dict:
         for k in judges.ratios:   # the first stage's floor: the control error of mere reconstructions
             metrics[f"judge_{k}_reconstructions"] = judges.errors(rec, src)[k]
         metrics["fd_frames_reconstructions"] = judges.fd(rec, real_stats)
-    per_seed, gifs = [], None
-    for seed in c.seeds:
-        ts = time.time()
-        res, samples = seed_job(cfg, int(seed), judges, src, real_stats, ae_file)
-        res["seed_wall_time_s"] = time.time() - ts
-        per_seed.append(res)
-        gifs = gifs or samples
-    for key in per_seed[0]:
-        metrics[key] = summarise([r[key] for r in per_seed])
+    per_seed, gifs = timed_seeds(c.seeds, lambda s: seed_job(cfg, s, judges, src, real_stats, ae_file))
+    summarise_seeds(per_seed, metrics)
     k = int(c.gif_videos)
     if k > 0:
         cols = [("source", src["x"][:k]), ("uncontrolled", gifs["base"][:k])]

@@ -44,7 +44,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from papers.emo.data import EMOClips
 from shared.data.puppets import heldout_identity_set
-from shared.engine.claims import finish, summarise, summarise_seeds, train_stage
+from shared.engine.claims import finish, summarise_seeds, timed_seeds, train_stage
 from shared.engine.video_io import save_labelled_columns
 from shared.metrics.avatar_judge import (
     avatar_judge_sha256,
@@ -189,6 +189,18 @@ def heldout_identities(cfg: DictConfig) -> list[int]:
     return sorted(heldout_identity_set(int(d.num_identities), d.get("heldout_identities")))
 
 
+def evaluation_setup(cfg: DictConfig) -> tuple:
+    """What both pipelines evaluate with: ``(claim config, judge, num_samples, frames, clips, long clips)``
+    (one thread)."""
+    torch.set_num_threads(1)
+    c = cfg.claim
+    judge = load_avatar_judge("talking_faces", c.judge_path)
+    ns, f = int(c.num_samples), int(cfg.data.frames)
+    clips = eval_clips(cfg, ns, int(c.real_seed), f)
+    long = eval_clips(cfg, int(c.long_samples), int(c.long_seed), f * int(c.long_clips))
+    return c, judge, ns, f, clips, long
+
+
 def seed_job(cfg: DictConfig, seed: int, img_w: Path, clips: dict, long: dict, judge, real_stats,
              candidates=None) -> tuple:
     c = cfg.claim
@@ -239,12 +251,7 @@ def seed_job(cfg: DictConfig, seed: int, img_w: Path, clips: dict, long: dict, j
 
 def run(cfg: DictConfig) -> dict:
     t0 = time.time()
-    torch.set_num_threads(1)
-    c = cfg.claim
-    judge = load_avatar_judge("talking_faces", c.judge_path)
-    ns, f = int(c.num_samples), int(cfg.data.frames)
-    clips = eval_clips(cfg, ns, int(c.real_seed), f)
-    long = eval_clips(cfg, int(c.long_samples), int(c.long_seed), f * int(c.long_clips))
+    c, judge, ns, f, clips, long = evaluation_setup(cfg)
     floor = eval_clips(cfg, ns, int(c.floor_seed), f)
     seen = eval_clips(cfg, ns, int(c.floor_seed), f, identity_split="seen")
     real_stats = gaussian_stats(frame_features(clips["x"], judge))
@@ -266,15 +273,8 @@ def run(cfg: DictConfig) -> dict:
         "seam_ratio_real": seam_ratio(list(long["x"].split(f, dim=2)))[2],
     }
     img_w, _ = train_stage(cfg, "image", "image", int(c.image_seed))
-    per_seed, gifs = [], None
-    for seed in c.seeds:
-        ts = time.time()
-        res, g = seed_job(cfg, int(seed), img_w, clips, long, judge, real_stats, held)
-        res["seed_wall_time_s"] = time.time() - ts
-        per_seed.append(res)
-        gifs = gifs or g
-    for key in per_seed[0]:
-        metrics[key] = summarise([r[key] for r in per_seed])
+    per_seed, gifs = timed_seeds(c.seeds, lambda s: seed_job(cfg, s, img_w, clips, long, judge, real_stats, held))
+    summarise_seeds(per_seed, metrics)
     kk = int(c.gif_videos)
     if kk > 0:
         bars = envelope_bars(clips["audio_envelope"][:kk], clips["x"].shape[-1])
@@ -336,12 +336,7 @@ def run_temporal(cfg: DictConfig) -> dict:
     head pose (teacher-forced pose jump from the real previous frame; pose seams of long generation, motion frames vs
     independent clips) and in pixels (:func:`seam_ratio`); the speed condition by the judged head speed."""
     t0 = time.time()
-    torch.set_num_threads(1)
-    c = cfg.claim
-    judge = load_avatar_judge("talking_faces", c.judge_path)
-    ns, f = int(c.num_samples), int(cfg.data.frames)
-    clips = eval_clips(cfg, ns, int(c.real_seed), f)
-    long = eval_clips(cfg, int(c.long_samples), int(c.long_seed), f * int(c.long_clips))
+    c, judge, ns, f, clips, long = evaluation_setup(cfg)
     real_chain = list(long["x"].split(f, dim=2))
     metrics: dict = {
         "speed_spearman_real": spearman(head_speed(clips["x"], judge), clips["speed"]),
@@ -354,13 +349,7 @@ def run_temporal(cfg: DictConfig) -> dict:
         "seam_ratio_real": seam_ratio(real_chain)[2],
     }
     img_w, _ = train_stage(cfg, "image", "image", int(c.image_seed))
-    per_seed, gifs = [], None
-    for seed in c.seeds:
-        ts = time.time()
-        res, g = temporal_seed_job(cfg, int(seed), img_w, clips, long, judge)
-        res["seed_wall_time_s"] = time.time() - ts
-        per_seed.append(res)
-        gifs = gifs or g
+    per_seed, gifs = timed_seeds(c.seeds, lambda s: temporal_seed_job(cfg, s, img_w, clips, long, judge))
     summarise_seeds(per_seed, metrics)
     kk = min(int(c.gif_videos), ns, int(c.long_samples))
     if kk > 0:

@@ -281,6 +281,22 @@ def map_seeds(cfg: DictConfig, seed_job) -> list:
     return map_jobs(seed_job, [(cfg_dict, int(s)) for s in cfg.claim.seeds], workers=int(cfg.claim.get("workers", 1)))
 
 
+def timed_seeds(seeds, job) -> tuple[list[dict], object]:
+    """``job(seed) -> (results dict, artefacts)`` for every seed of ``seeds`` in order, each results dict given its
+    ``seed_wall_time_s``; returns the per-seed results and the first seed's artefacts (what the GIFs show)."""
+    import time
+
+    per_seed, first = [], None
+    for i, seed in enumerate(seeds):
+        ts = time.time()
+        res, art = job(int(seed))
+        res["seed_wall_time_s"] = time.time() - ts
+        per_seed.append(res)
+        if i == 0:
+            first = art
+    return per_seed, first
+
+
 def summarise_seeds(per_seed: list[dict], metrics: dict | None = None) -> dict:
     r"""Every key of the per-seed result dicts :func:`summarise`\ d into ``metrics`` (a new dict if None)."""
     metrics = {} if metrics is None else metrics
