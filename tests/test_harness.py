@@ -186,3 +186,19 @@ def test_claim_summary_lists_the_report_rows_and_the_run_folder(tmp_path, capsys
     assert "(paper: FID 3.17 (CIFAR-10))" in text and "missing" in text   # the rows this record lacks say so
     assert "wall time: 5.0 min" in text and str(tmp_path.resolve()) in text and "pub.json" in text
     assert json.dumps(rec)  # plain data
+
+
+def test_timed_seeds_runs_every_seed_in_order_and_keeps_the_first_artefacts():
+    from shared.engine.claims import summarise_seeds, timed_seeds
+
+    calls = []
+
+    def job(seed):
+        calls.append(seed)
+        return {"score": float(seed) * 2}, f"gif of {seed}"
+
+    per_seed, first = timed_seeds([3, "1", 2], job)
+    assert calls == [3, 1, 2] and first == "gif of 3"
+    assert [r["score"] for r in per_seed] == [6.0, 2.0, 4.0]
+    assert all(r["seed_wall_time_s"] >= 0 for r in per_seed)
+    assert summarise_seeds(per_seed)["score"]["per_seed"] == [6.0, 2.0, 4.0]
