@@ -291,6 +291,24 @@ def run(cfg: DictConfig) -> dict:
     return record
 
 
+def continue_real(module, long: dict, sampler: dict, seed: int, f: int, n: int, prior=None) -> tuple:
+    """Teacher-forced continuation: the second clip of each real long clip generated after the *real* last ``n`` frames
+    of the first as motion frames, and again with zero maps, from one ``x_T`` (seed ``seed``); returns ``(second clip
+    items, real motion frames, with motion frames, with zero maps)``."""
+    second = take(long, slice(f, 2 * f))
+    real_mf = long["x"][:, :, f - n:f]
+    x_T = initial_noise(second["x"].shape, seed, prior)
+    with_mf = generate(module, second, sampler, seed, motion_frames=real_mf, n_motion=n, x_T=x_T)
+    zero_mf = generate(module, second, sampler, seed, n_motion=n, x_T=x_T)
+    return second, real_mf, with_mf, zero_mf
+
+
+def at_speeds(module, clips: dict, sampler: dict, seed: int, n: int, levels, prior=None) -> list[torch.Tensor]:
+    """The same clips generated at each speed condition of ``levels`` from one ``x_T`` (seed ``seed``)."""
+    x_T = initial_noise(clips["x"].shape, seed, prior)
+    return [generate(module, clips, sampler, seed, speed=float(s), n_motion=n, x_T=x_T) for s in levels]
+
+
 def temporal_seed_job(cfg: DictConfig, seed: int, img_w: Path, clips: dict, long: dict, judge) -> tuple:
     """One seed of :func:`run_temporal`: the stage-2 model, then its motion-frame and speed readings."""
     c = cfg.claim
@@ -301,11 +319,7 @@ def temporal_seed_job(cfg: DictConfig, seed: int, img_w: Path, clips: dict, long
     prior = noise_prior(cfg)
     out: dict = {}
     # teacher-forced: the second clip of each real long clip, after the real last n frames of the first, or zero maps
-    second = take(long, slice(f, 2 * f))
-    real_mf = long["x"][:, :, f - n:f]
-    x_T = initial_noise(second["x"].shape, s0 + 3, prior)
-    with_mf = generate(vid, second, sampler, s0 + 3, motion_frames=real_mf, n_motion=n, x_T=x_T)
-    zero_mf = generate(vid, second, sampler, s0 + 3, n_motion=n, x_T=x_T)
+    _, real_mf, with_mf, zero_mf = continue_real(vid, long, sampler, s0 + 3, f, n, prior)
     out["pose_jump_motion_frames"] = pose_jump(real_mf[:, :, -1], with_mf, judge)
     out["pose_jump_zero_maps"] = pose_jump(real_mf[:, :, -1], zero_mf, judge)
     # long generation, chained by the generated motion frames or independent clips (each clip its own x_T)
@@ -317,15 +331,12 @@ def temporal_seed_job(cfg: DictConfig, seed: int, img_w: Path, clips: dict, long
             pose_seams(chain, judge)
         out[f"seam_jump_{name}"], out[f"within_clip_change_{name}"], out[f"seam_ratio_{name}"] = seam_ratio(chain)
     # speed: the same clips and x_T at each speed condition
-    x_T = initial_noise(clips["x"].shape, s0, prior)
-    speeds, gifs = [], {}
-    for i, level in enumerate(c.speed_levels):
-        v = generate(vid, clips, sampler, s0, speed=float(level), n_motion=n, x_T=x_T)
-        speeds.append(float(head_speed(v, judge).mean()))
-        out[f"head_speed_at_{i}"] = speeds[-1]
-        gifs[i] = v
+    vids = at_speeds(vid, clips, sampler, s0, n, c.speed_levels, prior)
+    speeds = [float(head_speed(v, judge).mean()) for v in vids]
+    for i, sp in enumerate(speeds):
+        out[f"head_speed_at_{i}"] = sp
     out["speed_spearman"] = spearman(torch.tensor(speeds), torch.tensor([float(s) for s in c.speed_levels]))
-    gifs = {"slow": gifs[0], "fast": gifs[len(speeds) - 1], "long": torch.cat(chain_m, dim=2),
+    gifs = {"slow": vids[0], "fast": vids[-1], "long": torch.cat(chain_m, dim=2),
             "long_independent": torch.cat(chain_0, dim=2)}
     return out, gifs
 

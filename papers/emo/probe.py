@@ -52,11 +52,7 @@ def probe(cfg, probe_clips: int = 16, speeds=(0.0, 0.01, 0.08, 0.3), sample_seed
     sampler = OmegaConf.to_container(cfg.claim.sampler, resolve=True)
     prior = C.noise_prior(cfg)
     long = C.eval_clips(cfg, probe_clips, int(cfg.claim.long_seed), 2 * f)
-    second = C.take(long, slice(f, 2 * f))
-    real_mf = long["x"][:, :, f - n:f]
-    x_T = C.initial_noise(second["x"].shape, sample_seed, prior)
-    with_mf = C.generate(vid, second, sampler, sample_seed, motion_frames=real_mf, n_motion=n, x_T=x_T)
-    no_mf = C.generate(vid, second, sampler, sample_seed, n_motion=n, x_T=x_T)
+    second, real_mf, with_mf, no_mf = C.continue_real(vid, long, sampler, sample_seed, f, n, prior)
     last = real_mf[:, :, -1]
     out = {
         "seed": seed,
@@ -79,8 +75,7 @@ def probe(cfg, probe_clips: int = 16, speeds=(0.0, 0.01, 0.08, 0.3), sample_seed
             C.pose_seams(chain, judge)
     out["pose_seam_ratio_real"] = C.pose_seams(list(chains["x"].split(f, dim=2)), judge)[2]
     clips = C.eval_clips(cfg, probe_clips, int(cfg.claim.real_seed), f)
-    x_T = C.initial_noise(clips["x"].shape, sample_seed + 2, prior)
-    vids = [C.generate(vid, clips, sampler, sample_seed + 2, speed=float(s), n_motion=n, x_T=x_T) for s in speeds]
+    vids = C.at_speeds(vid, clips, sampler, sample_seed + 2, n, speeds, prior)
     out["speeds"] = [float(s) for s in speeds]
     out["judged_speed"] = [float(head_speed(v, judge).mean()) for v in vids]
     out["speed_effect"] = [_mad(v, vids[0]) for v in vids]
