@@ -71,6 +71,48 @@ def test_v_prediction_on_a_continuous_schedule_keeps_the_decomposition():
         assert (eps_net(x, t_net, y=y) - out).abs().max() > 1e-3   # the v path is not the eps path
 
 
+class _Oracle(torch.nn.Module):
+    """A generator that returns the true ``v`` of the input it is meant to see (``alpha x0 + sigma eps`` at ``t``),
+    after checking that it was given exactly that input."""
+
+    def __init__(self, schedule, x0, eps, frames=None):
+        super().__init__()
+        self.schedule, self.x0, self.eps, self.frames = schedule, x0, eps, frames
+
+    def forward(self, y, t_net, **cond):
+        alpha, sigma = (a.view(-1, *[1] * (y.dim() - 1)) for a in self.schedule.alpha_sigma(t_net / 1000.0))
+        x0, eps = self.x0, self.eps
+        if self.frames is not None:                  # the residual generator: only the non-key frames are checked
+            torch.testing.assert_close(y[:, :, self.frames], (alpha * x0 + sigma * eps)[:, :, self.frames])
+        else:
+            torch.testing.assert_close(y, alpha * x0 + sigma * eps)
+        return alpha * eps - sigma * x0
+
+
+def test_eps_x0_combination_is_exact_and_the_v_sum_is_not():
+    """combine="eps_x0" (sprites_claim_v2): with a base generator exact on the key frame and a residual generator exact
+    on its own (rescaled, re-timed) input, the prediction is every frame's true v; combine="v" (sprites_claim) is
+    not."""
+    schedule, prior = CosineVP(-20.0, 20.0), BaseResidualNoise(0.5, "middle")
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(2, 3, 5, 4, 4, generator=g) * 2 - 1
+    b, r = prior.sample_parts(x0.shape, generator=g)
+    eps = prior.combine(b, r)
+    t = torch.tensor([0.35, 0.8])
+    alpha, sigma = (a.view(-1, 1, 1, 1, 1) for a in schedule.alpha_sigma(t))
+    x_t, v_true = alpha * x0 + sigma * eps, alpha * eps - sigma * x0
+    key = prior.key_index(5)
+    others = [i for i in range(5) if i != key]
+    base = _Oracle(schedule, x0[:, :, key], b[:, :, 0])
+    residual = _Oracle(schedule, x0, r, frames=others)
+    exact = VideoFusionNet(base, residual, prior, schedule, prediction="v", combine="eps_x0")
+    torch.testing.assert_close(exact(x_t, schedule.net_time(t)), v_true, atol=1e-5, rtol=1e-5)
+    residual_raw = _Oracle(schedule, x0, r, frames=None)
+    residual_raw.forward = lambda y, t_net, **c: alpha * r - sigma * x0     # the true v at t (no re-timing)
+    v_sum = VideoFusionNet(base, residual_raw, prior, schedule, prediction="v", combine="v")
+    assert (v_sum(x_t, schedule.net_time(t)) - v_true)[:, :, others].abs().mean() > 0.1
+
+
 def test_module_trains_both_generators_on_the_decomposed_noise():
     schedule, prior = DiscreteVP(num_steps=100), BaseResidualNoise(0.5)
     net = videofusion_net(image(), prior, schedule)
@@ -91,6 +133,10 @@ def test_bad_parts_are_one_line_errors():
         VideoFusionNet(image(), image(), BaseResidualNoise(), EDMSchedule())
     with pytest.raises(ValueError, match="prediction must be one of"):
         VideoFusionNet(image(), image(), BaseResidualNoise(), CosineVP(), prediction="x0")
+    with pytest.raises(ValueError, match="combine must be one of"):
+        VideoFusionNet(image(), image(), BaseResidualNoise(), CosineVP(), prediction="v", combine="x0")
+    with pytest.raises(ValueError, match="combine='eps_x0' needs prediction='v' and a schedule with an inverse"):
+        VideoFusionNet(image(), image(), BaseResidualNoise(), DiscreteVP(num_steps=10), combine="eps_x0")
     with pytest.raises(ValueError, match="needs a BaseResidualNoise prior"):
         VideoFusionNet(image(), image(), MixedNoise(), DiscreteVP(num_steps=10))
     net = VideoFusionNet(image(), image(), BaseResidualNoise(0.5, None), DiscreteVP(num_steps=10))

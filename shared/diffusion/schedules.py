@@ -172,6 +172,11 @@ class CosineVP(Schedule):
         lam = self.logsnr(t)
         return torch.sigmoid(lam).sqrt(), torch.sigmoid(-lam).sqrt()
 
+    def time_of_logsnr(self, lam: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`logsnr`: the time whose log-SNR is ``lam``, clamped to the schedule's range."""
+        lam = torch.as_tensor(lam).clamp(self.logsnr_min, self.logsnr_max)
+        return ((torch.atan(torch.exp(-0.5 * lam)) - self._b) / self._a).clamp(0.0, 1.0)
+
 
 class FlowSchedule(Schedule):
     """Linear interpolation path of rectified flow: ``x_t = (1 - t) x0 + t eps`` (``t_rf = 1 - t``)."""
