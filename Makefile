@@ -177,6 +177,7 @@ pyoco: $(STAMP)  ## PYoCo: mixed / progressive correlated noise priors vs i.i.d.
 videofusion: $(STAMP)  ## VideoFusion: base + residual noise with a base (image) and a residual (video) generator vs i.i.d. noise (MovingDigits + Sprites)
 	$(TRAIN) experiment=videofusion/moving_digits_claim $(PUBLISH)
 	$(TRAIN) experiment=videofusion/sprites_claim $(PUBLISH)
+	$(TRAIN) experiment=videofusion/sprites_claim_v2 $(PUBLISH)
 	$(PY) -m tools.report --paper videofusion
 
 tune_a_video: $(STAMP)  ## Tune-A-Video: one-shot tuning (sparse-causal attention, tuned queries) + DDIM-inversion edits (MovingDigits + Sprites)
