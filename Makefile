@@ -183,6 +183,7 @@ videofusion: $(STAMP)  ## VideoFusion: base + residual noise with a base (image)
 tune_a_video: $(STAMP)  ## Tune-A-Video: one-shot tuning (sparse-causal attention, tuned queries) + DDIM-inversion edits (MovingDigits + Sprites)
 	$(TRAIN) experiment=tune_a_video/moving_digits_claim $(PUBLISH)
 	$(TRAIN) experiment=tune_a_video/sprites_claim $(PUBLISH)
+	$(TRAIN) experiment=tune_a_video/sprites_claim_v2 $(PUBLISH)
 	$(PY) -m tools.report --paper tune_a_video
 
 gen1: $(STAMP)  ## Gen-1: structure (depth at level t_s) + content (a frame's embedding) guided video synthesis, temporal guidance
