@@ -97,3 +97,26 @@ def test_publishing_refuses_an_unpinned_process(tmp_path, monkeypatch):
         claims.check_publish(cfg, "ddpm/digits_claim")
     monkeypatch.delenv("VDP_CPU_ISA")
     claims.check_publish(cfg, "ddpm/digits_claim")   # pinned: approved
+
+
+def test_readme_counts_the_long_tier_records_made_under_the_pin():
+    """The README's Guarantees state how many long-tier records (``claim.tier: long``) were published under the pin
+    (their ``compute.cpu_capability`` is recorded) and name those that were not; both follow the committed JSON."""
+    import json
+    import re
+
+    pinned, unpinned = [], []
+    for path in sorted((ROOT / "papers").glob("*/results/*.json")):
+        record = json.loads(path.read_text())
+        if ((record.get("config") or {}).get("claim") or {}).get("tier") != "long":
+            continue
+        name = f"{path.parent.parent.name}/{path.stem}"
+        (pinned if (record.get("compute") or {}).get("cpu_capability") else unpinned).append(name)
+    text = " ".join((ROOT / "README.md").read_text().split())
+    m = re.search(r"Of the (\d+) long-tier records \(`make claims-long`\), (\d+) carry pinned evidence", text)
+    assert m, "README Guarantees: the sentence counting the long tier's pinned records is missing"
+    assert (int(m.group(1)), int(m.group(2))) == (len(pinned) + len(unpinned), len(pinned)), (m.group(0), unpinned)
+    if unpinned:
+        listed = re.search(r"predate the pin \(no `compute\.cpu_capability`\): ([^.]*)\.", text)
+        assert listed, "README Guarantees: the long-tier records that predate the pin are not named"
+        assert sorted(re.findall(r"`([a-z0-9_]+/[a-z0-9_]+)`", listed.group(1))) == sorted(unpinned)
