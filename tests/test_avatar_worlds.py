@@ -453,6 +453,33 @@ def test_talking_faces_head_travel_default_is_unchanged_and_scales_the_motion():
     assert 2.2 < travel[3.0] / travel[1.0] < 3.8, travel
 
 
+def test_talking_faces_speed_segments_vary_the_speed_within_a_clip():
+    """``speed_segments = k``: per-frame speeds, piecewise constant in at most k parts, each step of the head pose
+    moving exactly its frame's speed; the default (1) renders the items of the digests above."""
+    assert item_digest(TalkingFaces(n=8, frames=4, size=16, speed_segments=1)[5]) == "2120f79f693cade6"
+    ds = TalkingFaces(n=24, frames=10, size=16, speed=(0.0, 0.1), speed_segments=2)
+    assert "speed" in ds.per_frame_keys and "speed" not in TalkingFaces(n=2, frames=4, size=16).per_frame_keys
+    changes = 0
+    for i in range(len(ds)):
+        it = ds[i]
+        w = it["speed"].double()
+        assert w.shape == (10,) and 0.0 <= float(w.min()) and float(w.max()) <= 0.1
+        parts = int((w[1:] != w[:-1]).sum())
+        assert parts <= 1
+        changes += parts
+        step = it["head_pose"].double().diff(dim=0).norm(dim=1)
+        assert torch.allclose(step, w[1:], atol=1e-6), (step, w)
+        assert torch.equal(ds.video(i, only=4)["speed"], it["speed"][4:5])
+    assert changes == len(ds)  # two independent uniform speeds differ (almost surely)
+
+
+@pytest.mark.parametrize("bad", [0, 5, 1.5, True])
+def test_talking_faces_speed_segments_must_fit_the_clip(bad):
+    with pytest.raises(ValueError, match="speed_segments must be an integer from 1 to frames") as e:
+        TalkingFaces(n=2, frames=4, size=16, speed_segments=bad)
+    assert "\n" not in str(e.value)
+
+
 @pytest.mark.parametrize("bad", [0, -1.0])
 def test_talking_faces_head_travel_must_be_positive(bad):
     with pytest.raises(ValueError, match="head_travel must be > 0") as e:

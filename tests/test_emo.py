@@ -146,6 +146,26 @@ def test_emo_clips_split_motion_frames_and_keep_frames_aligned():
         EMOClips(motion_frames=2, frames_only=True, **world)
 
 
+def test_emo_clips_split_per_frame_speeds_and_the_claim_takes_them():
+    """A world whose speed varies within a clip: EMOClips splits the per-frame speed like the other per-frame keys,
+    and the claim's ``take`` / ``clip_speed`` slice and average it (a constant speed passes through)."""
+    from papers.emo.claim import clip_speed, take
+    from shared.data.talking_faces import TalkingFaces
+
+    world = dict(n=3, size=16, seed=5, identity_split="all", speed_segments=2)
+    raw = TalkingFaces(frames=6, **world)[1]
+    it = EMOClips(motion_frames=2, frames=4, **world)[1]
+    assert torch.equal(it["speed"], raw["speed"][2:])
+    clips = {"x": torch.zeros(2, 3, 6, 4, 4), "audio_features": torch.zeros(2, 6, 1), "mouth_open": torch.zeros(2, 6),
+             "audio_envelope": torch.zeros(2, 6), "speed": torch.arange(12.0).view(2, 6)}
+    part = take(clips, slice(2, 5))
+    assert torch.equal(part["speed"], clips["speed"][:, 2:5]) and part["x"].shape[2] == 3
+    assert torch.equal(clip_speed(part["speed"]), torch.tensor([3.5, 9.5]))  # frames 1.. of the part: steps
+    const = dict(clips, speed=torch.tensor([0.02, 0.05]))
+    assert torch.equal(take(const, slice(0, 3))["speed"], const["speed"])
+    assert torch.equal(clip_speed(const["speed"]), const["speed"])
+
+
 def test_box_mask():
     m = box_mask(torch.tensor([0.25, 0.5, 0.75, 1.0]), 8)
     inside = (m[0] > 0).nonzero()

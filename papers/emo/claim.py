@@ -80,12 +80,20 @@ def eval_clips(cfg: DictConfig, n: int, seed: int, frames: int, identity_split: 
 
 
 def take(clips: dict, sl: slice) -> dict:
-    """Frames ``sl`` of every per-frame entry (x on dim 2; audio windows, mouth tracks on dim 1)."""
+    """Frames ``sl`` of every per-frame entry (x on dim 2; audio windows, mouth tracks, per-frame speeds on dim 1)."""
     out = dict(clips)
     out["x"] = clips["x"][:, :, sl]
     for k in ("audio_features", "mouth_open", "audio_envelope"):
         out[k] = clips[k][:, sl]
+    if clips["speed"].ndim == 2:  # a world whose speed varies within a clip
+        out["speed"] = clips["speed"][:, sl]
     return out
+
+
+def clip_speed(speed: torch.Tensor) -> torch.Tensor:
+    """(B,) true head speed of each clip: its one speed, or the mean of its per-frame speeds over its steps (frames
+    1 .. T-1: frame t's speed is the step from t-1)."""
+    return speed if speed.ndim == 1 else speed[:, 1:].mean(dim=1)
 
 
 def initial_noise(shape, seed: int, prior=None) -> torch.Tensor:
@@ -339,6 +347,66 @@ def temporal_seed_job(cfg: DictConfig, seed: int, img_w: Path, clips: dict, long
     gifs = {"slow": vids[0], "fast": vids[-1], "long": torch.cat(chain_m, dim=2),
             "long_independent": torch.cat(chain_0, dim=2)}
     return out, gifs
+
+
+def speed_seed_job(cfg: DictConfig, seed: int, img_w: Path, clips: dict, long: dict, judge) -> tuple:
+    """One seed of :func:`run_speed`: the stage-2 model, then its speed readings with real motion frames and with
+    zero maps (and the teacher-forced pose jump, reported)."""
+    c = cfg.claim
+    f, n = int(cfg.data.frames), int(c.motion_frames)
+    sampler = OmegaConf.to_container(c.sampler, resolve=True)
+    _, vid = train_stage(cfg, "video", f"video_seed{seed}", seed, {"model.image_weights": str(img_w)})
+    s0 = int(c.sample_seed) + 100 * int(seed)
+    prior = noise_prior(cfg)
+    out: dict = {}
+    second, real_mf, with_mf, zero_mf = continue_real(vid, long, sampler, s0 + 3, f, n, prior)
+    out["pose_jump_motion_frames"] = pose_jump(real_mf[:, :, -1], with_mf, judge)
+    out["pose_jump_zero_maps"] = pose_jump(real_mf[:, :, -1], zero_mf, judge)
+    # EMO's setting: the previous clip's real last n frames as motion frames (they show the head's direction and
+    # rate), the speed condition held at each level over the new clip, one x_T for all levels
+    x_T = initial_noise(second["x"].shape, s0 + 5, prior)
+    cont = [generate(vid, second, sampler, s0 + 5, speed=float(s), motion_frames=real_mf, n_motion=n, x_T=x_T)
+            for s in c.speed_levels]
+    zero = at_speeds(vid, clips, sampler, s0, n, c.speed_levels, prior)
+    for i, (a, b) in enumerate(zip(cont, zero)):
+        out[f"mf_head_speed_at_{i}"] = float(head_speed(a, judge).mean())
+        out[f"head_speed_at_{i}"] = float(head_speed(b, judge).mean())
+    # the continuation at its own true per-frame speeds: does the judged speed follow them across clips?
+    own = generate(vid, second, sampler, s0 + 5, motion_frames=real_mf, n_motion=n, x_T=x_T)
+    out["mf_speed_spearman_true"] = spearman(head_speed(own, judge), clip_speed(second["speed"]))
+    gifs = {"motion": real_mf, "slow": cont[0], "fast": cont[-1], "truth": second["x"],
+            "reference": second["reference"]}
+    return out, gifs
+
+
+def run_speed(cfg: DictConfig) -> dict:
+    """EMO's speed layers alone (``talking_faces_speed_claim``; papers/emo/README.md, "Speed-path audit"): a world
+    whose head speed varies within a clip (``speed_segments``), stage 1 as :func:`run`, per seed one stage-2 model
+    (temporal, audio and speed layers); the speed condition judged with the real motion frames of a previous clip
+    (EMO's setting: they fix the direction, the condition the rate) and with zero maps."""
+    t0 = time.time()
+    c, judge, ns, f, clips, long = evaluation_setup(cfg)
+    judged, true = head_speed(clips["x"], judge), clip_speed(clips["speed"])
+    second = take(long, slice(f, 2 * f))
+    metrics: dict = {
+        "speed_spearman_real": spearman(judged, true),
+        "head_speed_real_slowest_third": float(judged[true <= torch.quantile(true, 1 / 3)].mean()),
+        "head_speed_real_fastest_third": float(judged[true >= torch.quantile(true, 2 / 3)].mean()),
+        "mf_speed_spearman_real": spearman(head_speed(second["x"], judge), clip_speed(second["speed"])),
+        "pose_jump_real": pose_jump(long["x"][:, :, f - 1], second["x"], judge),
+    }
+    img_w, _ = train_stage(cfg, "image", "image", int(c.image_seed))
+    per_seed, gifs = timed_seeds(c.seeds, lambda s: speed_seed_job(cfg, s, img_w, clips, long, judge))
+    summarise_seeds(per_seed, metrics)
+    kk = min(int(c.gif_videos), int(c.long_samples))
+    if kk > 0:
+        last = gifs["motion"][:kk, :, -1:].expand(-1, -1, f, -1, -1)  # the last motion frame, held
+        save_labelled_columns({"reference": gifs["reference"][:kk], "last motion frame": last,
+                               "speed 0.01": gifs["slow"][:kk], "speed 0.08": gifs["fast"][:kk],
+                               "truth": gifs["truth"][:kk]}, Path(cfg.run_dir) / "grid.gif", fps=6, scale=4)
+    return finish(cfg, metrics, paper="emo", claim=str(c.name), t0=t0, artifacts=("*.gif",),
+                  extra={"nfe": int(c.sampler.steps), "num_samples": ns,
+                         "judge_sha256": avatar_judge_sha256("talking_faces", c.judge_path)})
 
 
 def run_temporal(cfg: DictConfig) -> dict:

@@ -25,7 +25,11 @@ time; ``brow_raise`` the envelope smoothed over 0.3 s; ``audio_envelope[t] = env
 
 Head motion. The head pose (yaw, pitch, roll, radians) travels along a closed Lissajous curve (random
 phases per item), moving exactly ``speed`` radians (Euclidean norm of the pose change) every frame;
-``speed`` is drawn per item from ``speed`` (low, high): the speed condition.
+``speed`` is drawn per item from ``speed`` (low, high): the speed condition. With ``speed_segments = k > 1``
+the speed varies within a clip, as EMO's per-frame speed does: the clip is cut at ``k - 1`` distinct frames drawn
+uniformly from 1 .. T-1, each segment moves at its own speed drawn from ``speed``, and ``speed`` becomes per frame
+(T,): frame t's is the speed of its segment (the step from frame t-1 to t moves exactly that far; frame 0 carries
+the first segment's). The head keeps to its curve across a change, so only the rate changes.
 
 Identities (``num_identities`` = N, default 12): clothing hue ``k / N``, bright for even ``k`` and dark for
 odd (the strongest cue), hair colour
@@ -48,7 +52,8 @@ Item keys (S = T * samples_per_frame, D = n_mels or the encoder's width, W = (2 
 samples_per_frame / hop):
     x (3, T, H, W); reference (3, H, W); audio (S,) float in [-1, 1] (frame t owns samples
     ``[t spf, (t + 1) spf)``); audio_features (T, D, W); mouth_open, mouth_width, eye_open, brow_raise,
-    audio_envelope (T,) in [0, 1]; head_pose (T, 3); speed (); face_mask (T, H, W) bool; face_box (4,)
+    audio_envelope (T,) in [0, 1]; head_pose (T, 3); speed () (per frame (T,) with ``speed_segments > 1``);
+    face_mask (T, H, W) bool; face_box (4,)
     normalised (x0, y0, x1, y1), the union of the face's boxes over the clip (EMO's face locator
     region); mouth_center (T, 2) normalised (x, y); identity (long); caption "person 3 talking". With
     ``frames_only=True``: one frame (renders only that frame), its ``spf`` audio samples, its feature
@@ -216,6 +221,7 @@ class TalkingFaces(_OneFrameWorld):
         random_appearance: give each item's face a fresh random appearance (module docstring).
         head_travel: how far the head moves in the image per radian of yaw / pitch, as a multiple of the default
             (0.12 / 0.1 of the image side per radian); > 1 makes head motion visible at small sizes.
+        speed_segments: speeds per clip (module docstring); 1 (default): one speed per clip, ``speed`` a scalar.
     """
 
     per_frame_keys = ("mouth_open", "mouth_width", "eye_open", "brow_raise", "audio_envelope", "head_pose",
@@ -248,6 +254,7 @@ class TalkingFaces(_OneFrameWorld):
         frames_only: bool = False,
         random_appearance: bool = False,
         head_travel: float = 1.0,
+        speed_segments: int = 1,
     ):
         super().__init__(n, frames, size, seed, split, frames_only)
         if not isinstance(random_appearance, bool):
@@ -256,6 +263,12 @@ class TalkingFaces(_OneFrameWorld):
         if not float(head_travel) > 0:
             raise ValueError(f"head_travel must be > 0, got {head_travel!r}")
         self.head_travel = float(head_travel)
+        if isinstance(speed_segments, bool) or not isinstance(speed_segments, int) or not 1 <= speed_segments <= max(
+                frames, 1):
+            raise ValueError(f"speed_segments must be an integer from 1 to frames ({frames}), got {speed_segments!r}")
+        self.speed_segments = int(speed_segments)
+        if self.speed_segments > 1:  # the speed is per frame: split with the clip's other per-frame keys
+            self.per_frame_keys = (*type(self).per_frame_keys, "speed")
         self.features = AudioFrameFeatures(sample_rate, fps, n_mels, n_fft, hop, context, encoder=audio_encoder)
         self.sample_rate, self.fps = self.features.sample_rate, self.features.fps
         self.samples_per_frame = self.features.samples_per_frame
@@ -292,19 +305,30 @@ class TalkingFaces(_OneFrameWorld):
         self.pad_frames = self.features.context + abs(self.lag_frames) + 1
 
     # -- ground truth ------------------------------------------------------------------------------------
-    def head_poses(self, rng: np.random.Generator, speed: float, T: int) -> np.ndarray:
-        """(T, 3) poses along a random Lissajous curve, each exactly ``speed`` (Euclidean, radians) from the last.
+    def head_poses(self, rng: np.random.Generator, speed, T: int) -> np.ndarray:
+        """(T, 3) poses along a random Lissajous curve, each exactly ``speed`` (Euclidean, radians) from the last;
+        ``speed`` is one number, or the T - 1 steps' own (step t - 1 -> t moves ``speed[t - 1]``).
 
         The curve is sampled densely (4096 points per period) and walked step by step: each pose is the
         first point of the polyline at distance ``speed`` from the previous pose."""
+        steps = None
+        if np.ndim(speed):
+            steps = np.asarray(speed, dtype=np.float64)
+            if steps.shape != (max(T - 1, 0),):
+                raise ValueError(f"per-step speeds for {T} frames need {max(T - 1, 0)} values, got {steps.shape}")
+            total = float(steps.sum() + steps.max()) if len(steps) else 0.0
+        else:
+            total = speed * T
         phases = rng.uniform(0, 2 * np.pi, size=3)
-        periods = 1 + int(np.ceil(speed * T / (4 * _LISSAJOUS_AMP[0])))  # the yaw alone travels 4 A per period
+        periods = 1 + int(np.ceil(total / (4 * _LISSAJOUS_AMP[0])))  # the yaw alone travels 4 A per period
         u = rng.uniform(0, 2 * np.pi) + np.linspace(0, 2 * np.pi * periods, 4096 * periods + 1)
         curve = _LISSAJOUS_AMP * np.sin(_LISSAJOUS_FREQ * u[:, None] + phases)
         out = np.empty((T, 3))
         out[0], j = curve[0], 0
         for t in range(1, T):
             prev = out[t - 1]
+            if steps is not None:
+                speed = float(steps[t - 1])
             if speed <= 0:
                 out[t] = prev
                 continue
@@ -404,9 +428,17 @@ class TalkingFaces(_OneFrameWorld):
             for dt, v in ((0, 0.5), (1, 0.0), (2, 0.5)):
                 if 0 <= t0 + dt < T:
                     eye_open[t0 + dt] = v
-        speed = float(rng.uniform(*self.speed))
-        pose = self.head_poses(rng, speed, T)
+        if self.speed_segments == 1:
+            speed = float(rng.uniform(*self.speed))
+            pose = self.head_poses(rng, speed, T)
+        else:  # per-frame speeds: k segments cut at k - 1 distinct frames of 1 .. T-1
+            rates = rng.uniform(*self.speed, size=self.speed_segments)
+            cuts = np.sort(rng.choice(np.arange(1, T), size=self.speed_segments - 1, replace=False))
+            speed = rates[np.searchsorted(cuts, np.arange(T), side="right")]  # frame t: its segment's speed
+            pose = self.head_poses(rng, speed[1:], T)
         sel = slice(None) if only is None else slice(only, only + 1)
+        if self.speed_segments > 1:
+            speed = speed[sel]
         gt = [v[sel] for v in (pose, mouth_open, mouth_width, eye_open, brow_raise)]
         pose, mouth_open, mouth_width, eye_open, brow_raise = gt
         centres = centres[sel]
