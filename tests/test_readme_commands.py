@@ -222,7 +222,7 @@ def check(cmd: str, run: Path, sweep: Path, monkeypatch, tmp_path) -> str:
 
             main(args)
             return "ran"
-        if re.fullmatch(r"papers\.\w+\.probe", module):   # a development probe of a finished run: its config composes
+        if re.fullmatch(r"papers\.\w+\.\w*probe", module):   # a development probe: its config composes
             assert importlib.util.find_spec(module), f"`{cmd}`: no module {module}"
             _compose_entry("train", [a for a in args if not a.startswith("run_dir=")])
             return "composed"
