@@ -147,11 +147,12 @@ animate_anyone: $(STAMP)  ## Animate Anyone: ReferenceNet vs image embedding, po
 	$(TRAIN) experiment=animate_anyone/puppets_claim_v2 $(PUBLISH)
 	$(PY) -m tools.report --paper animate_anyone
 
-emo: $(STAMP)  ## EMO: audio layers (lip sync vs no audio), identity, speed layers, motion frames (TalkingFaces; v2 = redesign, v3 = mouth-region loss + mixed-noise x_T, temporal = speed layers and motion frames alone; 30-min tiers)
+emo: $(STAMP)  ## EMO: audio layers (lip sync vs no audio), identity, speed layers, motion frames (TalkingFaces; v2 = redesign, v3 = mouth-region loss + mixed-noise x_T, temporal = speed layers and motion frames alone, speed = speed varying within a clip, judged with real motion frames; 30-min tiers)
 	$(TRAIN) experiment=emo/talking_faces_claim $(PUBLISH)
 	$(TRAIN) experiment=emo/talking_faces_claim_v2 $(PUBLISH)
 	$(TRAIN) experiment=emo/talking_faces_claim_v3 $(PUBLISH)
 	$(TRAIN) experiment=emo/talking_faces_temporal_claim $(PUBLISH)
+	$(TRAIN) experiment=emo/talking_faces_speed_claim $(PUBLISH)
 	$(PY) -m tools.report --paper emo
 
 text2video_zero: $(STAMP)  ## Text2Video-Zero: training-free video from the image model (motion in the latents + cross-frame attention; MovingDigits + Sprites)
