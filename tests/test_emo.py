@@ -243,6 +243,13 @@ def test_temporal_probe_reloads_a_finished_run_and_measures_both_paths(tmp_path)
               "pose_jump_zero_maps", "pose_jump_real", "pose_seam_jump_motion_frames", "pose_within_clip_independent"):
         assert 0.0 <= saved[k] < 2.0, k
     assert saved["motion_frames_effect"] > 0  # real motion frames reach the output
+    assert saved["mf_speeds"] == [0.01, 0.045, 0.08] and len(saved["mf_judged_speed"]) == 3
+    pairs = list(zip(saved["net_displacement"], saved["judged_speed"])) + list(
+        zip(saved["mf_net_displacement"], saved["mf_judged_speed"]))
+    pairs.append((saved["real_continuation"]["net_displacement"], saved["real_continuation"]["judged_speed"]))
+    for net, step in pairs:  # triangle inequality: the net displacement per step is at most the mean step length
+        assert 0.0 <= net <= step + 1e-6, (net, step)
+    assert all(v > 0 for v in saved["mf_pixel_change"])
     assert saved["pose_seam_ratio_real"] > 0 and saved["pose_seam_ratio_motion_frames"] > 0
     with pytest.raises(FileNotFoundError, match="image/export.safetensors not found") as e:
         main(over + [f"run_dir={tmp_path / 'nothing'}"])

@@ -13,7 +13,11 @@ writes ``<run_dir>/temporal_probe.json``:
   by generated motion frames or independent: the judge's pose jump at the boundaries over its within-clip pose
   change, :func:`papers.emo.claim.pose_seams`);
 * speed: the evaluation clips generated at each of ``speeds`` (the same ``x_T``): the head-pose judge's speed
-  (``judged_speed``) and the mean |x(speed) - x(first speed)| (``speed_effect``).
+  (``judged_speed``), its net pose displacement per frame (``net_displacement``) and the mean |x(speed) - x(first
+  speed)| (``speed_effect``); and the speed claim's setting — the second clip after the real motion frames at each of
+  ``claim.speed_levels`` (``mf_judged_speed``, ``mf_net_displacement``, ``mf_pixel_change``: the mean |frame-to-frame
+  change|; ``real_continuation`` the same for the real clip). The net displacement (first to last frame) tells a
+  head that travels from frame-to-frame jitter, which raises the judged speed but hardly the net displacement.
 
 A model that uses its motion frames brings the first frame closer to the previous one; one that uses the speed moves
 the judged speed with it. Development tool (papers/emo/README.md, "Temporal-path study"); it never writes results.
@@ -30,7 +34,7 @@ from omegaconf import OmegaConf
 from papers.emo import claim as C
 from shared.engine.claims import train_stage
 from shared.engine.compose import compose
-from shared.metrics.avatar_judge import head_speed, load_avatar_judge
+from shared.metrics.avatar_judge import head_speed, judge_outputs, load_avatar_judge
 
 
 def _mad(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -80,7 +84,28 @@ def probe(cfg, probe_clips: int = 16, speeds=(0.0, 0.01, 0.08, 0.3), sample_seed
     out["judged_speed"] = [float(head_speed(v, judge).mean()) for v in vids]
     out["speed_effect"] = [_mad(v, vids[0]) for v in vids]
     out["judged_speed_real"] = float(head_speed(clips["x"], judge).mean())
+    out["net_displacement"] = [net_displacement(v, judge) for v in vids]
+    # the speed claim's setting: the real previous frames as motion frames, each of claim.speed_levels held over the
+    # clip, one x_T; the net pose displacement separates a head that travels from frame-to-frame jitter
+    levels = [float(s) for s in cfg.claim.speed_levels]
+    x_T = C.initial_noise(second["x"].shape, sample_seed + 3, prior)
+    cont = [C.generate(vid, second, sampler, sample_seed + 3, speed=s, motion_frames=real_mf, n_motion=n, x_T=x_T)
+            for s in levels]
+    out["mf_speeds"] = levels
+    out["mf_judged_speed"] = [float(head_speed(v, judge).mean()) for v in cont]
+    out["mf_net_displacement"] = [net_displacement(v, judge) for v in cont]
+    out["mf_pixel_change"] = [_mad(v[:, :, 1:], v[:, :, :-1]) for v in cont]
+    out["real_continuation"] = {"judged_speed": float(head_speed(second["x"], judge).mean()),
+                                "net_displacement": net_displacement(second["x"], judge),
+                                "pixel_change": _mad(second["x"][:, :, 1:], second["x"][:, :, :-1])}
     return out
+
+
+def net_displacement(videos: torch.Tensor, judge) -> float:
+    """Mean judged head-pose distance from a clip's first to its last frame per frame step (rad/frame): the path's
+    net rate, which frame-to-frame jitter hardly moves (unlike :func:`head_speed`, the mean step length)."""
+    pose = judge_outputs(videos, judge)["head_pose"]
+    return float(((pose[:, -1] - pose[:, 0]).norm(dim=-1) / (pose.shape[1] - 1)).mean())
 
 
 def main(argv: list[str] | None = None) -> dict:
