@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -317,19 +318,29 @@ def at_speeds(module, clips: dict, sampler: dict, seed: int, n: int, levels, pri
     return [generate(module, clips, sampler, seed, speed=float(s), n_motion=n, x_T=x_T) for s in levels]
 
 
-def temporal_seed_job(cfg: DictConfig, seed: int, img_w: Path, clips: dict, long: dict, judge) -> tuple:
-    """One seed of :func:`run_temporal`: the stage-2 model, then its motion-frame and speed readings."""
+def stage2_pose_jumps(cfg: DictConfig, seed: int, img_w: Path, long: dict, judge) -> tuple:
+    """What the temporal and speed seed jobs start with: the seed's stage-2 model and its teacher-forced pose jumps
+    (the second clip of each real long clip after the real last n frames of the first, or zero maps). Returns
+    ``(model, out, run)``: ``out`` the two pose-jump metrics, ``run`` the shared settings (f, n, sampler, s0, prior)
+    and the real second clips and motion frames."""
     c = cfg.claim
     f, n = int(cfg.data.frames), int(c.motion_frames)
     sampler = OmegaConf.to_container(c.sampler, resolve=True)
     _, vid = train_stage(cfg, "video", f"video_seed{seed}", seed, {"model.image_weights": str(img_w)})
     s0 = int(c.sample_seed) + 100 * int(seed)
     prior = noise_prior(cfg)
-    out: dict = {}
-    # teacher-forced: the second clip of each real long clip, after the real last n frames of the first, or zero maps
-    _, real_mf, with_mf, zero_mf = continue_real(vid, long, sampler, s0 + 3, f, n, prior)
-    out["pose_jump_motion_frames"] = pose_jump(real_mf[:, :, -1], with_mf, judge)
-    out["pose_jump_zero_maps"] = pose_jump(real_mf[:, :, -1], zero_mf, judge)
+    second, real_mf, with_mf, zero_mf = continue_real(vid, long, sampler, s0 + 3, f, n, prior)
+    out = {"pose_jump_motion_frames": pose_jump(real_mf[:, :, -1], with_mf, judge),
+           "pose_jump_zero_maps": pose_jump(real_mf[:, :, -1], zero_mf, judge)}
+    run = SimpleNamespace(f=f, n=n, sampler=sampler, s0=s0, prior=prior, second=second, real_mf=real_mf)
+    return vid, out, run
+
+
+def temporal_seed_job(cfg: DictConfig, seed: int, img_w: Path, clips: dict, long: dict, judge) -> tuple:
+    """One seed of :func:`run_temporal`: the stage-2 model, then its motion-frame and speed readings."""
+    c = cfg.claim
+    vid, out, r = stage2_pose_jumps(cfg, seed, img_w, long, judge)
+    f, n, sampler, s0, prior = r.f, r.n, r.sampler, r.s0, r.prior
     # long generation, chained by the generated motion frames or independent clips (each clip its own x_T)
     k = int(c.long_clips)
     chain_m = long_generation(vid, long, sampler, s0 + 7, f, n, k, motion=True, prior=prior)
@@ -353,15 +364,8 @@ def speed_seed_job(cfg: DictConfig, seed: int, img_w: Path, clips: dict, long: d
     """One seed of :func:`run_speed`: the stage-2 model, then its speed readings with real motion frames and with
     zero maps (and the teacher-forced pose jump, reported)."""
     c = cfg.claim
-    f, n = int(cfg.data.frames), int(c.motion_frames)
-    sampler = OmegaConf.to_container(c.sampler, resolve=True)
-    _, vid = train_stage(cfg, "video", f"video_seed{seed}", seed, {"model.image_weights": str(img_w)})
-    s0 = int(c.sample_seed) + 100 * int(seed)
-    prior = noise_prior(cfg)
-    out: dict = {}
-    second, real_mf, with_mf, zero_mf = continue_real(vid, long, sampler, s0 + 3, f, n, prior)
-    out["pose_jump_motion_frames"] = pose_jump(real_mf[:, :, -1], with_mf, judge)
-    out["pose_jump_zero_maps"] = pose_jump(real_mf[:, :, -1], zero_mf, judge)
+    vid, out, r = stage2_pose_jumps(cfg, seed, img_w, long, judge)
+    n, sampler, s0, prior, second, real_mf = r.n, r.sampler, r.s0, r.prior, r.second, r.real_mf
     # EMO's setting: the previous clip's real last n frames as motion frames (they show the head's direction and
     # rate), the speed condition held at each level over the new clip, one x_T for all levels
     x_T = initial_noise(second["x"].shape, s0 + 5, prior)
