@@ -86,8 +86,9 @@ def take(clips: dict, sl: slice) -> dict:
     out["x"] = clips["x"][:, :, sl]
     for k in ("audio_features", "mouth_open", "audio_envelope"):
         out[k] = clips[k][:, sl]
-    if clips["speed"].ndim == 2:  # a world whose speed varies within a clip
-        out["speed"] = clips["speed"][:, sl]
+    speed = clips.get("speed")
+    if speed is not None and speed.ndim == 2:  # a world whose speed varies within a clip
+        out["speed"] = speed[:, sl]
     return out
 
 
