@@ -315,6 +315,9 @@ def probe(cfg: DictConfig, protocol_seeds=(), echo=print) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    from shared.engine.results import remember_git_state
+
+    remember_git_state()   # the record names the revision the study started from (its code), not the tree's at the end
     args = list(sys.argv[1:] if argv is None else argv)
     exp = [a.split("=", 1)[1] for a in args if a.lstrip("+").startswith("experiment=")]
     experiment = exp[-1] if exp else DEFAULT_EXPERIMENT
