@@ -141,10 +141,11 @@ animatediff: $(STAMP)  ## AnimateDiff: a motion module plugged into personalised
 	$(TRAIN) experiment=animatediff/sprites_claim $(PUBLISH)
 	$(PY) -m tools.report --paper animatediff
 
-animate_anyone: $(STAMP)  ## Animate Anyone: ReferenceNet vs image embedding, pose following, temporal stage (Puppets; + 30-min tiers, v2 = redesign)
+animate_anyone: $(STAMP)  ## Animate Anyone: ReferenceNet vs image embedding, pose following, temporal stage (Puppets; + 30-min tiers, v2 = redesign, v3 = v2 with a 2,000-step stage 1)
 	$(TRAIN) experiment=animate_anyone/puppets_claim $(PUBLISH)
 	$(TRAIN) experiment=animate_anyone/puppets_claim_long $(PUBLISH)
 	$(TRAIN) experiment=animate_anyone/puppets_claim_v2 $(PUBLISH)
+	$(TRAIN) experiment=animate_anyone/puppets_claim_v3 $(PUBLISH)
 	$(PY) -m tools.report --paper animate_anyone
 
 emo: $(STAMP)  ## EMO: audio layers (lip sync vs no audio), identity, speed layers, motion frames (TalkingFaces; v2 = redesign, v3 = mouth-region loss + mixed-noise x_T, temporal = speed layers and motion frames alone, speed = speed varying within a clip, judged with real motion frames; 30-min tiers)
