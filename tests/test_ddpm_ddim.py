@@ -62,3 +62,16 @@ def test_ddim_interpolation_is_deterministic():
     m = known(DDIM)
     z0, z1 = torch.randn(1, 4, 4), torch.randn(1, 4, 4)
     assert torch.equal(m.interpolate(z0, z1, 3, 10), m.interpolate(z0, z1, 3, 10))
+
+
+def test_time_at_names_a_fraction_of_the_time_range():
+    """``Schedule.time_at(u)``: ``t_min`` at 0, ``t_max`` at 1, linear between (what ``sample_t`` draws uniformly);
+    on DDPM's discrete schedule the nearest grid step."""
+    from shared.diffusion.schedules import CosineVP, DiscreteVP
+
+    u = torch.tensor([0.0, 0.25, 0.5, 1.0])
+    cos = CosineVP()
+    assert torch.allclose(cos.time_at(u), cos.t_min + (cos.t_max - cos.t_min) * u)
+    ddpm = DiscreteVP(num_steps=1000)
+    t = ddpm.time_at(torch.tensor([0.0, 0.1, 0.5, 1.0]))
+    assert torch.equal(t, torch.tensor([0.0, 100.0, 500.0, 999.0]))   # 0.1 * 999 = 99.9 -> 100; 0.5 * 999 -> 500

@@ -215,3 +215,13 @@ def test_results_record_the_revision_a_run_started_from(monkeypatch):
     assert results.provenance()["git"] == start                                  # unchanged: nothing added
     results.remember_git_state()
     assert results.provenance()["git"] == {**start, "changed_during_run": True}  # the start's state, flagged
+
+
+def test_write_json_atomic_round_trips_and_leaves_no_temporary(tmp_path):
+    from shared.engine.results import write_json_atomic
+
+    path = tmp_path / "record.json"
+    path.write_text('{"old": true}\n')
+    write_json_atomic(path, {"a": [1, 2.5]}, indent=1)
+    assert json.loads(path.read_text()) == {"a": [1, 2.5]} and path.read_text().endswith("\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["record.json"]

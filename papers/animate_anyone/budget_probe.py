@@ -122,10 +122,8 @@ def settings(cfg: DictConfig, protocol_seeds=()) -> dict:
 
 
 def level_times(schedule, levels) -> torch.Tensor:
-    """Diffusion times at fractions ``levels`` of the schedule's time range (integers on a discrete schedule)."""
-    u = torch.tensor([float(v) for v in levels])
-    t = schedule.t_min + (schedule.t_max - schedule.t_min) * u
-    return t.round() if getattr(schedule, "discrete", False) else t
+    """Diffusion times at fractions ``levels`` of the schedule's time range (:meth:`Schedule.time_at`)."""
+    return schedule.time_at(torch.tensor([float(v) for v in levels]))
 
 
 def frame_pairs(clips: dict) -> dict:
@@ -231,12 +229,6 @@ def earlier_points(run: Path, key: dict) -> dict:
             for seed, variants in old.get("per_seed", {}).items() for variant, points in variants.items()}
 
 
-def write_record(path: Path, record: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    tmp.replace(path)
-
-
 def probe(cfg: DictConfig, protocol_seeds=(), echo=print) -> dict:
     """Run the study (module docstring) and write ``<run_dir>/budget_probe.json`` (after every step, ``complete``
     false until the last); returns what it wrote last."""
@@ -280,7 +272,7 @@ def probe(cfg: DictConfig, protocol_seeds=(), echo=print) -> dict:
                  "identity_acc_heldout": identity_accuracy(clips["x"], clips["identity"], judge, candidates=held)},
         "per_seed": {}, "wall_time_s": 0.0,
     }
-    from shared.engine.results import provenance
+    from shared.engine.results import provenance, write_json_atomic
 
     path = run / OUT_FILE
     extra = {}
@@ -306,9 +298,9 @@ def probe(cfg: DictConfig, protocol_seeds=(), echo=print) -> dict:
                 echo(f"budget_probe: seed {seed} {variant} step {step}: identity {point['identity_acc']:.3f} "
                      f"(held-out {point['identity_acc_heldout']:.3f}), loss gap {point['loss_gap']:+.4f}")
                 record.update(wall_time_s=round(time.time() - t0, 1), **provenance())
-                write_record(path, record)
+                write_json_atomic(path, record, indent=1)
     record.update(complete=True, wall_time_s=round(time.time() - t0, 1), **provenance())
-    write_record(path, record)
+    write_json_atomic(path, record, indent=1)
     echo(table(record))
     echo(f"budget_probe: wrote {path} ({record['wall_time_s']:.0f} s)")
     return record

@@ -98,6 +98,15 @@ def clip_speed(speed: torch.Tensor) -> torch.Tensor:
     return speed if speed.ndim == 1 else speed[:, 1:].mean(dim=1)
 
 
+def real_speed_readings(clips: dict, judge) -> dict:
+    """The judge checks of the speed path on real clips: Spearman of judged vs true clip speed, and the judged speed of
+    the slowest and the fastest third of the clips (by true speed)."""
+    judged, true = head_speed(clips["x"], judge), clip_speed(clips["speed"])
+    return {"speed_spearman_real": spearman(judged, true),
+            "head_speed_real_slowest_third": float(judged[true <= torch.quantile(true, 1 / 3)].mean()),
+            "head_speed_real_fastest_third": float(judged[true >= torch.quantile(true, 2 / 3)].mean())}
+
+
 def initial_noise(shape, seed: int, prior=None) -> torch.Tensor:
     """``x_T`` of ``shape`` (B, C, T, H, W): i.i.d. ``N(0, I)`` without a prior (as before ``claim.noise_prior``
     existed), else drawn from the frame prior (:mod:`shared.diffusion.noise_priors`), generator seeded ``seed``."""
@@ -391,12 +400,9 @@ def run_speed(cfg: DictConfig) -> dict:
     (EMO's setting: they fix the direction, the condition the rate) and with zero maps."""
     t0 = time.time()
     c, judge, ns, f, clips, long = evaluation_setup(cfg)
-    judged, true = head_speed(clips["x"], judge), clip_speed(clips["speed"])
     second = take(long, slice(f, 2 * f))
     metrics: dict = {
-        "speed_spearman_real": spearman(judged, true),
-        "head_speed_real_slowest_third": float(judged[true <= torch.quantile(true, 1 / 3)].mean()),
-        "head_speed_real_fastest_third": float(judged[true >= torch.quantile(true, 2 / 3)].mean()),
+        **real_speed_readings(clips, judge),
         "mf_speed_spearman_real": spearman(head_speed(second["x"], judge), clip_speed(second["speed"])),
         "pose_jump_real": pose_jump(long["x"][:, :, f - 1], second["x"], judge),
     }
@@ -423,11 +429,7 @@ def run_temporal(cfg: DictConfig) -> dict:
     c, judge, ns, f, clips, long = evaluation_setup(cfg)
     real_chain = list(long["x"].split(f, dim=2))
     metrics: dict = {
-        "speed_spearman_real": spearman(head_speed(clips["x"], judge), clips["speed"]),
-        "head_speed_real_slowest_third": float(head_speed(clips["x"], judge)[
-            clips["speed"] <= torch.quantile(clips["speed"], 1 / 3)].mean()),
-        "head_speed_real_fastest_third": float(head_speed(clips["x"], judge)[
-            clips["speed"] >= torch.quantile(clips["speed"], 2 / 3)].mean()),
+        **real_speed_readings(clips, judge),
         "pose_jump_real": pose_jump(long["x"][:, :, f - 1], take(long, slice(f, 2 * f))["x"], judge),
         "pose_seam_ratio_real": pose_seams(real_chain, judge)[2],
         "seam_ratio_real": seam_ratio(real_chain)[2],

@@ -51,9 +51,15 @@ class Schedule:
         """What the network's time embedding receives (default: ``1000 t``, as in DDPM-style nets)."""
         return t * 1000.0
 
+    def time_at(self, u: torch.Tensor) -> torch.Tensor:
+        """The time at fraction ``u`` in [0, 1] of the range ``[t_min, t_max]`` (on a discrete schedule the nearest
+        grid step): a fixed noise level named independently of the schedule's parameterisation of time."""
+        t = self.t_min + (self.t_max - self.t_min) * torch.as_tensor(u)
+        return t.round() if self.discrete else t
+
     def sample_t(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
         u = torch.rand(n, generator=generator, device=device)
-        return self.t_min + (self.t_max - self.t_min) * u
+        return self.time_at(u)
 
     def sampling_times(self, steps: int, device=None) -> torch.Tensor:
         """``steps`` times from ``t_max`` down (excluding the clean end point)."""

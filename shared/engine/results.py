@@ -157,12 +157,18 @@ def write_results(path: str | os.PathLike, metrics: dict, *, claim: str | None =
     """Write ``results.json`` atomically and return what was written."""
     record = {"paper": paper, "claim": claim, "metrics": metrics, "seeds": seeds, "wall_time_s": wall_time_s,
               **provenance(), **(extra or {}), "config": config}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=_jsonable) + "\n")
-    os.replace(tmp, path)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, record, default=_jsonable)
     return record
+
+
+def write_json_atomic(path: str | os.PathLike, obj, indent: int = 2, default=None) -> None:
+    """``obj`` as JSON (plus a newline) to ``path`` through ``<path>.tmp`` and a rename: a reader never sees half a
+    file, and an interrupted write leaves the old one."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=indent, default=default) + "\n")
+    os.replace(tmp, path)
 
 
 # Metric-name words that measure the machine, not the method: left out when a re-run is compared with its evidence.

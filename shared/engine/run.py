@@ -58,6 +58,7 @@ from shared.engine.checkpoint import (
 from shared.engine.cli import UserError
 from shared.engine.console import harness_callbacks
 from shared.engine.loggers import LoggerRunIds, restore_logger_ids
+from shared.engine.results import write_json_atomic
 from shared.methods.registry import upgrade_config
 from shared.nn.weights import check_state_dict
 
@@ -499,9 +500,7 @@ def _write_run_file(run_dir: Path, cfg: DictConfig, ckpt, saved: dict | None) ->
         record.setdefault("resumes", []).append({"at": now, "pid": os.getpid(), "from": str(ckpt),
                                                  "step": int((saved or {}).get("global_step", 0)),
                                                  "budget": budget})
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_json_atomic(path, record)
 
 
 # --------------------------------------------------------------------------------------------- building
