@@ -14,7 +14,7 @@ export WANDB_MODE := offline
 export PYTHONHASHSEED := 0
 
 .DEFAULT_GOAL := help
-.PHONY: help install test claims claims-image claims-video claims-control claims-long claims-gpu lint demo report bench bench-gpu clean \
+.PHONY: help install test claims claims-long claims-superseded claims-gpu lint demo report bench bench-gpu clean \
         ddpm ddim rectified_flow instaflow knowledge_distillation progressive_distillation \
         consistency_models few_step_table dit vdm pvdm video_ldm animatediff animate_anyone emo judges \
         text2video_zero long_video latent_shift pyoco videofusion tune_a_video gen1 controlnet_video \
@@ -34,21 +34,15 @@ install: $(STAMP)  ## create .venv and install the package with its pinned depen
 test: $(STAMP)  ## run the test suite (claim checks excluded; about 10 minutes on 2 idle cores; prints the 25 slowest tests)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --timeout=900 --durations=25
 
-CLAIMS_PYTEST := -m pytest -q -m "claims and not claims_long" -n 2 --dist load --maxschedchunk 1 --timeout=7200
-claims: $(STAMP)  ## run every claim check of the CPU tier (slow: over an hour) and assert the papers' directions; two at a time, one thread each
-	VDP_CLAIMS_SUITE= OMP_NUM_THREADS=1 $(PY) $(CLAIMS_PYTEST)
+CLAIMS_PYTEST := -m pytest -q -n 2 --dist load --maxschedchunk 1 --timeout=7200
+claims: $(STAMP)  ## re-run the CPU tier's claim checks (each paper's current claims, within 10 min of one core each; about 35 min on 2 cores) against their committed evidence
+	OMP_NUM_THREADS=1 $(PY) $(CLAIMS_PYTEST) -m "claims and not claims_long and not claims_superseded"
 
-claims-image: $(STAMP)  ## part of make claims: the image papers (DDPM ... DiT), measured in docs/PERFORMANCE.md
-	VDP_CLAIMS_SUITE=image OMP_NUM_THREADS=1 $(PY) $(CLAIMS_PYTEST)
+claims-long: $(STAMP)  ## the longer CPU tier of claim checks (claim.tier: long, up to 30 min each on one core; hours)
+	OMP_NUM_THREADS=1 $(PY) $(CLAIMS_PYTEST) -m "claims_long"
 
-claims-video: $(STAMP)  ## part of make claims: video generation and the temporal-consistency toolbox, measured in docs/PERFORMANCE.md
-	VDP_CLAIMS_SUITE=video OMP_NUM_THREADS=1 $(PY) $(CLAIMS_PYTEST)
-
-claims-control: $(STAMP)  ## part of make claims: the avatar and control papers (Animate Anyone, EMO, ControlNet), measured in docs/PERFORMANCE.md
-	VDP_CLAIMS_SUITE=control OMP_NUM_THREADS=1 $(PY) $(CLAIMS_PYTEST)
-
-claims-long: $(STAMP)  ## the longer CPU tier of claim checks (claim.tier: long, up to 30 min each on one core)
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m claims_long -n 2 --dist load --maxschedchunk 1 --timeout=7200
+claims-superseded: $(STAMP)  ## re-run the first designs a later claim supersedes (claim.superseded_by; what was tried), against their evidence
+	OMP_NUM_THREADS=1 $(PY) $(CLAIMS_PYTEST) -m "claims_superseded"
 
 GPU_CLAIMS := video_ldm/sprites_claim_gpu vdm/sprites_joint_claim_gpu vdm/sprites_extension_claim_gpu \
               animatediff/sprites_claim_gpu pvdm/sprites_claim_gpu

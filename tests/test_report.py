@@ -377,11 +377,16 @@ def test_claim_times_judge_each_claim_by_its_tier_and_bound_the_suite(tmp_path):
     (exp / "base_long.yaml").write_text("claim:\n  name: base_long\n  tier: long\n")
     (exp / "long.yaml").write_text("defaults:\n  - /experiment/toy_paper/base_long\n  - _self_\nclaim:\n  name: long\n")
     (exp / "cached.yaml").write_text("claim:\n  name: cached\n")
+    (exp / "first.yaml").write_text("claim:\n  name: first\n  superseded_by: toy_paper/redone\n")
+    (exp / "redone.yaml").write_text("defaults:\n  - /experiment/toy_paper/first\n  - _self_\nclaim:\n"
+                                     "  name: redone\n  superseded_by: null\n")
     (tmp_path / "Makefile").write_text("toy:\n" + "".join(f"\t$(TRAIN) experiment=toy_paper/{c}\n"
-                                                         for c in ("short", "long", "other", "cached")))
+                                                         for c in ("short", "long", "other", "cached", "first",
+                                                                   "redone")))
     res = tmp_path / "papers" / "toy_paper" / "results"
     for claim, wall, extra in (("short", 660.0, {}), ("long", 1500.0, {}), ("other", 300.0, {}),
-                               ("cached", 50.0, {"reused_stages": ["teacher_cache:seed0"]}), ("followup", 9000.0, {})):
+                               ("cached", 50.0, {"reused_stages": ["teacher_cache:seed0"]}), ("followup", 9000.0, {}),
+                               ("first", 120.0, {}), ("redone", 60.0, {})):
         cfg = {"report": [{"label": "x", "metric": "x", "paper": "—"}]}
         cfg.update({"claim": {"tier": "long"}} if claim == "other" else {})
         write_results(res / f"{claim}.json", {"x": 1.0}, paper="toy_paper", claim=claim, seeds=[0], config=cfg,
@@ -400,9 +405,13 @@ def test_claim_times_judge_each_claim_by_its_tier_and_bound_the_suite(tmp_path):
     assert row["followup"][0] == "follow-up" and "no budget" in row["followup"][2]
     assert "not timed" in row["cached"][2]
     totals = [line for line in md.splitlines() if line.startswith("| **total**")]
-    assert ("| cpu | **11.0** | two at a time ≥ 11.0 min (within the 45-min suite budget); "
+    assert ("| cpu | **12.0** | two at a time ≥ 11.0 min (within the 45-min suite budget); "
             "1 claim(s) not timed") in totals[0]
     assert "| long | **30.0** | two at a time ≥ 25.0 min" in totals[1]
+    # a superseded first design keeps its tier's budget but is summed in make claims-superseded; a config that
+    # extends it and sets superseded_by: null is current
+    assert row["first"] == ["cpu, superseded", "2.0", "≤ 10: ok"] and row["redone"][0] == "cpu"
+    assert "`make claims-superseded`: the recorded times summed | superseded | **2.0**" in totals[2]
 
 
 def test_the_measured_suite_run_is_reported_from_its_newest_record(tmp_path):
@@ -430,9 +439,19 @@ def test_the_measured_suite_run_is_reported_from_its_newest_record(tmp_path):
                                                                                   "suite_wall_s": 2580.0}))
     md = suite_run_md(tmp_path)
     assert md.count("## Claim suite, measured") == 1 and md.count("| vdm/moving_digits_claim |") == 2
-    assert "`make claims` (the whole CPU tier) at revision ca9b0bb" in md and "**66.1 min wall**" in md
-    assert "`make claims-video` (the video part of the CPU tier)" in md and "**43.0 min wall** (within" in md
+    assert "`make claims` (the CPU tier's current claims) at revision ca9b0bb" in md and "**66.1 min wall**" in md
+    assert "`make claims-video` (the video part of the CPU tier, a target until 2026-12-05)" in md
+    assert "**43.0 min wall** (within" in md
     assert md.index("`make claims`") < md.index("`make claims-video`") and "**0.0 min wall**" not in md
+    # a record that re-ran a claim now superseded (claim.superseded_by) says so; the superseded suite has no budget
+    (tmp_path / "experiments" / "vdm").mkdir(parents=True)
+    (tmp_path / "experiments" / "vdm" / "moving_digits_claim.yaml").write_text(
+        "claim:\n  name: moving_digits_claim\n  superseded_by: vdm/sprites_joint_claim\n")
+    (folder / "claims_suite_2026-12-07_superseded.json").write_text(json.dumps(rec | {"suite": "superseded"}))
+    md = suite_run_md(tmp_path)
+    assert "`make claims` (the CPU tier, with the first designs that now run in `make claims-superseded`)" in md
+    assert "`make claims-superseded` (the superseded first designs) at revision ca9b0bb" in md
+    assert md.count("(**over** the 45-min budget)") == 1
 
 
 def test_a_claim_run_does_not_inherit_stages_an_earlier_failed_claim_reused(tmp_path, monkeypatch):

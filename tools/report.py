@@ -170,24 +170,30 @@ def make_target_claims(root=None) -> set[str] | None:
     return set(re.findall(r"experiment=([\w-]+/[\w-]+)", makefile.read_text()))
 
 
-def _experiment_tier(root: Path, name: str, depth: int = 0) -> str | None:
-    """``claim.tier`` as ``experiments/<name>.yaml`` sets it, or as the experiment it extends
-    (``defaults: - /experiment/<name>``) does; None when neither says."""
+def _experiment_claim_value(root: Path, name: str, key: str, depth: int = 0) -> tuple[bool, object]:
+    """``(found, value)`` of ``claim.<key>`` as ``experiments/<name>.yaml`` sets it (null included), or as the
+    experiment it extends (``defaults: - /experiment/<name>``) does; ``(False, None)`` when neither says."""
     import yaml
 
     path = root / "experiments" / f"{name}.yaml"
     if depth > 4 or not path.exists():
-        return None
+        return False, None
     cfg = yaml.safe_load(path.read_text()) or {}
-    tier = (cfg.get("claim") or {}).get("tier")
-    if tier is not None:
-        return str(tier)
+    claim = cfg.get("claim") or {}
+    if key in claim:
+        return True, claim[key]
     for entry in cfg.get("defaults") or []:
         if isinstance(entry, str) and entry.startswith("/experiment/"):
-            found = _experiment_tier(root, entry[len("/experiment/"):], depth + 1)
-            if found is not None:
+            found = _experiment_claim_value(root, entry[len("/experiment/"):], key, depth + 1)
+            if found[0]:
                 return found
-    return None
+    return False, None
+
+
+def _experiment_tier(root: Path, name: str) -> str | None:
+    """``claim.tier`` as ``experiments/<name>.yaml`` (or the experiment it extends) sets it; None when neither says."""
+    found, tier = _experiment_claim_value(root, name, "tier")
+    return str(tier) if found and tier is not None else None
 
 
 def _tier(res: dict, paper: str, claim_file: str, root=None) -> str:
@@ -199,13 +205,24 @@ def _tier(res: dict, paper: str, claim_file: str, root=None) -> str:
     return "long" if str(tier) == "long" else "cpu"
 
 
+def _suite(res: dict, paper: str, claim_file: str, root=None) -> str:
+    """The suite that re-runs a claim: ``superseded`` (``claim.superseded_by`` set in its experiment config: ``make
+    claims-superseded``), else its tier (``cpu``: ``make claims``, ``long``: ``make claims-long``)."""
+    found, by = _experiment_claim_value(_root(root), f"{paper}/{claim_file}", "superseded_by")
+    return "superseded" if found and by else _tier(res, paper, claim_file, root)
+
+
+SUITE_TARGETS = (("cpu", "make claims"), ("long", "make claims-long"), ("superseded", "make claims-superseded"))
+
+
 def claim_times_md(root=None) -> str:
     """The claim suites' time budgets: each committed result's recorded wall time against its tier's budget
     (10 minutes for ``make claims``, 30 for ``make claims-long``), and per suite the total and the least wall
     time two claims at a time could take (half the total, or the longest claim) - from the recorded times, not
     a measurement of the suite."""
-    rows, totals, longest, total_all = [], {"cpu": 0.0, "long": 0.0}, {"cpu": 0.0, "long": 0.0}, 0.0
-    untimed = {"cpu": 0, "long": 0}
+    suites = [k for k, _ in SUITE_TARGETS]
+    rows, totals, longest, total_all = [], dict.fromkeys(suites, 0.0), dict.fromkeys(suites, 0.0), 0.0
+    untimed = dict.fromkeys(suites, 0)
     targets = make_target_claims(root)
     for paper in papers(root):
         for f, res in load_results(paper, root):
@@ -214,24 +231,25 @@ def claim_times_md(root=None) -> str:
                 continue
             claim = res.get("claim") or f.stem
             in_make = targets is None or f"{paper}/{f.stem}" in targets
-            tier = _tier(res, paper, f.stem, root)
+            tier, suite = _tier(res, paper, f.stem, root), _suite(res, paper, f.stem, root)
+            label = tier + (", superseded" if suite == "superseded" else "")
             # a final run over an earlier run's folder: its reused stages are not timed again (recorded by
             # claims.finish as ``reused_stages``; older records: a short run pointed at an old folder)
             reused = bool(res.get("reused_stages")) or ("hydra.run.dir=" in str(res.get("command", "")) and wall < 120)
             if reused:
-                untimed[tier] += int(in_make)
-                rows.append(f"| {paper} | {claim} | {tier if in_make else 'follow-up'} | ({wall / 60:.1f}) | "
+                untimed[suite] += int(in_make)
+                rows.append(f"| {paper} | {claim} | {label if in_make else 'follow-up'} | ({wall / 60:.1f}) | "
                             f"not timed: reused cached stages of an earlier run | | {(res.get('date') or '?')[:10]} |")
                 continue
             total_all += float(wall)
             if in_make:
-                totals[tier] += float(wall)
-                longest[tier] = max(longest[tier], float(wall))
+                totals[suite] += float(wall)
+                longest[suite] = max(longest[suite], float(wall))
                 budget = LONG_CLAIM_BUDGET_S if tier == "long" else CLAIM_BUDGET_S
                 verdict = f"≤ {budget / 60:.0f}: " + ("**over**" if wall > budget else "ok")
             else:
                 verdict = "follow-up (no budget)"
-            rows.append(f"| {paper} | {claim} | {tier if in_make else 'follow-up'} | {wall / 60:.1f} | {verdict} | "
+            rows.append(f"| {paper} | {claim} | {label if in_make else 'follow-up'} | {wall / 60:.1f} | {verdict} | "
                         f"{_compute_note(res.get('compute'))} | {(res.get('date') or '?')[:10]} |")
     if not rows:
         return ""
@@ -244,18 +262,20 @@ def claim_times_md(root=None) -> str:
         "gives an upper bound for two. The suite totals below are sums of these records, not a timing of the "
         "suite: `make claims` re-times it and writes `outputs/claims/timings.json`.\n",
         "Follow-up experiments (longer budgets, sweeps) are not part of a paper's `make` target and are not held "
-        "to a budget.\n",
+        "to a budget. First designs a later claim of the same paper supersedes (`claim.superseded_by`; tier "
+        "`..., superseded`) keep their tier's budget and re-run in `make claims-superseded`, not in `make claims` "
+        "or `make claims-long`.\n",
         "| paper | claim | tier | wall (min) | budget (min) | ran on | date |",
         "|---|---|---|---|---|---|---|",
     ]
     tail = []
-    for tier, target in (("cpu", "make claims"), ("long", "make claims-long")):
-        least = max(totals[tier] / 2, longest[tier])
+    for suite, target in SUITE_TARGETS:
+        least = max(totals[suite] / 2, longest[suite])
         note = (f"two at a time ≥ {least / 60:.1f} min"
                 + (f" ({'within' if least <= SUITE_BUDGET_S else '**over**'} the {SUITE_BUDGET_S / 60:.0f}-min "
-                   f"suite budget)" if tier == "cpu" else "")
-                + (f"; {untimed[tier]} claim(s) not timed (reused stages)" if untimed[tier] else ""))
-        tail.append(f"| **total** | `{target}`: the recorded times summed | {tier} | **{totals[tier] / 60:.1f}** | "
+                   f"suite budget)" if suite == "cpu" else "")
+                + (f"; {untimed[suite]} claim(s) not timed (reused stages)" if untimed[suite] else ""))
+        tail.append(f"| **total** | `{target}`: the recorded times summed | {suite} | **{totals[suite] / 60:.1f}** | "
                     f"{note} | | |")
     tail.append(f"| total | every timed result (with follow-ups) | | {total_all / 60:.1f} | | | |")
     return "\n".join(head + rows + tail) + "\n"
@@ -265,9 +285,9 @@ def suite_run_md(root=None) -> str:
     """The newest measured ``make claims`` run kept as evidence (``docs/measurements/claims_suite_*.json``, written by
     ``python -m tools.claims_record``): its wall time against the 45-minute budget, and per claim the wall time,
     the outcome against the committed evidence and how far the re-run's numbers are from the committed ones. One
-    record per suite: the whole CPU tier (``make claims``) and each part (``make claims-image`` / ``-video`` /
-    ``-control``, ``suite`` in the record)."""
-    newest: dict[str, Path] = {}   # per suite (the whole CPU tier, or one part: make claims-image / -video / -control)
+    record per suite (``suite`` in the record): ``make claims`` (none), ``make claims-long`` / ``-superseded``, and
+    the parts the CPU tier was run in until 2026-12-05 (``image`` / ``video`` / ``control``)."""
+    newest: dict[str, Path] = {}   # per suite
     for f in sorted((_root(root) / "docs" / "measurements").glob("claims_suite_*.json")):
         newest[json.loads(f.read_text()).get("suite") or ""] = f
     if not newest:
@@ -285,14 +305,21 @@ def _suite_record_md(f: Path, root=None) -> list[str]:
     s = rec.get("summary") or {}
     wall = float(rec.get("suite_wall_s", 0.0))
     rev = str((rec.get("git") or {}).get("revision", "?"))[:7]
-    target = f"make claims-{rec['suite']}" if rec.get("suite") else "make claims"
-    scope = f" (the {rec['suite']} part of the CPU tier)" if rec.get("suite") else " (the whole CPU tier)"
+    suite = rec.get("suite")
+    target = f"make claims-{suite}" if suite else "make claims"
+    with_old = any(_experiment_claim_value(_root(root), test_name(t), "superseded_by")[1]
+                   for t in rec.get("claims", {}) if not is_stage(t))
+    scope = {None: " (the CPU tier, with the first designs that now run in `make claims-superseded`)" if with_old
+             else " (the CPU tier's current claims)",
+             "long": " (the longer tier)", "superseded": " (the superseded first designs)"}.get(
+        suite, f" (the {suite} part of the CPU tier, a target until 2026-12-05)")
+    budget = (f" ({'within' if wall <= SUITE_BUDGET_S else '**over**'} the {SUITE_BUDGET_S / 60:.0f}-min budget)"
+              if suite not in ("long", "superseded") else "")
     lines = [
         f"`{target}`{scope} at revision {rev} on {rec.get('cpus', '?')} CPUs, {rec.get('parallel_workers', '?')} "
         f"claims at a time with one thread each, {str(rec.get('date', '?'))[:10]} "
         f"([record]({f.relative_to(_root(root))})): "
-        f"**{wall / 60:.1f} min wall** ({'within' if wall <= SUITE_BUDGET_S else '**over**'} the "
-        f"{SUITE_BUDGET_S / 60:.0f}-min budget); {s.get('claims', '?')} claims summing to "
+        f"**{wall / 60:.1f} min wall**{budget}; {s.get('claims', '?')} claims summing to "
         f"{float(s.get('claims_s', 0)) / 60:.1f} min and {s.get('stages', '?')} shared stages to "
         f"{float(s.get('stages_s', 0)) / 60:.1f} min. Outcome: every check as the committed evidence has it (pass or "
         f"known failure) or not. Drift: the re-run's numbers against the committed results.json, timings left out; "
