@@ -35,7 +35,7 @@ test: $(STAMP)  ## run the test suite (claim checks excluded; about 10 minutes o
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --timeout=900 --durations=25
 
 CLAIMS_PYTEST := -m pytest -q -n 2 --dist load --maxschedchunk 1 --timeout=7200
-claims: $(STAMP)  ## re-run the CPU tier's claim checks (each paper's current claims, within 10 min of one core each; about 35 min on 2 cores) against their committed evidence
+claims: $(STAMP)  ## re-run the CPU tier's claim checks (each paper's current claims, within 10 min of one core each; about 30 min on 2 cores) against their committed evidence
 	OMP_NUM_THREADS=1 $(PY) $(CLAIMS_PYTEST) -m "claims and not claims_long and not claims_superseded"
 
 claims-long: $(STAMP)  ## the longer CPU tier of claim checks (claim.tier: long, up to 30 min each on one core; hours)
