@@ -106,6 +106,17 @@ def test_readme_table_and_results_md(tmp_path):
     assert "old" not in text and text.endswith("<!-- results:end -->\n\nTail.\n")
     assert "| FD 1 step | 12.2 | 3 ± 0.5 (n=2) |" in text and "| FD 2 steps | 8.15 | 1.25 |" in text
     assert paper_table("toy_paper", root) in text
+    assert "superseded" not in paper_table("toy_paper", root)
+    # a make-target claim whose config names the claim that re-tests it says so under its table's heading
+    config = root / "experiments" / "toy_paper" / "claim_a.yaml"
+    original = config.read_text()
+    config.write_text(original + "claim:\n  superseded_by: toy_paper/claim_b\n")
+    assert ("— a first design, superseded by `toy_paper/claim_b` (re-run against this evidence by `make "
+            "claims-superseded`)") in paper_table("toy_paper", root)
+    (root / "Makefile").write_text("toy:\n\t$(TRAIN) experiment=toy_paper/other\n")   # not a make-target claim
+    assert "superseded" not in paper_table("toy_paper", root)
+    (root / "Makefile").unlink()
+    config.write_text(original)
     md = results_md(root)
     assert "| claim | measure | paper | ours | command | revision | date |" in md
     row = next(line for line in md.splitlines() if "FD 1 step" in line)

@@ -72,6 +72,17 @@ def load_results(paper: str, root=None) -> list[tuple[Path, dict]]:
     return out
 
 
+def superseded_note(paper: str, claim_file: str, root=None) -> str:
+    """`` — superseded by `<paper>/<claim>` ...`` for a make-target claim whose experiment config names the claim that
+    re-tests it (``claim.superseded_by``), else ``""``."""
+    targets = make_target_claims(root)
+    if targets is not None and f"{paper}/{claim_file}" not in targets:
+        return ""
+    found, by = _experiment_claim_value(_root(root), f"{paper}/{claim_file}", "superseded_by")
+    return (f" — a first design, superseded by `{by}` (re-run against this evidence by `make claims-superseded`)"
+            if found and by else "")
+
+
 def paper_table(paper: str, root=None) -> str:
     lines = []
     for f, res in load_results(paper, root):
@@ -79,7 +90,7 @@ def paper_table(paper: str, root=None) -> str:
         lines.append(
             f"**{res.get('claim') or f.stem}** — `{res.get('command', '?')}` "
             f"(rev {revision(res)}, {res.get('date', '?')[:10]}, wall {fmt(wall)} s, "
-            f"seeds {res.get('seeds')}; [json](results/{f.name}))"
+            f"seeds {res.get('seeds')}; [json](results/{f.name})){superseded_note(paper, f.stem, root)}"
         )
         lines.append("")
         lines.append("| measure | paper | ours |")
