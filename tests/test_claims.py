@@ -36,6 +36,8 @@ from conftest import run_claim as run_into
 from omegaconf import OmegaConf
 
 from shared.engine.expectations import evaluate_expected, parse_expected
+from tools.report import SUITE_BUDGET_S, claim_suite
+from tools.report import superseded_by as report_superseded_by
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,25 +71,21 @@ def committed(experiment: str) -> dict | None:
     return rec["metrics"] if rec is not None else None
 
 
-def _tier(experiment: str) -> str:
-    return "long" if str(_cfg(experiment).claim.get("tier", "")) == "long" else "cpu"
-
-
 def superseded_by(experiment: str) -> str | None:
     """The claim that supersedes ``experiment`` (``claim.superseded_by``), or None for a current claim."""
-    value = _cfg(experiment).claim.get("superseded_by")
-    return str(value) if value else None
+    return report_superseded_by(experiment, ROOT)
 
 
 RUNS = ("cpu", "long", "superseded")   # make claims / make claims-long / make claims-superseded
 RUN_MARKS = {"cpu": [], "long": [pytest.mark.claims_long], "superseded": [pytest.mark.claims_superseded]}
-SUITE_BUDGET_S = 2700.0    # make claims: 45 minutes wall on two cores
 SUITE_MARGIN = 0.8         # the recorded costs may use 80 % of two cores' 45 minutes (other hosts ran 1.1-1.4x slower)
 
 
 def run_of(experiment: str) -> str:
-    """The suite that runs a claim: ``superseded`` when a later claim supersedes it (either tier), else its tier."""
-    return "superseded" if superseded_by(experiment) else _tier(experiment)
+    """The suite that runs a claim: ``superseded`` when a later claim supersedes it (either tier), else its tier
+    (``tools.report.claim_suite``, the same answer RESULTS.md's per-suite totals use)."""
+    paper, claim = experiment.split("/")
+    return claim_suite(paper, claim, root=ROOT)
 
 
 def _recorded_cost(experiment: str) -> float:
@@ -235,8 +233,20 @@ def test_every_claim_check_resolves_against_its_committed_results():
 
 
 def _run_of_param(param) -> str:
-    names = {getattr(m, "mark", m).name for m in param.marks}
-    return "long" if "claims_long" in names else "superseded" if "claims_superseded" in names else "cpu"
+    import conftest
+
+    return conftest._suite_of_keywords({getattr(m, "mark", m).name for m in param.marks}) or "cpu"
+
+
+def test_the_suite_of_each_claim_agrees_with_its_composed_config():
+    """``run_of`` reads the experiment files as YAML (``tools.report``, which also runs on folders without the
+    Hydra config tree); for every make-target claim its answer equals the composed config's ``claim.tier`` /
+    ``claim.superseded_by`` (defaults and ``null`` overrides resolved by Hydra)."""
+    for exp in make_target_claims():
+        c = _cfg(exp).claim
+        composed = "superseded" if c.get("superseded_by") else ("long" if str(c.get("tier", "")) == "long" else "cpu")
+        assert run_of(exp) == composed, exp
+        assert superseded_by(exp) == (str(c.superseded_by) if c.get("superseded_by") else None), exp
 
 
 def test_the_suite_runs_every_claim_once_after_its_stages():

@@ -78,9 +78,9 @@ def superseded_note(paper: str, claim_file: str, root=None) -> str:
     targets = make_target_claims(root)
     if targets is not None and f"{paper}/{claim_file}" not in targets:
         return ""
-    found, by = _experiment_claim_value(_root(root), f"{paper}/{claim_file}", "superseded_by")
+    by = superseded_by(f"{paper}/{claim_file}", root)
     return (f" — a first design, superseded by `{by}` (re-run against this evidence by `make claims-superseded`)"
-            if found and by else "")
+            if by else "")
 
 
 def paper_table(paper: str, root=None) -> str:
@@ -216,11 +216,19 @@ def _tier(res: dict, paper: str, claim_file: str, root=None) -> str:
     return "long" if str(tier) == "long" else "cpu"
 
 
-def _suite(res: dict, paper: str, claim_file: str, root=None) -> str:
-    """The suite that re-runs a claim: ``superseded`` (``claim.superseded_by`` set in its experiment config: ``make
-    claims-superseded``), else its tier (``cpu``: ``make claims``, ``long``: ``make claims-long``)."""
-    found, by = _experiment_claim_value(_root(root), f"{paper}/{claim_file}", "superseded_by")
-    return "superseded" if found and by else _tier(res, paper, claim_file, root)
+def superseded_by(name: str, root=None) -> str | None:
+    """The claim that supersedes experiment ``<paper>/<claim>`` (``claim.superseded_by`` in its config or the one
+    it extends; ``null`` there: current), or None."""
+    found, by = _experiment_claim_value(_root(root), name, "superseded_by")
+    return str(by) if found and by else None
+
+
+def claim_suite(paper: str, claim_file: str, res: dict | None = None, root=None) -> str:
+    """The suite that re-runs a claim: ``superseded`` (``make claims-superseded``), else its tier (``cpu``: ``make
+    claims``, ``long``: ``make claims-long``). The one answer for the report and for tests/test_claims.py."""
+    if superseded_by(f"{paper}/{claim_file}", root):
+        return "superseded"
+    return _tier(res or {}, paper, claim_file, root)
 
 
 SUITE_TARGETS = (("cpu", "make claims"), ("long", "make claims-long"), ("superseded", "make claims-superseded"))
@@ -242,7 +250,7 @@ def claim_times_md(root=None) -> str:
                 continue
             claim = res.get("claim") or f.stem
             in_make = targets is None or f"{paper}/{f.stem}" in targets
-            tier, suite = _tier(res, paper, f.stem, root), _suite(res, paper, f.stem, root)
+            tier, suite = _tier(res, paper, f.stem, root), claim_suite(paper, f.stem, res, root)
             label = tier + (", superseded" if suite == "superseded" else "")
             # a final run over an earlier run's folder: its reused stages are not timed again (recorded by
             # claims.finish as ``reused_stages``; older records: a short run pointed at an old folder)
@@ -318,8 +326,7 @@ def _suite_record_md(f: Path, root=None) -> list[str]:
     rev = str((rec.get("git") or {}).get("revision", "?"))[:7]
     suite = rec.get("suite")
     target = f"make claims-{suite}" if suite else "make claims"
-    with_old = any(_experiment_claim_value(_root(root), test_name(t), "superseded_by")[1]
-                   for t in rec.get("claims", {}) if not is_stage(t))
+    with_old = any(superseded_by(test_name(t), root) for t in rec.get("claims", {}) if not is_stage(t))
     scope = {None: " (the CPU tier, with the first designs that now run in `make claims-superseded`)" if with_old
              else " (the CPU tier's current claims)",
              "long": " (the longer tier)", "superseded": " (the superseded first designs)"}.get(
